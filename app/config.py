@@ -1,0 +1,113 @@
+"""All settings in one place: environment variables ``TRUSTSERVE_*``, an optional YAML config file
+(``TRUSTSERVE_CONFIG_FILE``), then defaults. Validated at start-up with clear errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from app.vlm.presets import DEFAULT_MODELS_DIR
+
+
+class _YamlConfigSource(PydanticBaseSettingsSource):
+    """Reads the YAML file named by TRUSTSERVE_CONFIG_FILE (lowest priority after defaults)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("TRUSTSERVE_CONFIG_FILE")
+        if not path:
+            return {}
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"TRUSTSERVE_CONFIG_FILE={path!r} does not exist")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the config file must be a YAML mapping of setting -> value")
+        return data
+
+
+class Settings(BaseSettings):
+    """Server settings. Every field can be set as ``TRUSTSERVE_<FIELD>`` (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix="TRUSTSERVE_", extra="forbid", validate_default=True)
+
+    # model
+    model: str = Field("offline-conse", description="VLM preset name (models/*.yaml) or path to a preset")
+    models_dir: Path = Field(DEFAULT_MODELS_DIR, description="model repository folder")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dtype: str = Field("auto", description="auto (fp16 on CUDA, fp32 on CPU) | float32 | float16 | bfloat16")
+    torch_compile: bool = False
+    gpu_jpeg_decode: bool = False
+    multimodal_dir: Path | None = Field(None, description="extra folder of multimodal checkpoints")
+
+    # server
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    store_dir: Path = Field(Path("./trustserve-data"), description="label-set store directory")
+    database_url: SecretStr | None = Field(None, description="postgresql://... to share label sets")
+
+    # batching and back-pressure
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000)
+    max_queue_size: int = Field(256, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
+    preprocess_workers: int = Field(2, ge=1, le=64)
+    warmup: bool = True
+
+    # request limits
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_image_side: int = Field(20_000, ge=1)
+    min_image_side: int = Field(1, ge=1)
+    max_images_per_request: int = Field(64, ge=1)
+    max_labels: int = Field(1000, ge=1)
+    max_label_length: int = Field(200, ge=1)
+    text_cache_size: int = Field(100_000, ge=0)
+
+    # auth and CORS
+    api_keys: SecretStr | None = Field(None, description="comma list of key[:scope], scope read|admin")
+    api_keys_file: Path | None = None
+    cors_origins: list[str] = Field(default_factory=list)
+
+    # logging
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str) -> str:
+        if v not in {"auto", "cpu"} and not v.startswith("cuda"):
+            raise ValueError("device must be auto, cpu, cuda or cuda:N")
+        return v
+
+    @field_validator("dtype")
+    @classmethod
+    def _check_dtype(cls, v: str) -> str:
+        allowed = {"auto", "float32", "fp32", "float16", "fp16", "bfloat16", "bf16"}
+        if v not in allowed:
+            raise ValueError(f"dtype must be one of {sorted(allowed)}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_models_dir(self) -> Settings:
+        if not self.models_dir.is_dir():
+            raise ValueError(f"models_dir {str(self.models_dir)!r} is not a directory")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlConfigSource(settings_cls), file_secret_settings)
