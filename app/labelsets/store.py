@@ -1,0 +1,303 @@
+"""Durable label-set storage behind a small interface.
+
+``LabelSetStore`` is what the service talks to: whole-label-set versioned writes with an
+``expected_version`` for optimistic concurrency (a stale writer gets ``VersionConflictError``), so a
+shared backend (PostgreSQL, one row per version) can replace the embedded ``DirectoryStore`` without
+touching the API layer.
+
+``DirectoryStore`` layout (one folder per label set, immutable per-version data files, one manifest as
+the commit point)::
+
+    <root>/FORMAT                              {"format": "trustserve.labelset-store", "version": 1}
+    <root>/locks/<id>.lock                     fcntl lock serialising writers (threads and processes)
+    <root>/label-sets/<id>/manifest.json       metadata + file list with sha256 + its own checksum
+    <root>/label-sets/<id>/v00000007.arrays.safetensors
+    <root>/label-sets/<id>/v00000007.<blob>.bin       derived data (serialised FAISS indexes)
+
+A write creates the new version's data files (temp file + fsync + rename), then atomically replaces
+``manifest.json`` the same way, fsyncs the folder, and only then removes the previous version's files.
+A crash at any point leaves either the old or the new manifest, each with all its files present.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
+
+from app.labelsets.models import LabelSetMeta, is_valid_slug
+
+MANIFEST_FORMAT = "trustserve.labelset/1"
+STORE_FORMAT = {"format": "trustserve.labelset-store", "version": 1}
+
+
+class StoreError(Exception):
+    """Base class of store failures."""
+
+
+class LabelSetNotFoundError(StoreError):
+    """No committed label set with this id."""
+
+
+class VersionConflictError(StoreError):
+    """The caller's expected version is not the stored one (stale writer, or create over an existing
+    id)."""
+
+    def __init__(self, label_set_id: str, expected: int, current: int) -> None:
+        super().__init__(
+            f"label set {label_set_id!r} is at version {current}, the write expected version {expected}"
+        )
+        self.label_set_id = label_set_id
+        self.expected = expected
+        self.current = current
+
+
+class CorruptEntryError(StoreError):
+    """A stored entry fails validation (bad checksum, missing file, unparsable metadata)."""
+
+    def __init__(self, label_set_id: str, reason: str) -> None:
+        super().__init__(f"label set {label_set_id!r} is unreadable: {reason}")
+        self.label_set_id = label_set_id
+        self.reason = reason
+
+
+@dataclass
+class StoredLabelSet:
+    """One label-set version as persisted: metadata, named arrays, and opaque derived blobs."""
+
+    meta: LabelSetMeta
+    arrays: dict[str, np.ndarray]
+    blobs: dict[str, bytes] = field(default_factory=dict)
+
+
+class LabelSetStore(ABC):
+    """Persistence contract for label sets. Implementations must make ``save`` atomic per label set."""
+
+    @abstractmethod
+    def list_ids(self) -> list[str]:
+        """Ids of every stored entry, including ones that may fail to load."""
+
+    @abstractmethod
+    def load(self, label_set_id: str) -> StoredLabelSet:
+        """The committed version; raises ``LabelSetNotFoundError`` or ``CorruptEntryError``."""
+
+    @abstractmethod
+    def save(self, record: StoredLabelSet, expected_version: int) -> None:
+        """Commit ``record`` (whose ``meta.version`` must be ``expected_version + 1``) if the stored
+        version is ``expected_version`` (0 = must not exist); else ``VersionConflictError``."""
+
+    @abstractmethod
+    def delete(self, label_set_id: str, expected_version: int | None = None) -> None:
+        """Remove a label set (any version when ``expected_version`` is None)."""
+
+    @abstractmethod
+    def current_version(self, label_set_id: str) -> int:
+        """Committed version, 0 when absent (used for conflict checks)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Human description for logs and health output."""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _canonical(obj: object) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old or the new content, never a mix:
+    temp file in the same folder, fsync, rename over, fsync the folder."""
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class DirectoryStore(LabelSetStore):
+    """Embedded store: a directory on local disk (``TRUSTSERVE_STORE_DIR``)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self._sets = self.root / "label-sets"
+        self._locks = self.root / "locks"
+        self._sets.mkdir(parents=True, exist_ok=True)
+        self._locks.mkdir(parents=True, exist_ok=True)
+        fmt = self.root / "FORMAT"
+        if fmt.exists():
+            try:
+                found = json.loads(fmt.read_text())
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"{fmt} is unreadable: {exc}") from exc
+            if found.get("format") != STORE_FORMAT["format"] or found.get("version") != 1:
+                raise StoreError(f"{self.root} is not a trustserve label-set store (FORMAT={found})")
+        else:
+            atomic_write_bytes(fmt, _canonical(STORE_FORMAT))
+        self._remove_deleted_leftovers()
+
+    def describe(self) -> str:
+        return f"directory store at {self.root}"
+
+    # ---- helpers -------------------------------------------------------------------------------
+
+    def _dir(self, label_set_id: str) -> Path:
+        if not is_valid_slug(label_set_id):
+            raise LabelSetNotFoundError(f"invalid label-set id {label_set_id!r}")
+        return self._sets / label_set_id
+
+    @contextlib.contextmanager
+    def _locked(self, label_set_id: str) -> Iterator[None]:
+        with open(self._locks / f"{label_set_id}.lock", "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def _remove_deleted_leftovers(self) -> None:
+        for path in self._sets.glob(".deleted-*"):
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _read_manifest(self, label_set_id: str) -> dict | None:
+        path = self._dir(label_set_id) / "manifest.json"
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            manifest = json.loads(raw)
+            body = {k: v for k, v in manifest.items() if k != "checksum"}
+        except (ValueError, AttributeError) as exc:
+            raise CorruptEntryError(label_set_id, f"manifest.json is not valid JSON ({exc})") from exc
+        if manifest.get("checksum") != _sha256(_canonical(body)):
+            raise CorruptEntryError(label_set_id, "manifest.json checksum mismatch (edited or torn write)")
+        if manifest.get("format") != MANIFEST_FORMAT:
+            raise CorruptEntryError(label_set_id, f"unknown manifest format {manifest.get('format')!r}")
+        return manifest
+
+    def _cleanup_unreferenced(self, folder: Path, keep: set[str]) -> None:
+        for path in folder.iterdir():
+            if path.name != "manifest.json" and path.name not in keep:
+                path.unlink(missing_ok=True)
+
+    # ---- interface -----------------------------------------------------------------------------
+
+    def list_ids(self) -> list[str]:
+        return sorted(p.name for p in self._sets.iterdir() if p.is_dir() and is_valid_slug(p.name))
+
+    def current_version(self, label_set_id: str) -> int:
+        try:
+            manifest = self._read_manifest(label_set_id)
+        except CorruptEntryError:
+            return -1
+        return 0 if manifest is None else int(manifest["version"])
+
+    def load(self, label_set_id: str) -> StoredLabelSet:
+        folder = self._dir(label_set_id)
+        if not folder.is_dir():
+            raise LabelSetNotFoundError(label_set_id)
+        manifest = self._read_manifest(label_set_id)
+        if manifest is None:
+            raise CorruptEntryError(label_set_id, "no manifest.json: the creating write never committed")
+        try:
+            meta = LabelSetMeta.model_validate(manifest["meta"])
+        except (KeyError, ValidationError) as exc:
+            raise CorruptEntryError(label_set_id, f"invalid metadata ({exc})") from exc
+        if meta.id != label_set_id or meta.version != manifest.get("version"):
+            raise CorruptEntryError(label_set_id, "manifest id/version do not match the folder")
+        contents: dict[str, bytes] = {}
+        for name, entry in manifest.get("files", {}).items():
+            path = folder / entry["path"]
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError as exc:
+                raise CorruptEntryError(label_set_id, f"missing data file {entry['path']}") from exc
+            if len(data) != entry["bytes"] or _sha256(data) != entry["sha256"]:
+                raise CorruptEntryError(label_set_id, f"checksum mismatch in {entry['path']}")
+            contents[name] = data
+        if "arrays" not in contents:
+            raise CorruptEntryError(label_set_id, "manifest lists no arrays file")
+        try:
+            arrays = dict(load_safetensors(contents.pop("arrays")))
+        except Exception as exc:  # safetensors raises its own error types
+            raise CorruptEntryError(label_set_id, f"arrays file unreadable ({exc})") from exc
+        return StoredLabelSet(meta=meta, arrays=arrays, blobs=contents)
+
+    def save(self, record: StoredLabelSet, expected_version: int) -> None:
+        label_set_id = record.meta.id
+        if record.meta.version != expected_version + 1:
+            raise ValueError(
+                f"record version {record.meta.version} must be expected_version + 1 = {expected_version + 1}"
+            )
+        folder = self._dir(label_set_id)
+        with self._locked(label_set_id):
+            try:
+                manifest = self._read_manifest(label_set_id) if folder.is_dir() else None
+                current = 0 if manifest is None else int(manifest["version"])
+            except CorruptEntryError:
+                # A corrupt entry may only be overwritten by an explicit re-create (expected 0).
+                current = 0 if expected_version == 0 else -1
+            if current != expected_version:
+                raise VersionConflictError(label_set_id, expected_version, current)
+            folder.mkdir(parents=True, exist_ok=True)
+            prefix = f"v{record.meta.version:08d}"
+            files: dict[str, dict[str, object]] = {}
+            payloads = {
+                "arrays": save_safetensors({k: np.ascontiguousarray(v) for k, v in record.arrays.items()})
+            }
+            payloads.update(record.blobs)
+            for name, data in payloads.items():
+                suffix = "safetensors" if name == "arrays" else "bin"
+                filename = f"{prefix}.{name}.{suffix}"
+                atomic_write_bytes(folder / filename, data)
+                files[name] = {"path": filename, "sha256": _sha256(data), "bytes": len(data)}
+            body = {
+                "format": MANIFEST_FORMAT,
+                "id": label_set_id,
+                "version": record.meta.version,
+                "meta": record.meta.model_dump(mode="json"),
+                "files": files,
+            }
+            manifest_bytes = _canonical({**body, "checksum": _sha256(_canonical(body))})
+            atomic_write_bytes(folder / "manifest.json", manifest_bytes)
+            self._cleanup_unreferenced(folder, {str(f["path"]) for f in files.values()})
+
+    def delete(self, label_set_id: str, expected_version: int | None = None) -> None:
+        folder = self._dir(label_set_id)
+        with self._locked(label_set_id):
+            if not folder.is_dir():
+                raise LabelSetNotFoundError(label_set_id)
+            if expected_version is not None:
+                current = self.current_version(label_set_id)
+                if current != expected_version:
+                    raise VersionConflictError(label_set_id, expected_version, current)
+            graveyard = self._sets / f".deleted-{label_set_id}-{uuid.uuid4().hex}"
+            os.replace(folder, graveyard)
+            _fsync_dir(self._sets)
+            shutil.rmtree(graveyard, ignore_errors=True)
