@@ -62,8 +62,13 @@ def _json_safe(details: Any) -> Any:
         out = []
         for item in details[:20]:
             if isinstance(item, dict):
-                out.append({k: (v if isinstance(v, str | int | float | bool | type(None) | list) else str(v))
-                            for k, v in item.items() if k != "input" and k != "ctx" and k != "url"})
+                out.append(
+                    {
+                        k: (v if isinstance(v, str | int | float | bool | type(None) | list) else str(v))
+                        for k, v in item.items()
+                        if k != "input" and k != "ctx" and k != "url"
+                    }
+                )
             else:
                 out.append(str(item))
         return out

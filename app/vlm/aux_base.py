@@ -8,7 +8,7 @@ L2-normalises them (prototypes are the normalised mean of raw support features).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from PIL import Image

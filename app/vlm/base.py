@@ -57,7 +57,7 @@ BACKENDS: dict[str, BackendFactory] = {}
 
 
 def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
-    """Decorator: ``@register_backend("open_clip")`` on a factory ``(device, dtype, **args) -> VLMBackend``."""
+    """Decorator registering a ``(device, dtype, **args) -> VLMBackend`` factory under ``name``."""
 
     def wrap(factory: BackendFactory) -> BackendFactory:
         BACKENDS[name] = factory
@@ -77,8 +77,14 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``auto`` -> fp16 on CUDA, fp32 on CPU."""
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-            "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[dtype]
+    return {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }[dtype]
 
 
 def create_backend(name: str, *, device: str = "auto", dtype: str = "auto", **args: Any) -> VLMBackend:

@@ -1,0 +1,127 @@
+"""``create_app(settings)``: the FastAPI application factory.
+
+Models load in a background task after the server starts listening, so /livez answers at once and
+/readyz stays 503 until the model is loaded and a warm-up inference has passed. Tests pass a pre-built
+engine (a tiny random-weight model) to skip loading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app import __version__
+from app.api.auth import ApiKeyAuth
+from app.api.errors import install_error_handlers
+from app.api.middleware import RequestContextMiddleware
+from app.api.routes import classify, health, models
+from app.config import Settings
+from app.engine.engine import ClassificationEngine
+from app.observability.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+_OPTIONAL = {}
+for _name in ("label_sets", "multimodal"):
+    try:
+        _OPTIONAL[_name] = importlib.import_module(f"app.api.routes.{_name}")
+    except ModuleNotFoundError:
+        _OPTIONAL[_name] = None
+
+
+def create_store(settings: Settings):  # type: ignore[no-untyped-def]
+    """The label-set store: PostgreSQL when a database URL is set, else the directory store."""
+    from app.labelsets.store import DirectoryStore
+
+    return DirectoryStore(settings.store_dir)
+
+
+def multimodal_dirs(settings: Settings) -> list[Path]:
+    dirs = [settings.models_dir / "multimodal"]
+    if settings.multimodal_dir is not None:
+        dirs.append(settings.multimodal_dir)
+    return [d for d in dirs if d.is_dir()]
+
+
+async def _start_services(app: FastAPI, settings: Settings, engine: ClassificationEngine | None) -> None:
+    """Load the model, warm it up, reload label sets and multimodal checkpoints."""
+    state = app.state
+    try:
+        if engine is None:
+            engine = await asyncio.to_thread(ClassificationEngine.load, settings, state.metrics)
+        else:
+            engine.metrics = state.metrics
+        if _OPTIONAL.get("multimodal") is not None:
+            from app.multimodal.service import MultimodalService
+
+            state.multimodal = await asyncio.to_thread(MultimodalService.from_dirs, multimodal_dirs(settings))
+        if _OPTIONAL.get("label_sets") is not None:
+            from app.labelsets.service import LabelSetService
+
+            service = LabelSetService(store=create_store(settings), engine=engine, settings=settings)
+            report = await service.load_all()
+            log.info("label sets loaded: %s", report)
+            state.label_sets = service
+            if hasattr(service, "readiness_problem"):
+                state.readiness_checks["label_store"] = service.readiness_problem
+        state.engine = engine
+        await engine.start()
+    except Exception as exc:  # keep serving /livez and a red /readyz that says why
+        log.exception("start-up failed")
+        state.startup_error = f"{type(exc).__name__}: {exc}"
+
+
+def create_app(settings: Settings | None = None, *, engine: ClassificationEngine | None = None) -> FastAPI:
+    """Build the application. ``engine`` injects a pre-built model (tests, benchmarks)."""
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.create_task(_start_services(app, settings, engine), name="start-services")
+        app.state.loader = loader
+        try:
+            yield
+        finally:
+            loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await loader
+            for name in ("label_sets", "multimodal", "engine"):
+                svc = getattr(app.state, name, None)
+                if svc is not None and hasattr(svc, "stop"):
+                    with contextlib.suppress(Exception):
+                        await svc.stop()
+
+    app = FastAPI(
+        title="trustserve",
+        version=__version__,
+        description="Zero-shot vision-language predictions with a TrustVLM confidence and calibrated "
+        "accept/reject decisions; ACR multimodal classifiers.",
+        lifespan=lifespan,
+    )
+    metrics = ServiceMetrics()
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.auth = ApiKeyAuth(
+        settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_keys_file
+    )
+    app.state.engine = None
+    app.state.label_sets = None
+    app.state.multimodal = None
+    app.state.startup_error = None
+    app.state.readiness_checks = {}
+    install_error_handlers(app)
+    for module in (health, models, classify, *[m for m in _OPTIONAL.values() if m is not None]):
+        app.include_router(module.router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    return app

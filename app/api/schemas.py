@@ -1,0 +1,94 @@
+"""Pydantic schemas of the classify, models and health APIs (the public contract; snapshot-tested)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCORE_DOC = (
+    "Confidence scores, higher = more trustworthy, plain values (not x100): msp, max_logit, energy, "
+    "neg_entropy, doctor_alpha always; s_it, s_ii, trustvlm, trustvlm_star when the label set has image "
+    "prototypes (null for an image whose predicted class has none)."
+)
+
+
+class ClassifyRequest(BaseModel):
+    """JSON form of POST /v1/classify. Give ``labels`` (ad-hoc) or ``label_set`` (a registered id)."""
+
+    model_config = ConfigDict(extra="forbid")
+    images: list[str] = Field(..., min_length=1, description="base64-encoded image files (JPEG, PNG, ...)")
+    labels: list[str] | None = Field(None, description="candidate labels, e.g. ['espresso', 'a cat']")
+    label_set: str | None = Field(None, description="id of a registered label set (instead of labels)")
+    templates: list[str] | None = Field(None, description="prompt templates with a '{}' slot")
+    top_k: int = Field(5, ge=1, le=100)
+
+
+class LabelProbability(BaseModel):
+    label: str
+    index: int
+    probability: float
+
+
+class Decision(BaseModel):
+    """Accept/reject from the label set's calibrated threshold on its trust score."""
+
+    accept: bool | None = Field(description="null when not calibrated: no decision is pretended")
+    threshold: float | None = None
+    score: str = Field(description="which confidence the threshold applies to")
+    rule: str | None = Field(None, description="e.g. target_risk or target_coverage")
+    guarantee: str | None = None
+    calibrated: bool
+
+
+class TrustInfo(BaseModel):
+    """What the image-space check could use for this image."""
+
+    image_space: str = Field(description="the auxiliary image encoder used for prototypes")
+    prototypes_for_prediction: bool
+    classes_with_prototypes: int
+    note: str | None = None
+
+
+class ImageResult(BaseModel):
+    index: int = Field(description="position of the image in the request")
+    prediction: LabelProbability
+    top_k: list[LabelProbability]
+    refined_prediction: LabelProbability | None = Field(
+        None, description="TrustVLM* prediction (text + image-space evidence), when prototypes exist"
+    )
+    scores: dict[str, float | None] = Field(description=SCORE_DOC)
+    confidence: float | None = Field(description="value of the configured trust score (decision.score)")
+    decision: Decision
+    trust: TrustInfo
+
+
+class LabelSetRef(BaseModel):
+    id: str
+    version: int
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    label_set: LabelSetRef | None = None
+    results: list[ImageResult]
+    timing_ms: dict[str, float]
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    backend: str
+    device: str
+    dtype: str
+    ready: bool
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+    presets: list[dict[str, object]]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "starting", "unavailable"]
+    detail: str | None = None

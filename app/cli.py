@@ -1,0 +1,103 @@
+"""The ``trustserve`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+cli = typer.Typer(
+    name="trustserve",
+    help="Trustworthy vision-language predictions as a service.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+models_cli = typer.Typer(help="The model repository (models/*.yaml).", no_args_is_help=True)
+cli.add_typer(models_cli, name="models")
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address (TRUSTSERVE_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (TRUSTSERVE_PORT)")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="model preset name or YAML path (TRUSTSERVE_MODEL)")
+    ] = None,
+    store_dir: Annotated[Path | None, typer.Option(help="label-set store (TRUSTSERVE_STORE_DIR)")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda[:N] (TRUSTSERVE_DEVICE)")] = None,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Start the HTTP server (default: the embedded offline model, no GPU, no downloads)."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from app.api.app import create_app
+    from app.config import Settings
+    from app.observability.logging import configure_logging
+
+    overrides = {
+        k: v
+        for k, v in {
+            "host": host,
+            "port": port,
+            "model": model,
+            "store_dir": store_dir,
+            "device": device,
+        }.items()
+        if v is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        typer.echo(f"invalid settings:\n{exc}", err=True)
+        raise typer.Exit(2) from None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1") if settings.model.startswith("offline") else None
+    configure_logging(settings.log_level, settings.log_json)
+    if workers > 1:
+        for key, value in overrides.items():
+            os.environ[f"TRUSTSERVE_{key.upper()}"] = str(value)
+        uvicorn.run(
+            "app.api.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=workers,
+            log_config=None,
+            timeout_graceful_shutdown=10,
+        )
+    else:
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            timeout_graceful_shutdown=10,
+        )
+
+
+@models_cli.command("list")
+def models_list(
+    models_dir: Annotated[Path | None, typer.Option(help="model repository folder")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """List the model presets."""
+    from app.vlm.presets import DEFAULT_MODELS_DIR, list_presets
+
+    presets = list_presets(models_dir or DEFAULT_MODELS_DIR)
+    if as_json:
+        typer.echo(json.dumps([p.model_dump() for p in presets.values()], indent=2))
+        return
+    for p in presets.values():
+        flag = "offline" if p.offline else "needs weights"
+        typer.echo(f"{p.name:<22} {p.backend:<13} {flag:<13} {p.description}")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()
