@@ -12,6 +12,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -19,9 +20,10 @@ from PIL import Image
 
 from app.config import Settings
 from app.engine.batcher import DynamicBatcher
+from app.engine.images import ImageLimits, decode_image
 from app.engine.text_cache import TextEmbeddingCache
 from app.observability.metrics import ServiceMetrics
-from app.vlm.aux_base import AuxImageEncoder
+from app.vlm.aux_base import SHARED_TOWER, AuxImageEncoder
 from app.vlm.base import VLMBackend, create_backend
 from app.vlm.presets import ModelPreset, get_preset
 
@@ -87,12 +89,14 @@ class ClassificationEngine:
     @classmethod
     def load(cls, settings: Settings, metrics: ServiceMetrics | None = None) -> ClassificationEngine:
         """Build the preset's backend and auxiliary encoder (blocking; call from a thread at start-up)."""
-        from app.vlm.aux.factory import create_aux_encoder
-
         started = time.perf_counter()
         preset = get_preset(settings.model, settings.models_dir)
         backend = create_backend(preset.backend, device=settings.device, dtype=settings.dtype, **preset.args)
-        aux = create_aux_encoder(preset.aux_encoder, device=backend.device, dtype=backend.dtype)
+        aux = None
+        if preset.aux_encoder.kind != SHARED_TOWER:  # a separate image-space model
+            from app.vlm.aux.factory import create_aux_encoder
+
+            aux = create_aux_encoder(preset.aux_encoder, device=backend.device, dtype=backend.dtype)
         engine = cls(preset, backend, aux, settings, metrics)
         engine.load_seconds = time.perf_counter() - started
         engine.metrics.model_load_seconds.labels(engine.model_id).set(engine.load_seconds)
@@ -184,6 +188,23 @@ class ClassificationEngine:
         self.metrics.batch_size.labels(self.model_id).observe(size)
         self.metrics.stage_duration.labels("inference", self.model_id).observe(seconds)
         self.metrics.queue_depth.labels(self.model_id).set(self.batcher.queue_depth)
+
+    async def decode_images(self, files: list[bytes]) -> list[Image.Image]:
+        """Decode uploads in the pre-processing pool (off the event loop); 4xx APIError on bad ones."""
+        s = self.settings
+        limits = ImageLimits(s.max_image_pixels, s.max_image_side, s.min_image_side)
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        images = await asyncio.gather(
+            *(
+                loop.run_in_executor(
+                    self._preprocess_pool, partial(decode_image, data, limits, name=f"image[{i}]")
+                )
+                for i, data in enumerate(files)
+            )
+        )
+        self.metrics.stage_duration.labels("decode", self.model_id).observe(time.perf_counter() - started)
+        return list(images)
 
     async def preprocess(self, images: list[Image.Image]) -> list[_Pixels]:
         loop = asyncio.get_running_loop()

@@ -27,8 +27,6 @@ from app.api.schemas import (
 from app.api.validation import decode_base64_image, validate_labels, validate_templates
 from app.config import Settings
 from app.engine.batcher import QueueFullError
-from app.engine.engine import ClassificationEngine
-from app.engine.images import ImageLimits, decode_image
 from app.engine.scoring import ScoredBatch, score_batch
 
 router = APIRouter(tags=["classify"])
@@ -244,20 +242,6 @@ def build_results(
 
 
 # -- route -----------------------------------------------------------------------------------------
-async def decode_images(engine: ClassificationEngine, files: list[bytes], settings: Settings) -> list[Any]:
-    """Decode uploads in the pre-processing pool (CPU work off the event loop)."""
-    limits = ImageLimits(settings.max_image_pixels, settings.max_image_side, settings.min_image_side)
-    loop = asyncio.get_running_loop()
-    return list(
-        await asyncio.gather(
-            *(
-                loop.run_in_executor(engine._preprocess_pool, decode_image, data, limits, f"image[{i}]")
-                for i, data in enumerate(files)
-            )
-        )
-    )
-
-
 def overload_error(exc: QueueFullError) -> APIError:
     return APIError(429, "overloaded", str(exc), headers={"Retry-After": str(math.ceil(exc.retry_after_s))})
 
@@ -301,9 +285,8 @@ async def classify(request: Request, engine: EngineDep, settings: SettingsDep) -
         labels = validate_labels(body.labels or [], settings)
         templates = validate_templates(body.templates, engine.preset.templates)
     t_decode = time.perf_counter()
-    images = await decode_images(engine, files, settings)
+    images = await engine.decode_images(files)
     t_encode = time.perf_counter()
-    engine.metrics.stage_duration.labels("decode", engine.model_id).observe(t_encode - t_decode)
     try:
         if view is None:
             encoded, text = await asyncio.gather(

@@ -1,0 +1,121 @@
+"""Shared fixtures: a tiny random-weight open_clip model (real code path, milliseconds per call),
+settings pointing at temporary folders, and an app built around the tiny engine."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TINY_ARCH = "trustserve-tiny-vit"
+TINY_CONFIG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+}
+TINY_PRESET = "tiny-clip"
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository with one preset: a tiny random-weight open_clip ViT (registered config)."""
+    root = tmp_path_factory.mktemp("models")
+    config = root / f"{TINY_ARCH}.json"
+    config.write_text(json.dumps(TINY_CONFIG))
+    open_clip.add_model_config(config)
+    preset = {
+        "name": TINY_PRESET,
+        "description": "tiny random-weight open_clip ViT for tests",
+        "backend": "open_clip",
+        "args": {"architecture": TINY_ARCH, "pretrained": None},
+        "templates": ["a photo of a {}."],
+        "aux_encoder": {"kind": "vlm"},
+        "offline": True,
+    }
+    (root / f"{TINY_PRESET}.yaml").write_text(yaml.safe_dump(preset))
+    return root
+
+
+@pytest.fixture()
+def settings_factory(tiny_models_dir: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Build Settings for the tiny model with a fresh store; keyword overrides win."""
+    from app.config import Settings
+
+    def make(**overrides: object) -> Settings:
+        base: dict[str, object] = {
+            "model": TINY_PRESET,
+            "models_dir": tiny_models_dir,
+            "store_dir": tmp_path / "store",
+            "device": "cpu",
+            "max_wait_ms": 2.0,
+            "log_json": False,
+        }
+        base.update(overrides)
+        return Settings(**base)
+
+    return make
+
+
+@pytest.fixture()
+def app_factory(settings_factory):  # type: ignore[no-untyped-def]
+    """``make(**settings) -> TestClient`` around the real create_app and the tiny model, started."""
+    from fastapi.testclient import TestClient
+
+    from app.api.app import create_app
+
+    clients: list[TestClient] = []
+
+    def make(**overrides: object) -> TestClient:
+        torch.manual_seed(0)
+        client = TestClient(create_app(settings_factory(**overrides)), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        wait_ready(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)
+
+
+def wait_ready(client, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = client.get("/readyz")
+        if r.status_code == 200:
+            return
+        if "unavailable" in r.text:
+            raise AssertionError(f"server failed to start: {r.text}")
+        time.sleep(0.05)
+    raise AssertionError("server not ready in time")
+
+
+@pytest.fixture()
+def client(app_factory) -> Iterator[object]:  # type: ignore[no-untyped-def]
+    return app_factory()
+
+
+def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (48, 40), seed: int = 0, mode: str = "RGB",
+                **save: object) -> bytes:
+    """A small random image encoded in ``fmt``."""
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8), "RGB")
+    if mode != "RGB":
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, fmt, **save)
+    return buf.getvalue()
