@@ -4,48 +4,25 @@ settings pointing at temporary folders, and an app built around the tiny engine.
 from __future__ import annotations
 
 import io
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import pytest
 import torch
-import yaml
 from PIL import Image
+
+from tests.support.tiny_model import TINY_PRESET, write_tiny_models_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-TINY_ARCH = "trustserve-tiny-vit"
-TINY_CONFIG = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-}
-TINY_PRESET = "tiny-clip"
 
 
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository with one preset: a tiny random-weight open_clip ViT (registered config)."""
-    root = tmp_path_factory.mktemp("models")
-    config = root / f"{TINY_ARCH}.json"
-    config.write_text(json.dumps(TINY_CONFIG))
-    open_clip.add_model_config(config)
-    preset = {
-        "name": TINY_PRESET,
-        "description": "tiny random-weight open_clip ViT for tests",
-        "backend": "open_clip",
-        "args": {"architecture": TINY_ARCH, "pretrained": None},
-        "templates": ["a photo of a {}."],
-        "aux_encoder": {"kind": "vlm"},
-        "offline": True,
-    }
-    (root / f"{TINY_PRESET}.yaml").write_text(yaml.safe_dump(preset))
-    return root
+    return write_tiny_models_dir(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture()
@@ -109,8 +86,9 @@ def client(app_factory) -> Iterator[object]:  # type: ignore[no-untyped-def]
     return app_factory()
 
 
-def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (48, 40), seed: int = 0, mode: str = "RGB",
-                **save: object) -> bytes:
+def image_bytes(
+    fmt: str = "PNG", size: tuple[int, int] = (48, 40), seed: int = 0, mode: str = "RGB", **save: object
+) -> bytes:
     """A small random image encoded in ``fmt``."""
     rng = np.random.default_rng(seed)
     img = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8), "RGB")
