@@ -113,9 +113,11 @@ class VectorIndex:
         return faiss.serialize_index(self._index).tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes, kind: IndexKind) -> VectorIndex:
-        """Inverse of ``to_bytes``."""
+    def from_bytes(cls, data: bytes) -> VectorIndex:
+        """Inverse of ``to_bytes`` (the index kind is read back from the FAISS structure)."""
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+        kind: IndexKind = "hnsw" if isinstance(inner, faiss.IndexHNSW) else "flat"
         return cls(index, kind)
 
     def memory_bytes(self) -> int:

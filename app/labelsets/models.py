@@ -45,7 +45,9 @@ class AdaptationConfig(BaseModel):
     enabled: bool = False
     min_score: float = Field(1.5, description="trust score a prediction needs to enter the cache")
     max_per_class: int = Field(16, ge=1, le=1024)
-    max_weight: float = Field(0.5, gt=0.0, lt=1.0, description="cap on the cache's share of a prototype")
+    max_weight: float = Field(
+        0.3, gt=0.0, lt=0.5, description="cap on the cache share of a prototype (< 0.5)"
+    )
 
 
 class CalibrationRecord(BaseModel):

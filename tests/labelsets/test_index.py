@@ -55,7 +55,8 @@ def test_hnsw_above_threshold_has_high_recall_against_flat() -> None:
 def test_serialisation_round_trip(kind: str) -> None:
     vectors = _vectors(300, 16)
     index = VectorIndex.build(vectors, np.arange(300) * 2, kind=kind)
-    restored = VectorIndex.from_bytes(index.to_bytes(), kind)
+    restored = VectorIndex.from_bytes(index.to_bytes())
+    assert restored.kind == kind
     queries = _vectors(5, 16, seed=9)
     np.testing.assert_array_equal(index.search(queries, 3)[1], restored.search(queries, 3)[1])
     assert restored.ntotal == 300 and restored.dim == 16

@@ -1,0 +1,249 @@
+"""LabelSetService on a real (tiny, random-weight) engine and a real DirectoryStore."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.api.errors import APIError
+from app.labelsets.models import AdaptationConfig
+from app.labelsets.service import CalibrationRequest, LabelSetService, _top_per_class, adapted_prototypes
+from app.labelsets.store import DirectoryStore
+from app.trust.prototypes import PrototypeBank
+from tests.labelsets.conftest import colour_image, make_settings
+
+LABELS = ["red", "green", "blue"]
+
+
+async def service_for(store_dir: Path, engine) -> LabelSetService:
+    """A service on a fresh store handle; (re)starts the engine's batcher on this event loop."""
+    await engine.start()
+    service = LabelSetService(
+        store=DirectoryStore(store_dir), engine=engine, settings=make_settings(store_dir)
+    )
+    await service.load_all()
+    return service
+
+
+async def _populated(tmp_path: Path, engine, shots: int = 4) -> LabelSetService:
+    service = await service_for(tmp_path, engine)
+    await service.create("colours", LABELS)
+    labels = [label for label in LABELS for _ in range(shots)]
+    images = [colour_image(label, seed=i) for i, label in enumerate(labels)]
+    await service.add_support_images("colours", labels, images)
+    return service
+
+
+def test_create_add_support_and_reload_identically(tmp_path: Path, tiny_engine) -> None:
+    async def scenario() -> None:
+        service = await _populated(tmp_path, tiny_engine)
+        view = service.get_view("colours")
+        assert view.version == 2
+        assert view.support_counts.tolist() == [4, 4, 4]
+        assert view.has_prototype.all()
+        np.testing.assert_allclose(np.linalg.norm(view.prototypes, axis=1), 1.0, rtol=1e-5)
+        # prototype == normalised mean of the support features (TrustVLM's P_c)
+        images = [colour_image("red", seed=i) for i in range(4)]
+        feats = (await tiny_engine.encode_images(images)).aux_features
+        expected = feats.mean(0) / np.linalg.norm(feats.mean(0))
+        np.testing.assert_allclose(view.prototypes[0], expected, atol=1e-5)
+        sims, ids = view.index.search(expected[None, :].astype(np.float32), 1)
+        assert ids[0, 0] == 0 and sims[0, 0] == pytest.approx(1.0, abs=1e-5)
+
+        reloaded = LabelSetService(DirectoryStore(tmp_path), tiny_engine, make_settings(tmp_path))
+        report = await reloaded.load_all()
+        assert report.loaded == ["colours"] and report.failed == {}
+        again = reloaded.get_view("colours")
+        assert again.version == view.version
+        np.testing.assert_array_equal(again.prototypes, view.prototypes)
+        np.testing.assert_array_equal(again.text_embeddings, view.text_embeddings)
+
+    asyncio.run(scenario())
+
+
+def test_errors_unknown_duplicate_bad_class(tmp_path: Path, tiny_engine) -> None:
+    async def scenario() -> None:
+        service = await _populated(tmp_path, tiny_engine, shots=1)
+        with pytest.raises(APIError) as err:
+            service.get_view("nope")
+        assert err.value.status == 404
+        with pytest.raises(APIError) as err:
+            await service.create("colours", ["x"])
+        assert err.value.status == 409
+        with pytest.raises(APIError) as err:
+            await service.create("Bad Id!", ["x"])
+        assert err.value.status == 422
+        with pytest.raises(APIError) as err:
+            await service.create("dupes", ["a", "a"])
+        assert err.value.status == 422 and "repeated" in err.value.message
+        with pytest.raises(APIError) as err:
+            await service.add_support_images("colours", ["purple"], [colour_image("red")])
+        assert err.value.status == 422 and "purple" in err.value.message
+        assert service.get_view("colours").version == 2  # nothing written
+        with pytest.raises(APIError) as err:
+            await service.add_support_images("colours", ["red"], [colour_image("red")], expected_version=1)
+        assert err.value.status == 409
+
+    asyncio.run(scenario())
+
+
+def test_mixed_size_support_images_equal_one_by_one(tmp_path: Path, tiny_engine) -> None:
+    async def scenario() -> None:
+        service = await service_for(tmp_path, tiny_engine)
+        await service.create("a", LABELS)
+        await service.create("b", LABELS)
+        images = [colour_image("red", 1, (20, 30)), colour_image("red", 2, (300, 90))]
+        await service.add_support_images("a", ["red", "red"], images)
+        for image in images:
+            await service.add_support_images("b", ["red"], [image])
+        np.testing.assert_allclose(
+            service.get_view("a").prototypes, service.get_view("b").prototypes, atol=1e-6
+        )
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_requests_lose_no_update(tmp_path: Path, tiny_engine) -> None:
+    async def scenario() -> None:
+        service = await service_for(tmp_path, tiny_engine)
+        await service.create("colours", LABELS)
+        jobs = [service.add_support_images("colours", [LABELS[i % 3]], [colour_image(LABELS[i % 3], i)])
+                for i in range(12)]  # fmt: skip
+        await asyncio.gather(*jobs)
+        view = service.get_view("colours")
+        assert view.version == 13
+        assert view.support_counts.tolist() == [4, 4, 4]
+        stored = DirectoryStore(tmp_path).load("colours")
+        assert stored.arrays["prototype_counts"].tolist() == [4, 4, 4]
+
+    asyncio.run(scenario())
+
+
+def test_remove_and_add_classes(tmp_path: Path, tiny_engine) -> None:
+    async def scenario() -> None:
+        service = await _populated(tmp_path, tiny_engine, shots=2)
+        before = service.get_view("colours")
+        view = await service.remove_class("colours", "green")
+        assert view.labels == ("red", "blue")
+        np.testing.assert_array_equal(view.prototypes, before.prototypes[[0, 2]])
+        np.testing.assert_array_equal(view.text_embeddings, before.text_embeddings[[0, 2]])
+        view = await service.add_classes("colours", ["grey"])
+        assert view.labels == ("red", "blue", "grey") and view.has_prototype.tolist() == [True, True, False]
+        with pytest.raises(APIError) as err:
+            await service.remove_class("colours", "green")
+        assert err.value.status == 404
+
+    asyncio.run(scenario())
+
+
+def test_calibrate_target_coverage_and_decisions(tmp_path: Path, tiny_engine) -> None:
+    async def scenario() -> None:
+        service = await _populated(tmp_path, tiny_engine)
+        labels = [LABELS[i % 3] for i in range(60)]
+        images = [colour_image(label, seed=100 + i) for i, label in enumerate(labels)]
+        request = CalibrationRequest(rule="target_coverage", target_coverage=0.8)
+        view = await service.calibrate("colours", labels, images, request)
+        cal = view.calibration
+        assert cal is not None and cal.rule == "target_coverage" and cal.n == 60
+        assert cal.coverage >= 0.8 and cal.label_set_version == view.version == 3
+        assert view.decide(cal.threshold).accept is True
+        assert view.decide(cal.threshold - 1e-6).accept is False
+        assert view.decide(float("nan")).accept is False
+        # any change to the prototypes drops the calibration: it would no longer hold
+        view, _ = await service.add_support_images("colours", ["red"], [colour_image("red", 999)])
+        assert view.calibration is None
+        decision = view.decide(5.0)
+        assert decision.calibrated is False and decision.accept is None
+
+    asyncio.run(scenario())
+
+
+def test_calibrate_target_risk_too_small_explains_minimum(tmp_path: Path, tiny_engine) -> None:
+    async def scenario() -> None:
+        service = await _populated(tmp_path, tiny_engine, shots=1)
+        labels = ["red"] * 20
+        images = [colour_image("red", i) for i in range(20)]
+        request = CalibrationRequest(rule="target_risk", target_risk=0.1, delta=0.05)
+        with pytest.raises(APIError) as err:
+            await service.calibrate("colours", labels, images, request)
+        assert err.value.status == 422 and err.value.code == "calibration_set_too_small"
+        assert err.value.details["min_samples"] > 20
+        assert str(err.value.details["min_samples"]) in err.value.message
+
+    asyncio.run(scenario())
+
+
+def test_calibrate_target_risk_with_tuning(tmp_path: Path, tiny_engine) -> None:
+    async def scenario() -> None:
+        service = await _populated(tmp_path, tiny_engine)
+        labels = [LABELS[i % 3] for i in range(240)]
+        images = [colour_image(label, seed=500 + i) for i, label in enumerate(labels)]
+        request = CalibrationRequest(rule="target_risk", target_risk=0.2, delta=0.1, tune=True)
+        view = await service.calibrate("colours", labels, images, request)
+        cal = view.calibration
+        assert cal.n == 120 and cal.n_tuning == 120
+        assert cal.risk_upper_bound <= 0.2 and cal.delta == 0.1
+        assert view.alpha == cal.alpha
+
+    asyncio.run(scenario())
+
+
+def test_corrupt_entry_reported_others_served(tmp_path: Path, tiny_engine) -> None:
+    async def scenario() -> None:
+        service = await _populated(tmp_path, tiny_engine, shots=1)
+        await service.create("other", ["a", "b"])
+        (tmp_path / "label-sets" / "colours" / "v00000002.arrays.safetensors").write_bytes(b"broken")
+        fresh = LabelSetService(DirectoryStore(tmp_path), tiny_engine, make_settings(tmp_path))
+        report = await fresh.load_all()
+        assert report.loaded == ["other"]
+        assert "checksum mismatch" in report.failed["colours"]
+        with pytest.raises(APIError) as err:
+            fresh.get_view("colours")
+        assert err.value.status == 503
+        await fresh.delete("colours")
+        assert fresh.unavailable() == {}
+
+    asyncio.run(scenario())
+
+
+def test_top_per_class_keeps_highest_scores() -> None:
+    classes = np.array([0, 0, 1, 0, 1, 0])
+    scores = np.array([0.9, 0.5, 0.7, 0.95, 0.1, 0.6])
+    assert _top_per_class(classes, scores, 2).tolist() == [0, 2, 3, 4]
+
+
+def test_adapted_prototypes_cannot_drift_without_bound() -> None:
+    """Adversarial cache (features opposite to the support mean, as many as allowed): the prototype stays
+    within cos ≥ 1 − 2·max_weight of the support prototype."""
+    rng = np.random.default_rng(0)
+    support = rng.standard_normal((2, 8))
+    bank = PrototypeBank.from_features(support, np.array([0, 1]), 2)
+    sums, counts = bank.to_arrays()["sums"], bank.to_arrays()["counts"]
+    for max_weight in (0.1, 0.3, 0.49):
+        hostile = np.repeat(-support[:1] * 100, 1000, axis=0)
+        adapted = adapted_prototypes(sums, counts, np.zeros(1000, np.int64), hostile, max_weight)
+        cos = float(adapted[0] @ bank.prototypes()[0])
+        assert cos >= 1 - 2 * max_weight - 1e-6
+        np.testing.assert_allclose(adapted[1], bank.prototypes()[1], atol=1e-6)  # untouched class
+
+
+def test_observe_fills_bounded_cache(tmp_path: Path, tiny_engine) -> None:
+    async def scenario() -> None:
+        service = await _populated(tmp_path, tiny_engine, shots=2)
+        config = AdaptationConfig(enabled=True, min_score=0.0, max_per_class=3, max_weight=0.3)
+        view = await service.update("colours", adaptation=config)
+        for round_ in range(3):
+            images = [colour_image("red", 1000 + round_ * 10 + i) for i in range(5)]
+            feats = (await tiny_engine.encode_images(images)).aux_features
+            view = service.get_view("colours")
+            await service.observe("colours", view.version, feats, np.zeros(5, np.int64), np.linspace(1, 2, 5))
+        view = service.get_view("colours")
+        stored = DirectoryStore(tmp_path).load("colours")
+        assert stored.arrays["cache_class"].tolist() == [0, 0, 0]
+        assert view.adapted and view.support_counts.tolist() == [2, 2, 2]
+        assert service.get_view("colours").decide(1.0).calibrated is False
+
+    asyncio.run(scenario())
