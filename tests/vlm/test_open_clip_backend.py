@@ -20,13 +20,8 @@ from app.vlm.backends.open_clip_backend import (
     resolve_open_clip_source,
 )
 from app.vlm.base import VLMBackend, create_backend
+from tests.support.tiny_model import TINY_ARCH, TINY_CONFIG, register_tiny_arch
 
-TINY_ARCH = "trustserve-test-tiny-vit"
-TINY_CONFIG = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
-}
 CPU = torch.device("cpu")
 TEXTS = ["a photo of a cat.", "a photo of a dog.", "a photo of a bird.", "a car", "a tree"]
 
@@ -34,9 +29,7 @@ TEXTS = ["a photo of a cat.", "a photo of a dog.", "a photo of a bird.", "a car"
 @pytest.fixture(scope="module", autouse=True)
 def tiny_arch(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Register the tiny architecture with open_clip (as a user-supplied model config file would be)."""
-    path = tmp_path_factory.mktemp("open_clip_configs") / f"{TINY_ARCH}.json"
-    path.write_text(json.dumps(TINY_CONFIG))
-    open_clip.add_model_config(path)
+    register_tiny_arch(tmp_path_factory.mktemp("open_clip_configs"))
     return TINY_ARCH
 
 
