@@ -1,0 +1,275 @@
+"""Serving benchmarks, each a ratio measured in one run on one machine.
+
+  python benchmarks/serving/bench_serving.py --preset random-vit-b-32 --out benchmarks/serving/results
+
+1. end-to-end throughput (HTTP, JPEG photos, --clients concurrent clients) vs the bare model forward at the
+   server's observed mean batch size (the physical limit);
+2. dynamic batching (max batch --max-batch) vs one-request-at-a-time serving (max batch 1);
+3. TrustVLM scoring overhead vs MSP-only, image space = the VLM's own tower (a label set with prototypes
+   vs ad-hoc labels, same images, same server);
+4. latency p50/p95/p99 at a fixed request rate below saturation (open loop), and time-to-429 above it.
+
+The load generator runs on the same machine as the server (it costs CPU too; reported, not hidden).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from app.client import AsyncTrustServeClient, TrustServeError  # noqa: E402
+from tests.support.live_server import LiveServer  # noqa: E402
+
+PHOTOS = ("coffee", "chelsea", "rocket", "astronaut", "camera", "cat")
+LABELS = ["espresso", "a cat", "a rocket", "an astronaut", "a camera", "a dog", "a car", "a tree"]
+
+
+def photo_jpegs() -> list[bytes]:
+    from skimage import data
+
+    out = []
+    for name in PHOTOS:
+        arr = getattr(data, name)()
+        img = Image.fromarray(arr).convert("RGB")
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def start_server(preset: str, max_batch: int, store: Path, log: Path, **env: object) -> LiveServer:
+    settings = {
+        "TRUSTSERVE_MODEL": preset,
+        "TRUSTSERVE_STORE_DIR": str(store),
+        "TRUSTSERVE_MAX_BATCH_SIZE": str(max_batch),
+        "TRUSTSERVE_MAX_WAIT_MS": "10",
+        "TRUSTSERVE_MAX_QUEUE_SIZE": "4096",
+        "TRUSTSERVE_LOG_LEVEL": "WARNING",
+        **{f"TRUSTSERVE_{k.upper()}": str(v) for k, v in env.items()},
+    }
+    server = LiveServer(["trustserve", "serve"], env=settings, log_path=log)
+    return server.start().wait_ready(timeout_s=600)
+
+
+async def closed_loop(url: str, images: list[bytes], clients: int, requests: int, **kw: object) -> dict:
+    """``clients`` workers each sending one image per request until ``requests`` are done."""
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    counter = iter(range(requests))
+    async with AsyncTrustServeClient(url, timeout=120) as ts:
+
+        async def worker() -> None:
+            for i in counter:
+                t = time.perf_counter()
+                try:
+                    await ts.classify(
+                        [images[i % len(images)]], kw.get("labels"), label_set=kw.get("label_set")
+                    )
+                    latencies.append(time.perf_counter() - t)
+                except TrustServeError as exc:
+                    errors[str(exc.status)] = errors.get(str(exc.status), 0) + 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return {
+        "images_per_s": len(latencies) / elapsed,
+        "ok": len(latencies),
+        "errors": errors,
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+    }
+
+
+async def open_loop(url: str, images: list[bytes], rate: float, seconds: float) -> dict:
+    """Poisson arrivals at ``rate`` requests/s for ``seconds`` (latency below saturation)."""
+    rng = np.random.default_rng(0)
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    async with AsyncTrustServeClient(url, timeout=120) as ts:
+
+        async def one(i: int) -> None:
+            t = time.perf_counter()
+            try:
+                await ts.classify([images[i % len(images)]], LABELS)
+                latencies.append(time.perf_counter() - t)
+            except TrustServeError as exc:
+                errors[str(exc.status)] = errors.get(str(exc.status), 0) + 1
+
+        tasks = []
+        t_end = time.perf_counter() + seconds
+        i = 0
+        while time.perf_counter() < t_end:
+            tasks.append(asyncio.create_task(one(i)))
+            i += 1
+            await asyncio.sleep(rng.exponential(1.0 / rate))
+        await asyncio.gather(*tasks)
+    return {
+        "rate_rps": rate,
+        "sent": i,
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p95_ms": percentile(latencies, 95) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+        "errors": errors,
+    }
+
+
+async def time_to_429(url: str, image: bytes, burst: int) -> dict:
+    """Flood a server with a tiny queue; how fast do refused requests learn it?"""
+    refused: list[float] = []
+    ok = 0
+    async with httpx.AsyncClient(
+        base_url=url, timeout=120, limits=httpx.Limits(max_connections=burst)
+    ) as http:
+
+        async def one() -> None:
+            nonlocal ok
+            t = time.perf_counter()
+            r = await http.post(
+                "/v1/classify",
+                files={"image": ("p.jpg", image, "image/jpeg")},
+                data={"labels": json.dumps(LABELS)},
+            )
+            if r.status_code == 429:
+                assert "retry-after" in r.headers
+                refused.append(time.perf_counter() - t)
+            elif r.status_code == 200:
+                ok += 1
+
+        await asyncio.gather(*(one() for _ in range(burst)))
+    return {
+        "burst": burst,
+        "accepted": ok,
+        "refused_429": len(refused),
+        "429_p50_ms": percentile(refused, 50) * 1000,
+        "429_p99_ms": percentile(refused, 99) * 1000,
+    }
+
+
+def bare_forward(preset_name: str, images: list[bytes], batch: int, repeats: int) -> dict:
+    """The model alone: preprocessed batch -> encode_images, no HTTP, no decoding, no scoring."""
+    from app.vlm.base import create_backend
+    from app.vlm.presets import get_preset
+
+    preset = get_preset(preset_name)
+    torch.manual_seed(0)
+    backend = create_backend(preset.backend, device="auto", dtype="auto", **preset.args)
+    pils = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
+    pixels = torch.stack([backend.preprocess(pils[i % len(pils)]) for i in range(batch)])
+    backend.encode_images(pixels)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        backend.encode_images(pixels)
+        times.append(time.perf_counter() - t)
+    best = statistics.median(times)
+    return {"batch": batch, "median_s": best, "images_per_s": batch / best}
+
+
+async def make_label_set(url: str, images: list[bytes]) -> str:
+    async with AsyncTrustServeClient(url, timeout=300) as ts:
+        await ts.create_label_set("bench", LABELS)
+        for label, img in zip(LABELS, images * 2, strict=False):
+            await ts.add_support_images("bench", label, [img, img])
+    return "bench"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", default="random-vit-b-32")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=256)
+    parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--rate-fraction", type=float, default=0.5, help="open-loop rate / measured capacity")
+    parser.add_argument("--open-loop-seconds", type=float, default=15)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/serving/results")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    images = photo_jpegs()
+    results: dict[str, object] = {
+        "preset": args.preset,
+        "clients": args.clients,
+        "requests": args.requests,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "torch_threads": torch.get_num_threads(),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        # 1 + 3 + 4a: the batched server
+        server = start_server(args.preset, args.max_batch, tmp_path / "store", tmp_path / "batched.log")
+        try:
+            asyncio.run(closed_loop(server.url, images, args.clients, 32, labels=LABELS))  # warm
+            batched = asyncio.run(closed_loop(server.url, images, args.clients, args.requests, labels=LABELS))
+            stats = httpx.get(f"{server.url}/v1/models").json()["models"][0]["batching"]
+            batched["mean_batch_size"] = stats["mean_batch_size"]
+            results["batched"] = batched
+            print("batched server:", batched, flush=True)
+            try:
+                label_set = asyncio.run(make_label_set(server.url, images))
+                trust = asyncio.run(
+                    closed_loop(server.url, images, args.clients, args.requests, label_set=label_set)
+                )
+                msp = asyncio.run(closed_loop(server.url, images, args.clients, args.requests, labels=LABELS))
+                results["trustvlm_vs_msp"] = {
+                    "trustvlm": trust,
+                    "msp_only": msp,
+                    "overhead": msp["images_per_s"] / trust["images_per_s"] - 1,
+                }
+                print("TrustVLM vs MSP:", results["trustvlm_vs_msp"], flush=True)
+            except TrustServeError as exc:
+                results["trustvlm_vs_msp"] = {"error": str(exc)}
+            rate = max(1.0, args.rate_fraction * batched["images_per_s"])
+            results["open_loop"] = asyncio.run(open_loop(server.url, images, rate, args.open_loop_seconds))
+            print("open loop:", results["open_loop"], flush=True)
+        finally:
+            server.stop()
+        # 2: one request at a time
+        single = start_server(args.preset, 1, tmp_path / "store1", tmp_path / "single.log")
+        try:
+            results["unbatched"] = asyncio.run(
+                closed_loop(single.url, images, args.clients, args.requests, labels=LABELS)
+            )
+            print("unbatched server:", results["unbatched"], flush=True)
+        finally:
+            single.stop()
+        # 4b: overload
+        small = start_server(
+            args.preset, args.max_batch, tmp_path / "store2", tmp_path / "small.log", max_queue_size=8
+        )
+        try:
+            results["overload"] = asyncio.run(time_to_429(small.url, images[0], burst=128))
+            print("overload:", results["overload"], flush=True)
+        finally:
+            small.stop()
+    # 1: the bare forward at the server's mean batch size
+    batch = max(1, round(float(batched["mean_batch_size"])))
+    results["bare_forward"] = bare_forward(args.preset, images, batch, repeats=10)
+    results["server_vs_bare"] = batched["images_per_s"] / results["bare_forward"]["images_per_s"]
+    results["batched_vs_unbatched"] = batched["images_per_s"] / results["unbatched"]["images_per_s"]
+    print(json.dumps(results, indent=2))
+    (args.out / f"{args.preset}.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
