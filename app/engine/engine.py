@@ -91,7 +91,10 @@ class ClassificationEngine:
         """Build the preset's backend and auxiliary encoder (blocking; call from a thread at start-up)."""
         started = time.perf_counter()
         preset = get_preset(settings.model, settings.models_dir)
-        backend = create_backend(preset.backend, device=settings.device, dtype=settings.dtype, **preset.args)
+        args = dict(preset.args)
+        if settings.torch_compile:  # backends that support it accept ``torch_compile``
+            args["torch_compile"] = True
+        backend = create_backend(preset.backend, device=settings.device, dtype=settings.dtype, **args)
         aux = None
         if preset.aux_encoder.kind != SHARED_TOWER:  # a separate image-space model
             from app.vlm.aux.factory import create_aux_encoder
