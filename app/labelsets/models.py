@@ -57,7 +57,7 @@ class CalibrationRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rule: CalibrationRule
     score: TrustScoreName
-    threshold: float | None = Field(description="accept when score >= threshold; null = reject every image")
+    threshold: float = Field(description="accept when score >= threshold")
     target: float = Field(description="target selective risk (target_risk) or coverage (target_coverage)")
     delta: float | None = Field(None, description="confidence level of the risk guarantee")
     guarantee: str
@@ -166,10 +166,7 @@ class LabelSetView:
                 "prototypes were adapted at test time after calibration; the guarantee was computed "
                 "for the calibration-time prototypes"
             )
-        if cal.threshold is None:
-            accept = False
-            note = note or "calibration found no threshold meeting the target: every prediction is rejected"
-        elif score is None or not math.isfinite(score):
+        if score is None or not math.isfinite(score):
             accept = False
             note = note or "trust score undefined (predicted class has no prototype): rejected"
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,8 @@ from PIL import Image
 
 from app.api.errors import APIError, conflict, not_found, unprocessable
 from app.config import Settings
-from app.engine.scoring import score_batch
+from app.engine.scoring import ScoredBatch, score_batch
+from app.labelsets.archive import as_first_version
 from app.labelsets.index import IndexParams, VectorIndex
 from app.labelsets.models import (
     AdaptationConfig,
@@ -135,6 +137,7 @@ class LabelSetService:
         self._entries: dict[str, _Entry] = {}
         self._failed: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._background: set[asyncio.Task[bool]] = set()
 
     # ---- loading and reading -------------------------------------------------------------------
 
@@ -695,7 +698,7 @@ class LabelSetService:
         config = entry.view.adaptation
         scores = np.asarray(scores, dtype=np.float64)
         keep = np.isfinite(scores) & (scores >= config.min_score)
-        if entry.view.calibration is not None and entry.view.calibration.threshold is not None:
+        if entry.view.calibration is not None:
             keep &= scores >= entry.view.calibration.threshold
         keep &= entry.view.has_prototype[np.asarray(predictions, dtype=np.int64)]
         if not keep.any():
@@ -730,6 +733,43 @@ class LabelSetService:
             await self._commit(record, entry.record.meta.version)
             return True
 
+    def observe_predictions(self, label_set_id: str, aux_features: np.ndarray, scored: ScoredBatch) -> None:
+        """Hook for classify: offer a scored batch to the adaptation cache in the background (no-op unless
+        the label set opted in). Uses the prediction the label set's trust score judges."""
+        entry = self._entries.get(label_set_id)
+        if entry is None or not entry.view.adaptation.enabled:
+            return
+        view = entry.view
+        scores = scored.scores.get(view.trust_score)
+        predictions = (
+            scored.refined_predictions if view.trust_score == "trustvlm_star" else scored.predictions
+        )
+        if scores is None or predictions is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self.observe(label_set_id, view.version, aux_features, np.asarray(predictions), scores)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[bool]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("test-time adaptation update failed: %s", task.exception())
+
+    async def stop(self) -> None:
+        """Wait for pending background cache writes (called at shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def readiness_problem(self) -> str | None:
+        """For /readyz: None while the store can take writes. Entries that failed to load do not make the
+        server unready (they are listed by GET /v1/label-sets)."""
+        root = getattr(self.store, "root", None)
+        if root is not None and not os.access(root, os.W_OK):
+            return f"label-set store {root} is not writable"
+        return None
+
     # ---- export / import -----------------------------------------------------------------------
 
     def export_record(self, label_set_id: str) -> StoredLabelSet:
@@ -743,16 +783,12 @@ class LabelSetService:
         if not is_valid_slug(label_set_id):
             raise unprocessable(f"label-set id {label_set_id!r} is not a valid slug", code="invalid_id")
         self._check_compatible(record.meta)
-        calibration = record.meta.calibration
-        if calibration is not None:
-            calibration = calibration.model_copy(update={"label_set_version": 1})
-        meta = record.meta.model_copy(
-            update={"id": label_set_id, "version": 1, "calibration": calibration, "updated_at": utc_now()}
-        )
+        fresh = as_first_version(record, label_set_id)
+        fresh.meta.updated_at = utc_now()
         async with self._lock(label_set_id):
             if label_set_id in self._entries:
                 raise conflict(f"label set {label_set_id!r} already exists", code="label_set_exists")
-            return await self._commit(StoredLabelSet(meta, dict(record.arrays)), expected_version=0)
+            return await self._commit(fresh, expected_version=0)
 
 
 def _preset_score(name: str) -> TrustScoreName:

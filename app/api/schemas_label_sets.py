@@ -1,0 +1,171 @@
+"""Pydantic schemas of the label-set API (/v1/label-sets). Risks and coverages are plain fractions."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.labelsets.models import (
+    SLUG_PATTERN,
+    AdaptationConfig,
+    CalibrationRecord,
+    LabelSetMeta,
+    LabelSetView,
+    TrustScoreName,
+)
+
+
+class LabelSetCreate(BaseModel):
+    """POST /v1/label-sets. Text embeddings are computed once, now, with the server's model."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=SLUG_PATTERN, description="slug: lower-case letters, digits, '-', '_'")
+    labels: list[str] = Field(min_length=1)
+    templates: list[str] | None = Field(
+        None, description="prompt templates with a '{}' slot (preset's default)"
+    )
+    description: str = Field("", max_length=2000)
+    model: str | None = Field(None, description="must equal the server's model id when given")
+    aux_encoder: str | None = Field(
+        None, description="must equal the server's image-space encoder when given"
+    )
+    alpha: float | None = Field(None, ge=0, le=100, description="TrustVLM α (preset default)")
+    visual_temperature: float | None = Field(None, gt=0, le=10, description="TrustVLM* T_v (preset default)")
+    trust_score: TrustScoreName | None = Field(None, description="score the reject rule thresholds")
+    adaptation: AdaptationConfig | None = None
+
+
+class LabelSetUpdate(BaseModel):
+    """PATCH /v1/label-sets/{id}. Changing α, T_v or the trust score drops the calibration."""
+
+    model_config = ConfigDict(extra="forbid")
+    description: str | None = Field(None, max_length=2000)
+    alpha: float | None = Field(None, ge=0, le=100)
+    visual_temperature: float | None = Field(None, gt=0, le=10)
+    trust_score: TrustScoreName | None = None
+    adaptation: AdaptationConfig | None = None
+
+
+class ClassesAdd(BaseModel):
+    """POST /v1/label-sets/{id}/classes."""
+
+    model_config = ConfigDict(extra="forbid")
+    labels: list[str] = Field(min_length=1)
+
+
+class ClassInfo(BaseModel):
+    label: str
+    index: int
+    support_images: int
+    has_prototype: bool
+
+
+class IndexInfo(BaseModel):
+    kind: Literal["flat", "hnsw"]
+    vectors: int
+    dim: int
+
+
+class LabelSetOut(BaseModel):
+    """A label set: metadata, per-class support counts, index and calibration."""
+
+    id: str
+    version: int
+    description: str
+    model: str
+    aux_encoder: str
+    labels: list[str]
+    templates: list[str]
+    classes: list[ClassInfo]
+    embedding_dim: int
+    feature_dim: int | None
+    alpha: float
+    visual_temperature: float
+    trust_score: TrustScoreName
+    calibrated: bool
+    calibration: CalibrationRecord | None
+    adaptation: AdaptationConfig
+    adapted: bool = Field(description="test-time cache entries have moved the prototypes")
+    prototype_index: IndexInfo | None
+    text_index: IndexInfo | None
+    created_at: str
+    updated_at: str
+
+    @classmethod
+    def build(cls, meta: LabelSetMeta, view: LabelSetView) -> LabelSetOut:
+        def index_info(index: object) -> IndexInfo | None:
+            if index is None:
+                return None
+            return IndexInfo(kind=index.kind, vectors=index.ntotal, dim=index.dim)  # type: ignore[attr-defined]
+
+        return cls(
+            id=meta.id,
+            version=meta.version,
+            description=meta.description,
+            model=meta.model,
+            aux_encoder=meta.aux_encoder,
+            labels=list(meta.labels),
+            templates=list(meta.templates),
+            classes=[
+                ClassInfo(label=label, index=i, support_images=int(n), has_prototype=bool(n > 0))
+                for i, (label, n) in enumerate(zip(meta.labels, view.support_counts))
+            ],
+            embedding_dim=meta.embedding_dim,
+            feature_dim=meta.feature_dim,
+            alpha=meta.alpha,
+            visual_temperature=meta.visual_temperature,
+            trust_score=meta.trust_score,
+            calibrated=meta.calibration is not None,
+            calibration=meta.calibration,
+            adaptation=meta.adaptation,
+            adapted=view.adapted,
+            prototype_index=index_info(view.index),
+            text_index=index_info(view.text_index),
+            created_at=meta.created_at,
+            updated_at=meta.updated_at,
+        )
+
+
+class LabelSetSummary(BaseModel):
+    id: str
+    version: int
+    description: str
+    model: str
+    classes: int
+    classes_with_prototypes: int
+    trust_score: TrustScoreName
+    calibrated: bool
+    updated_at: str
+
+
+class UnavailableLabelSet(BaseModel):
+    id: str
+    reason: str
+
+
+class LabelSetList(BaseModel):
+    """GET /v1/label-sets: servable label sets, and stored ones that failed to load (with why)."""
+
+    label_sets: list[LabelSetSummary]
+    unavailable: list[UnavailableLabelSet]
+
+
+class SupportImagesOut(BaseModel):
+    """POST /v1/label-sets/{id}/images."""
+
+    id: str
+    version: int
+    added: dict[str, int] = Field(description="images added per class in this request")
+    support_counts: dict[str, int] = Field(description="support images per class, after this request")
+    calibration_dropped: bool = Field(description="the previous calibration no longer holds and was removed")
+
+
+class CalibrateOut(BaseModel):
+    """POST /v1/label-sets/{id}/calibrate."""
+
+    id: str
+    version: int
+    alpha: float
+    visual_temperature: float
+    calibration: CalibrationRecord
