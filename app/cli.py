@@ -19,6 +19,16 @@ models_cli = typer.Typer(help="The model repository (models/*.yaml).", no_args_i
 cli.add_typer(models_cli, name="models")
 
 
+def _mount_domain_commands() -> None:
+    """Commands that live with their domain (one import each)."""
+    from app.trust.eval_cli import eval_command
+
+    cli.command("eval", help="Evaluate a model preset's scores on a labelled image dataset.")(eval_command)
+
+
+_mount_domain_commands()
+
+
 @cli.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address (TRUSTSERVE_HOST)")] = None,
