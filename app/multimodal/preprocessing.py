@@ -1,0 +1,76 @@
+"""Request payload → model input array, per the checkpoint's ``ModalitySpec.preprocessing``.
+
+Each function raises ``InputError`` with a client-readable message; the service maps it to a 4xx.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from app.multimodal.audio import AudioDecodeError, wav_bytes_to_features
+from app.multimodal.specs import ImagePreprocessing, LogMelPreprocessing, ModalitySpec
+
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+class InputError(ValueError):
+    """A modality payload that cannot be turned into the model's input."""
+
+
+def vector_input(values: Sequence[float], spec: ModalitySpec) -> np.ndarray:
+    """A JSON feature vector → float32 array of ``spec.input_shape`` (flattened length must match)."""
+    expected = math.prod(spec.input_shape)
+    try:
+        array = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"modality {spec.name!r}: the feature vector must be a list of numbers") from exc
+    if array.size != expected:
+        raise InputError(
+            f"modality {spec.name!r}: expected {expected} values (shape {spec.input_shape}), got {array.size}"
+        )
+    if not np.isfinite(array).all():
+        raise InputError(f"modality {spec.name!r}: the feature vector contains NaN or infinite values")
+    return array.reshape(spec.input_shape)
+
+
+def image_input(data: bytes, spec: ModalitySpec, prep: ImagePreprocessing) -> np.ndarray:
+    """Image bytes → (C, H, W) float32 in [0, 1]: convert, box-resize, divide by 255, optional invert."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise InputError(f"modality {spec.name!r}: image too large ({img.width}×{img.height})")
+            converted = img.convert("L" if prep.channels == 1 else "RGB")
+            resized = converted.resize((prep.width, prep.height), Image.Resampling.BOX)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise InputError(f"modality {spec.name!r}: unreadable image file ({exc})") from exc
+    array = np.asarray(resized, dtype=np.float32) / 255.0
+    if prep.invert:
+        array = 1.0 - array
+    return array[None] if prep.channels == 1 else array.transpose(2, 0, 1)
+
+
+def audio_input(data: bytes, spec: ModalitySpec, prep: LogMelPreprocessing) -> np.ndarray:
+    """Audio file bytes (WAV/FLAC/OGG) → (n_mels, frames) log-mel."""
+    try:
+        return wav_bytes_to_features(data, prep)
+    except AudioDecodeError as exc:
+        raise InputError(f"modality {spec.name!r}: {exc}") from exc
+
+
+def file_input(data: bytes, spec: ModalitySpec) -> np.ndarray:
+    """A file upload for ``spec`` → its model input (images and audio; vectors must come as JSON lists)."""
+    prep = spec.preprocessing
+    if not data:
+        raise InputError(f"modality {spec.name!r}: the uploaded file is empty")
+    if isinstance(prep, ImagePreprocessing):
+        return image_input(data, spec, prep)
+    if isinstance(prep, LogMelPreprocessing):
+        return audio_input(data, spec, prep)
+    raise InputError(
+        f"modality {spec.name!r} takes a feature vector of {math.prod(spec.input_shape)} numbers, not a file"
+    )
