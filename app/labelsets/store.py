@@ -128,16 +128,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
     """Write ``data`` to ``path`` so that readers see the old or the new content, never a mix:
-    temp file in the same folder, fsync, rename over, fsync the folder."""
+    temp file in the same folder, fsync, rename over, fsync the folder (callers writing several files
+    may pass ``sync_dir=False`` and fsync the folder once at the end)."""
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    if sync_dir:
+        _fsync_dir(path.parent)
 
 
 class DirectoryStore(LabelSetStore):
@@ -275,8 +277,9 @@ class DirectoryStore(LabelSetStore):
             for name, data in payloads.items():
                 suffix = "safetensors" if name == "arrays" else "bin"
                 filename = f"{prefix}.{name}.{suffix}"
-                atomic_write_bytes(folder / filename, data)
+                atomic_write_bytes(folder / filename, data, sync_dir=False)
                 files[name] = {"path": filename, "sha256": _sha256(data), "bytes": len(data)}
+            _fsync_dir(folder)  # every data file is durable before the manifest points at it
             body = {
                 "format": MANIFEST_FORMAT,
                 "id": label_set_id,
