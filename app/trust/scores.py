@@ -8,7 +8,8 @@ Baselines (all on the same logits z, p = softmax(z / T)):
 - Energy (Liu et al., 2020): T · logsumexp(z / T) (the negative free energy).
 - Negative entropy: Σ_c p_c log p_c.
 - DOCTOR-α (Granese et al., 2021): Σ_c p_c² (one minus the Gini impurity). DOCTOR-β ranks like MSP.
-- Softmax variance (used by ACR): the variance of p over classes.
+- Softmax variance (used by ACR): the variance of p over classes. It equals Σp²/C − 1/C², so it ranks
+  samples exactly like DOCTOR-α (identical AURC/AUROC); it is kept for the ACR paper's tables.
 
 TrustVLM (Dong et al., 2025, arXiv 2505.23745), see ``shared/specs/trustvlm.md``:
 - S_it = max_c p_c; S_ii = <normalize(g(x)), P_ŷ>, ŷ = argmax z; κ = S_it + α · S_ii.
