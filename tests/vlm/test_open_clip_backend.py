@@ -124,6 +124,8 @@ def test_source_resolution() -> None:
         "ViT-B-32", "laion2b_s34b_b79k"
     )
     assert resolve_open_clip_source("x", "hf-hub:org/repo") == OpenClipSource("hf-hub:org/repo", None)
+    assert OpenClipSource("ViT-B-32", None).describe() == "ViT-B-32/random"
+    assert OpenClipSource("hf-hub:org/repo", None).describe() == "hf-hub:org/repo"
 
 
 def test_bad_pretrained_values_fail_before_any_download(tmp_path: Path) -> None:
@@ -135,6 +137,7 @@ def test_bad_pretrained_values_fail_before_any_download(tmp_path: Path) -> None:
         create_open_clip_backend(CPU, torch.float64, architecture=TINY_ARCH)
 
 
+@pytest.mark.slow  # ~2 s on an idle 2-core CPU, 20 s when the box is busy
 def test_real_vit_b_32_random_weights_shapes() -> None:
     backend = create_backend("open_clip", device="cpu", architecture="ViT-B-32", pretrained=None)
     assert backend.embedding_dim == 512

@@ -59,11 +59,10 @@ def create_open_clip_tower(
 ) -> OpenClipImageTower:
     """Factory for ``aux_encoder: {kind: open_clip}``; ``pretrained`` as for the open_clip backend."""
     components = load_open_clip(architecture, pretrained, device=device, dtype=dtype, cache_dir=cache_dir)
-    source = components.source
     return OpenClipImageTower(
         components.model.visual,
         components.preprocess,
-        name=f"open_clip:{source.model_name}/{source.pretrained or 'no-tag'}",
+        name=f"open_clip:{components.source.describe()}",
         device=device,
         dtype=dtype,
     )

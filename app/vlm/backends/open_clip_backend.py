@@ -30,6 +30,19 @@ class OpenClipSource:
     model_name: str
     pretrained: str | None
 
+    @property
+    def has_schema(self) -> bool:
+        """True for ``hf-hub:`` / ``local-dir:`` names, which carry their own config and weights."""
+        return self.model_name.startswith(
+            (open_clip.factory.HF_HUB_PREFIX, open_clip.factory.LOCAL_DIR_PREFIX)
+        )
+
+    def describe(self) -> str:
+        """Human-readable: ``ViT-B-32/laion2b_s34b_b79k``, ``ViT-B-32/random``, ``hf-hub:org/repo``."""
+        if self.has_schema:
+            return self.model_name
+        return f"{self.model_name}/{self.pretrained or 'random'}"
+
 
 def resolve_open_clip_source(architecture: str, pretrained: str | None) -> OpenClipSource:
     """Map our ``pretrained`` argument onto open_clip's loading conventions.
@@ -85,9 +98,7 @@ def load_open_clip(
     if dtype not in _OPEN_CLIP_PRECISION:
         raise ValueError(f"unsupported dtype {dtype} for open_clip; use one of {list(_OPEN_CLIP_PRECISION)}")
     source = resolve_open_clip_source(architecture, pretrained)
-    if source.pretrained is None and not source.model_name.startswith(
-        (open_clip.factory.HF_HUB_PREFIX, open_clip.factory.LOCAL_DIR_PREFIX)
-    ):
+    if source.pretrained is None and not source.has_schema:
         log.warning(
             "open_clip %s has RANDOM weights (pretrained: null): its predictions mean nothing", architecture
         )
@@ -181,7 +192,7 @@ def create_open_clip_backend(
     components = load_open_clip(architecture, pretrained, device=device, dtype=dtype, cache_dir=cache_dir)
     return OpenClipBackend(
         components,
-        name=f"open_clip:{components.source.model_name}/{components.source.pretrained or 'no-tag'}",
+        name=f"open_clip:{components.source.describe()}",
         device=device,
         dtype=dtype,
         text_batch_size=text_batch_size,

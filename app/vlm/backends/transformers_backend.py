@@ -93,7 +93,7 @@ class TransformersDualEncoderBackend:
                 return_tensors="pt",
             ).to(self.device)
             # SigLIP was trained without an attention mask on the text side; pass only the ids to it.
-            mask = None if self.model_type == "siglip" else tokens["attention_mask"]
+            mask = None if self.model_type == "siglip" else tokens.get("attention_mask")
             raw = self._model.get_text_features(input_ids=tokens["input_ids"], attention_mask=mask)
             chunks.append(torch.nn.functional.normalize(raw.pooler_output.float(), dim=-1).cpu())
         if not chunks:

@@ -1,0 +1,100 @@
+"""Image-encoder latency of one VLM preset: the bare ``preprocess`` + ``encode_images`` path, no HTTP.
+
+  python benchmarks/backends/image_latency.py --preset random-vit-b-32 --batch-sizes 1 32
+
+For each batch size: warm-up, then ``--repeats`` timed forwards of the same preprocessed batch; prints the
+median and p90 wall time per batch and images/s (from the median). Preprocessing (PIL -> tensor) is timed
+separately per image. Random weights give valid timings, not valid accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from app.vlm.base import create_backend  # noqa: E402
+from app.vlm.presets import get_preset  # noqa: E402
+
+
+def photos(n: int) -> list[Image.Image]:
+    """``n`` real photos (scikit-image samples, cycled) so preprocessing does real resize work."""
+    from skimage import data
+
+    names = ("coffee", "chelsea", "rocket", "astronaut")
+    base = [Image.fromarray(getattr(data, name)()).convert("RGB") for name in names]
+    return [base[i % len(base)] for i in range(n)]
+
+
+def time_batches(backend, pixels: torch.Tensor, repeats: int) -> list[float]:  # type: ignore[no-untyped-def]
+    """Seconds per ``encode_images`` call, after one warm-up call."""
+    backend.encode_images(pixels)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        backend.encode_images(pixels)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", default="random-vit-b-32")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    preset = get_preset(args.preset)
+    backend = create_backend(preset.backend, device=args.device, **preset.args)
+    images = photos(max(args.batch_sizes))
+
+    start = time.perf_counter()
+    tensors = [backend.preprocess(image) for image in images]
+    preprocess_ms = 1000 * (time.perf_counter() - start) / len(images)
+
+    results: dict[str, object] = {
+        "preset": args.preset,
+        "backend": backend.name,
+        "device": str(backend.device),
+        "dtype": str(backend.dtype),
+        "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "preprocess_ms_per_image": round(preprocess_ms, 2),
+        "batches": [],
+    }
+    for batch_size in args.batch_sizes:
+        pixels = torch.stack(tensors[:batch_size])
+        seconds = time_batches(backend, pixels, args.repeats)
+        median = statistics.median(seconds)
+        results["batches"].append(  # type: ignore[union-attr]
+            {
+                "batch_size": batch_size,
+                "median_ms": round(1000 * median, 1),
+                "p90_ms": round(1000 * float(np.percentile(seconds, 90)), 1),
+                "images_per_s": round(batch_size / median, 1),
+                "repeats": args.repeats,
+            }
+        )
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
