@@ -148,8 +148,8 @@ class SentenceEncoder:
         return out
 
     def fingerprint(self) -> str:
-        """Identifies the weights (file names, sizes and mtimes) for the class-embedding cache key."""
-        parts = [
+        """Identifies weights (file names, sizes, mtimes) and dtype for the class-embedding cache key."""
+        parts = [str(self.model.dtype)] + [
             f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in sorted(self.model_dir.iterdir())
         ]
         return "|".join(parts)
