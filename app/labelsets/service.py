@@ -21,6 +21,7 @@ from PIL import Image
 
 from app.api.errors import APIError, conflict, not_found, unprocessable
 from app.config import Settings
+from app.engine.batcher import QueueFullError
 from app.engine.scoring import ScoredBatch, score_batch
 from app.labelsets.archive import as_first_version
 from app.labelsets.index import IndexParams, VectorIndex
@@ -63,7 +64,7 @@ CACHE_SCORES = "cache_scores"
 PROTOTYPE_INDEX = "prototype_index"
 TEXT_INDEX = "text_index"
 
-ENCODE_CHUNK = 64
+ENCODE_CHUNK = 32
 
 
 @dataclass
@@ -477,8 +478,22 @@ class LabelSetService:
     async def encode(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         """(embeddings, aux features) for many images, fed to the engine in chunks."""
         embeddings, features = [], []
-        for start in range(0, len(images), ENCODE_CHUNK):
-            encoded = await self.engine.encode_images(list(images[start : start + ENCODE_CHUNK]))
+        chunk = max(1, min(ENCODE_CHUNK, self.settings.max_batch_size))
+        for start in range(0, len(images), chunk):
+            try:
+                encoded = await self.engine.encode_images(list(images[start : start + chunk]))
+            except QueueFullError as exc:
+                raise APIError(
+                    429,
+                    "overloaded",
+                    f"the model queue is full; retry later ({exc})",
+                    headers={"Retry-After": "5"},
+                ) from None
+            except TimeoutError:
+                raise APIError(
+                    503, "timeout", "encoding the images timed out (server busy); retry later",
+                    headers={"Retry-After": "5"},
+                ) from None  # fmt: skip
             embeddings.append(encoded.embeddings)
             features.append(encoded.aux_features)
         return np.concatenate(embeddings), np.concatenate(features)
