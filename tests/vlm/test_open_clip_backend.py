@@ -146,3 +146,36 @@ def test_real_vit_b_32_random_weights_shapes() -> None:
     encoding = backend.encode_images(pixels)
     assert encoding.embeddings.shape == (2, 512) and encoding.features.shape == (2, 512)
     assert backend.encode_texts(TEXTS).shape == (5, 512)
+
+
+def _same_weights_backend(dtype: torch.dtype, device: torch.device, **args: object) -> OpenClipBackend:
+    torch.manual_seed(0)
+    return create_open_clip_backend(device, dtype, architecture=TINY_ARCH, pretrained=None, **args)
+
+
+def _assert_matches_fp32_cpu(backend: OpenClipBackend, min_cosine: float) -> None:
+    reference = _same_weights_backend(torch.float32, CPU)
+    pixels = torch.stack([reference.preprocess(_image(seed)) for seed in range(2)])
+    ours, expected = backend.encode_images(pixels).embeddings, reference.encode_images(pixels).embeddings
+    assert ours.dtype == torch.float32 and ours.device == CPU
+    assert (ours * expected).sum(dim=-1).min() > min_cosine
+    texts = backend.encode_texts(TEXTS)
+    assert texts.dtype == torch.float32 and texts.device == CPU
+    assert (texts * reference.encode_texts(TEXTS)).sum(dim=-1).min() > min_cosine
+
+
+def test_bfloat16_weights_still_return_float32_cpu_embeddings() -> None:
+    _assert_matches_fp32_cpu(_same_weights_backend(torch.bfloat16, CPU), min_cosine=0.99)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fp16_channels_last_on_cuda_matches_fp32_cpu() -> None:
+    _assert_matches_fp32_cpu(_same_weights_backend(torch.float16, torch.device("cuda")), min_cosine=0.999)
+
+
+@pytest.mark.slow  # inductor compiles for ~1 minute on a 2-core CPU
+def test_torch_compile_gives_the_eager_result() -> None:
+    _assert_matches_fp32_cpu(
+        _same_weights_backend(torch.float32, CPU, torch_compile=True), min_cosine=0.99999
+    )

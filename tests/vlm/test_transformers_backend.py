@@ -186,3 +186,16 @@ def test_rejects_a_non_dual_encoder(tmp_path: Path) -> None:
     Dinov2Config(**TINY_TOWER).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="'dinov2' model"):
         create_transformers_backend(CPU, torch.float32, model_id=str(tmp_path), local_files_only=True)
+
+
+def test_bfloat16_weights_still_return_float32_cpu_embeddings(
+    clip_dir: Path, clip_backend: TransformersDualEncoderBackend
+) -> None:
+    low = create_transformers_backend(CPU, torch.bfloat16, model_id=str(clip_dir), local_files_only=True)
+    pixels = clip_backend.preprocess(_image()).unsqueeze(0)
+    ours, expected = low.encode_images(pixels).embeddings, clip_backend.encode_images(pixels).embeddings
+    assert ours.dtype == torch.float32 and ours.device == CPU
+    assert (ours * expected).sum() > 0.99
+    texts = low.encode_texts(TEXTS)
+    assert texts.dtype == torch.float32
+    assert (texts * clip_backend.encode_texts(TEXTS)).sum(dim=-1).min() > 0.99
