@@ -170,6 +170,7 @@ def eval_multimodal(
         2304,
         2048,
     ),
+    timing_steps: Annotated[int, typer.Option(min=1, help="timed steps per method")] = 200,
     output: Annotated[Path | None, typer.Option(help="write all numbers as JSON here")] = None,
 ) -> None:
     """Failure-detection metrics of every score (MSP, Energy, MaxLogit, neg. entropy, variance, DOCTOR-α)
@@ -226,7 +227,7 @@ def eval_multimodal(
         report["ablation"] = result.runs
 
     if timing:
-        timings = time_synthesis(timing_dims)
+        timings = time_synthesis(timing_dims, steps=timing_steps)
         typer.echo(f"\noutlier synthesis per step, batch 16, dims {timing_dims} (ms): {json.dumps(timings)}")
         for name in ("mfs", "feature_mixing"):
             typer.echo(f"NP-Mix-style k-NN / {name}: {timings['np_mix_knn'] / timings[name]:.0f}×")
@@ -236,3 +237,16 @@ def eval_multimodal(
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(report, indent=1, default=str))
         typer.echo(f"wrote {output}")
+
+
+def standalone_app() -> typer.Typer:
+    """The commands as one Typer app (``python -m app.multimodal.cli ...``) until/besides ``trustserve``."""
+    app = typer.Typer(no_args_is_help=True)
+    app.add_typer(datasets_app, name="datasets")
+    app.command("train-multimodal")(train_multimodal)
+    app.command("eval-multimodal")(eval_multimodal)
+    return app
+
+
+if __name__ == "__main__":
+    standalone_app()()

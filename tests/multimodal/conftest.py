@@ -1,18 +1,18 @@
-"""Tiny specs shared by the multimodal tests (random weights, millisecond forward passes)."""
+"""Fixtures of the multimodal tests (helpers live in mm_helpers.py)."""
+
+from pathlib import Path
 
 import pytest
+from mm_helpers import make_feature_dataset, tiny_feature_spec
 
-from app.multimodal.specs import FusionSpec, ModalitySpec
+from app.multimodal.specs import FusionSpec
 
 
 @pytest.fixture
 def tiny_spec() -> FusionSpec:
-    return FusionSpec(
-        modalities=[
-            ModalitySpec(name="video", encoder="features", input_shape=[12], embed_dim=8, encoder_args={}),
-            ModalitySpec(name="audio", encoder="features", input_shape=[6], embed_dim=6),
-        ],
-        num_classes=3,
-        dropout=0.0,
-        outlier_class=True,
-    )
+    return tiny_feature_spec()
+
+
+@pytest.fixture
+def feature_dataset(tmp_path: Path) -> Path:
+    return make_feature_dataset(tmp_path / "tiny")

@@ -1,0 +1,214 @@
+"""Serving multimodal checkpoints: load every checkpoint folder found, validate and preprocess request
+inputs per the checkpoint's modality specs, predict, score and decide with the calibrated threshold.
+
+Request-path problems raise ``app.api.errors.APIError`` (404 unknown model, 422 bad modality payload).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.special import softmax
+
+from app.api.errors import APIError, not_found, unprocessable
+from app.multimodal.checkpoint import CheckpointError, LoadedCheckpoint, is_checkpoint_dir, load_checkpoint
+from app.multimodal.preprocessing import InputError, file_input, vector_input
+from app.multimodal.specs import ImagePreprocessing, LogMelPreprocessing, ModalitySpec
+from app.trust.scores import baseline_scores
+
+log = logging.getLogger(__name__)
+
+ModalityPayload = Sequence[float] | bytes
+MAX_SEARCH_DEPTH = 3
+TRAINING_SUMMARY = ("loss", "best_epoch", "dataset")
+
+
+def find_checkpoint_dirs(root: Path, max_depth: int = MAX_SEARCH_DEPTH) -> list[Path]:
+    """``root`` itself if it is a checkpoint, else checkpoint folders below it (sorted, ≤ max_depth deep)."""
+    root = Path(root)
+    if is_checkpoint_dir(root):
+        return [root]
+    found: list[Path] = []
+    if max_depth > 0 and root.is_dir():
+        for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            found += find_checkpoint_dirs(child, max_depth - 1)
+    return found
+
+
+def _accepted_forms(spec: ModalitySpec) -> list[str]:
+    if isinstance(spec.preprocessing, ImagePreprocessing):
+        return ["image file (PNG, JPEG, ...)", "json vector"]
+    if isinstance(spec.preprocessing, LogMelPreprocessing):
+        return ["audio file (WAV, FLAC, OGG)", "json vector"]
+    return ["json vector"]
+
+
+@dataclass
+class _Model:
+    checkpoint: LoadedCheckpoint
+
+    @property
+    def config(self):  # type: ignore[no-untyped-def]
+        return self.checkpoint.config
+
+    def modality(self, name: str) -> ModalitySpec:
+        return next(m for m in self.config.fusion.modalities if m.name == name)
+
+
+class MultimodalService:
+    """The loaded multimodal models, keyed by checkpoint name."""
+
+    def __init__(self, checkpoints: Iterable[LoadedCheckpoint] = ()) -> None:
+        self._models: dict[str, _Model] = {}
+        for ckpt in checkpoints:
+            name = ckpt.config.name
+            if name in self._models:
+                log.warning("skipping %s: a multimodal model named %r is already loaded", ckpt.path, name)
+                continue
+            self._models[name] = _Model(ckpt)
+
+    @classmethod
+    def from_dirs(cls, dirs: Iterable[Path | None]) -> MultimodalService:
+        """Load every checkpoint folder under ``dirs`` (missing dirs ignored); broken ones are logged and
+        skipped so one bad folder never keeps the server from starting."""
+        loaded = []
+        for root in dirs:
+            if root is None or not Path(root).exists():
+                continue
+            for folder in find_checkpoint_dirs(Path(root)):
+                try:
+                    loaded.append(load_checkpoint(folder))
+                    log.info("loaded multimodal checkpoint %s", folder)
+                except CheckpointError as exc:
+                    log.error("skipping broken multimodal checkpoint %s: %s", folder, exc)
+        return cls(loaded)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """Public description of every model (shape of ``MultimodalModelInfo``)."""
+        out = []
+        for name in self.names:
+            config = self._models[name].config
+            calibration = config.calibration.model_dump()
+            calibration["calibrated"] = config.calibration.calibrated
+            score_metrics = config.validation_metrics.get("scores", {}).get(config.calibration.score, {})
+            out.append(
+                {
+                    "name": name,
+                    "description": config.description,
+                    "class_names": config.class_names,
+                    "modalities": [
+                        {
+                            "name": m.name,
+                            "input": m.preprocessing.kind,
+                            "input_shape": m.input_shape,
+                            "accepts": _accepted_forms(m),
+                            "preprocessing": m.preprocessing.model_dump(),
+                        }
+                        for m in config.fusion.modalities
+                    ],
+                    "outlier_class": config.fusion.outlier_class,
+                    "calibration": calibration,
+                    "validation": {"score": config.calibration.score, **score_metrics},
+                    "training": {
+                        k: config.training[k]
+                        for k in ("loss", "best_epoch", "dataset")
+                        if k in config.training
+                    },
+                }
+            )
+        return out
+
+    def _model(self, name: str) -> _Model:
+        if name not in self._models:
+            raise not_found(
+                f"unknown multimodal model {name!r}; loaded: {self.names}", code="model_not_found"
+            )
+        return self._models[name]
+
+    def prepare_inputs(self, model: str, inputs: Mapping[str, ModalityPayload]) -> dict[str, np.ndarray]:
+        """Check the modality names and turn each payload into its model input array (422 on bad input)."""
+        entry = self._model(model)
+        expected = entry.config.fusion.modality_names
+        unknown = sorted(set(inputs) - set(expected))
+        missing = [m for m in expected if m not in inputs]
+        if unknown or missing:
+            parts = []
+            if unknown:
+                parts.append(f"unknown modalities {unknown}")
+            if missing:
+                parts.append(f"missing modalities {missing}")
+            raise unprocessable(
+                f"{'; '.join(parts)}: model {model!r} expects exactly {expected}",
+                code="invalid_modalities",
+                details={"expected": expected, "unknown": unknown, "missing": missing},
+            )
+        arrays = {}
+        for name in expected:
+            spec, payload = entry.modality(name), inputs[name]
+            try:
+                if isinstance(payload, bytes | bytearray):
+                    arrays[name] = file_input(bytes(payload), spec)
+                else:
+                    arrays[name] = vector_input(payload, spec)
+            except InputError as exc:
+                raise unprocessable(
+                    str(exc), code="invalid_modality_input", details={"modality": name}
+                ) from exc
+        return arrays
+
+    def predict(self, model: str, inputs: Mapping[str, ModalityPayload], top_k: int = 5) -> dict[str, Any]:
+        """Prediction, top-k, every score, the confidence and the calibrated decision for one sample."""
+        if top_k < 1:
+            raise unprocessable("top_k must be >= 1", code="invalid_top_k")
+        t0 = time.perf_counter()
+        entry = self._model(model)
+        arrays = self.prepare_inputs(model, inputs)
+        t1 = time.perf_counter()
+        net = entry.checkpoint.model
+        with torch.inference_mode():
+            batch = {name: torch.from_numpy(array[None]) for name, array in arrays.items()}
+            logits = net.class_logits(net(batch).fused_logits).double().numpy()
+        t2 = time.perf_counter()
+        if not np.isfinite(logits).all():
+            raise APIError(422, "non_finite_output", "the model produced non-finite logits for this input")
+        config = entry.config
+        probs = softmax(logits[0])
+        order = np.argsort(-probs, kind="stable")[: min(top_k, len(probs))]
+        ranked = [
+            {"label": config.class_names[i], "index": int(i), "probability": float(probs[i])} for i in order
+        ]
+        scores = {name: float(values[0]) for name, values in baseline_scores(logits).items()}
+        calibration = config.calibration
+        confidence = scores[calibration.score]
+        accept = None if calibration.threshold is None else bool(confidence >= calibration.threshold)
+        return {
+            "model": model,
+            "prediction": ranked[0],
+            "top_k": ranked,
+            "scores": scores,
+            "confidence": confidence,
+            "decision": {
+                "accept": accept,
+                "threshold": calibration.threshold,
+                "score": calibration.score,
+                "rule": calibration.rule,
+                "guarantee": calibration.guarantee,
+                "calibrated": calibration.calibrated,
+            },
+            "timing_ms": {
+                "preprocess": (t1 - t0) * 1000,
+                "inference": (t2 - t1) * 1000,
+                "total": (time.perf_counter() - t0) * 1000,
+            },
+        }
