@@ -1,0 +1,139 @@
+"""deploy/docker-compose.yml (+ the GPU override) parse as Compose files, reference only files that exist,
+and agree with each other and with the server: Prometheus scrapes the service Grafana's datasource reads,
+Grafana provisions the dashboard from where it is mounted, and the server settings are real settings.
+No Docker engine runs here, so nothing is started."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from app.config import Settings
+from tests.deploy.manifests import interpolate_compose, load_compose
+from tests.deploy.promql import REPO_ROOT
+
+DEPLOY = REPO_ROOT / "deploy"
+COMPOSE = DEPLOY / "docker-compose.yml"
+COMPOSE_GPU = DEPLOY / "docker-compose.gpu.yml"
+DOCKERFILE_STAGES = set(
+    re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", (REPO_ROOT / "Dockerfile").read_text(), re.M | re.I)
+)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_compose(COMPOSE)
+
+
+def bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> host path (relative to deploy/) for every bind mount of a service."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith((".", "/")):
+            mounts[target] = (DEPLOY / source).resolve()
+    return mounts
+
+
+def host_path(service: dict[str, Any], container_path: str) -> Path:
+    """Where a container path of a service lives on the host, through its bind mounts."""
+    for target, source in sorted(bind_mounts(service).items(), key=lambda kv: -len(kv[0])):
+        if container_path == target or container_path.startswith(target.rstrip("/") + "/"):
+            return source / Path(container_path).relative_to(target)
+    raise AssertionError(f"{container_path} is not inside a bind mount")
+
+
+def test_interpolation_follows_compose_rules() -> None:
+    text = "a: ${X:-d}\nb: ${X-d}\nc: ${Y}\nd: $${Z}\n"
+    assert yaml.safe_load(interpolate_compose(text, {"X": ""})) == {
+        "a": "d",
+        "b": None,
+        "c": None,
+        "d": "${Z}",
+    }
+    assert yaml.safe_load(interpolate_compose(text, {"X": "v", "Y": "w"}))["a"] == "v"
+
+
+@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_GPU], ids=lambda p: p.name)
+def test_strict_compose_spec_parse(path: Path) -> None:
+    compose_spec = pytest.importorskip("compose_spec", reason="the compose-spec parser is not installed")
+    parsed = compose_spec.PyCompose.from_yaml(interpolate_compose(path.read_text()))
+    parsed.validate()
+    assert set(parsed.service_names()) <= {"trustserve", "prometheus", "grafana"}
+
+
+def test_every_referenced_file_exists(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"trustserve", "prometheus", "grafana"}
+    build = services["trustserve"]["build"]
+    context = (DEPLOY / build["context"]).resolve()
+    assert context == REPO_ROOT
+    assert (context / build["dockerfile"]).is_file()
+    assert build["target"] in DOCKERFILE_STAGES
+    for name, service in services.items():
+        for target, source in bind_mounts(service).items():
+            assert source.exists(), f"{name}: {source} (mounted at {target}) does not exist"
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith((".", "/")):
+                assert source in compose["volumes"], f"{name}: named volume {source} is not declared"
+        for dependency in service.get("depends_on", []):
+            assert dependency in services
+
+
+def test_prometheus_scrapes_the_server_service(compose: dict[str, Any]) -> None:
+    prometheus = compose["services"]["prometheus"]
+    [config_flag] = [a for a in prometheus["command"] if a.startswith("--config.file=")]
+    config_file = host_path(prometheus, config_flag.split("=", 1)[1])
+    assert config_file == DEPLOY / "prometheus/prometheus.yml"
+    config = yaml.safe_load(config_file.read_text())
+    for rule_file in config["rule_files"]:
+        assert (config_file.parent / rule_file).is_file()
+    [job] = config["scrape_configs"]
+    [static] = job["static_configs"]
+    server_ports = {p.split(":")[-1] for p in compose["services"]["trustserve"]["ports"]}
+    for target in static["targets"]:
+        host, port = target.split(":")
+        assert host in compose["services"] and port in server_ports, target
+
+
+def test_grafana_provisions_datasource_and_dashboard(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    provisioning = host_path(grafana, "/etc/grafana/provisioning")
+    [datasource] = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())["datasources"]
+    prometheus_ports = {p.split(":")[-1] for p in compose["services"]["prometheus"]["ports"]}
+    assert datasource["type"] == "prometheus"
+    host, port = datasource["url"].removeprefix("http://").split(":")
+    assert host == "prometheus" and port in prometheus_ports
+    [provider] = yaml.safe_load((provisioning / "dashboards/trustserve.yml").read_text())["providers"]
+    dashboards = host_path(grafana, provider["options"]["path"])
+    assert (dashboards / "trustserve.json").is_file()
+    assert host_path(grafana, grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]).is_file()
+
+
+def test_server_environment_is_valid_settings(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gpu = load_compose(COMPOSE_GPU)
+    for env in (
+        compose["services"]["trustserve"]["environment"],
+        gpu["services"]["trustserve"]["environment"],
+    ):
+        for key, value in env.items():
+            assert key.removeprefix("TRUSTSERVE_").lower() in Settings.model_fields, key
+            monkeypatch.setenv(key, value or "")
+        Settings(models_dir=REPO_ROOT / "models")  # validates every value that was set
+
+
+def test_gpu_override_reserves_an_nvidia_gpu_and_builds_cuda(compose: dict[str, Any]) -> None:
+    gpu = load_compose(COMPOSE_GPU)
+    assert set(gpu["services"]) <= set(compose["services"])
+    server = gpu["services"]["trustserve"]
+    [device] = server["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert re.fullmatch(r"cu\d+", server["build"]["args"]["TORCH_VARIANT"])
+    assert server["environment"]["TRUSTSERVE_DEVICE"] == "cuda"
