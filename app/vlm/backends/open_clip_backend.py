@@ -146,7 +146,7 @@ class OpenClipBackend:
         self.logit_scale: float = float(self._model.logit_scale.detach().float().exp().item())
         bias = getattr(self._model, "logit_bias", None)
         self.logit_bias: float = 0.0 if bias is None else float(bias.detach().float().item())
-        self.embedding_dim: int = int(self.encode_texts([""]).shape[1])
+        self.embedding_dim: int = int(self._encode_text_chunk([""]).shape[1])
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """One PIL image -> (3, H, W) float32 with the checkpoint's resize/crop/normalisation."""
@@ -162,16 +162,17 @@ class OpenClipBackend:
         embeddings = torch.nn.functional.normalize(raw, dim=-1)
         return ImageEncoding(embeddings=embeddings.cpu(), features=raw.cpu())
 
-    @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """Texts -> (N, D) normalised embeddings; tokenised and encoded ``text_batch_size`` at a time."""
-        chunks: list[torch.Tensor] = []
-        for start in range(0, len(texts), self.text_batch_size):
-            tokens = self._tokenizer(list(texts[start : start + self.text_batch_size])).to(self.device)
-            chunks.append(self._model.encode_text(tokens, normalize=True).float().cpu())
-        if not chunks:
-            return torch.empty(0, getattr(self, "embedding_dim", 0))
-        return torch.cat(chunks)
+        if not texts:
+            return torch.empty(0, self.embedding_dim)
+        step = self.text_batch_size
+        return torch.cat([self._encode_text_chunk(texts[i : i + step]) for i in range(0, len(texts), step)])
+
+    @torch.inference_mode()
+    def _encode_text_chunk(self, texts: Sequence[str]) -> torch.Tensor:
+        tokens = self._tokenizer(list(texts)).to(self.device)
+        return self._model.encode_text(tokens, normalize=True).float().cpu()
 
 
 @register_backend("open_clip")

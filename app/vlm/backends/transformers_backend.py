@@ -61,7 +61,7 @@ class TransformersDualEncoderBackend:
         self.logit_bias: float = 0.0 if bias is None else float(bias.detach().float().item())
         # SigLIP pools the last token, so it needs the fixed-length padding it was trained with.
         self._text_padding = "max_length" if self.model_type == "siglip" else "longest"
-        self.embedding_dim: int = int(self.encode_texts([""]).shape[1])
+        self.embedding_dim: int = int(self._encode_text_chunk([""]).shape[1])
 
     @property
     def _max_text_length(self) -> int:
@@ -80,25 +80,26 @@ class TransformersDualEncoderBackend:
         embeddings = torch.nn.functional.normalize(raw, dim=-1)
         return ImageEncoding(embeddings=embeddings.cpu(), features=raw.cpu())
 
-    @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """Texts -> (N, D) normalised embeddings, ``text_batch_size`` at a time."""
-        chunks: list[torch.Tensor] = []
-        for start in range(0, len(texts), self.text_batch_size):
-            tokens = self._tokenizer(
-                list(texts[start : start + self.text_batch_size]),
-                padding=self._text_padding,
-                truncation=True,
-                max_length=self._max_text_length,
-                return_tensors="pt",
-            ).to(self.device)
-            # SigLIP was trained without an attention mask on the text side; pass only the ids to it.
-            mask = None if self.model_type == "siglip" else tokens.get("attention_mask")
-            raw = self._model.get_text_features(input_ids=tokens["input_ids"], attention_mask=mask)
-            chunks.append(torch.nn.functional.normalize(raw.pooler_output.float(), dim=-1).cpu())
-        if not chunks:
+        if not texts:
             return torch.empty(0, self.embedding_dim)
-        return torch.cat(chunks)
+        step = self.text_batch_size
+        return torch.cat([self._encode_text_chunk(texts[i : i + step]) for i in range(0, len(texts), step)])
+
+    @torch.inference_mode()
+    def _encode_text_chunk(self, texts: Sequence[str]) -> torch.Tensor:
+        tokens = self._tokenizer(
+            list(texts),
+            padding=self._text_padding,
+            truncation=True,
+            max_length=self._max_text_length,
+            return_tensors="pt",
+        ).to(self.device)
+        # SigLIP was trained without a text attention mask (padding tokens are attended); match that.
+        mask = None if self.model_type == "siglip" else tokens.get("attention_mask")
+        raw = self._model.get_text_features(input_ids=tokens["input_ids"], attention_mask=mask)
+        return torch.nn.functional.normalize(raw.pooler_output.float(), dim=-1).cpu()
 
 
 @register_backend("transformers")
