@@ -6,7 +6,8 @@ the tokenizer and image processor come from the same place.
 Logits are ``logit_scale * cos(image, text) + logit_bias``. CLIP has no bias (``logit_bias = 0``). SigLIP
 was trained with a per-pair sigmoid loss, so its calibrated probability that one label matches is
 ``sigmoid(logit)``; for zero-shot classification *among* labels the service still takes the softmax of the
-logits (the bias is then a constant shift and changes nothing), as the TrustVLM reference does for SigLIP.
+logits (the bias is then a constant shift and changes nothing). The TrustVLM reference does the same for
+SigLIP, with a fixed scale of 100 (the ``siglip-base`` preset sets ``logit_scale: 100``).
 """
 
 from __future__ import annotations
