@@ -53,6 +53,7 @@ def refined_accuracy(service: LabelSetService, engine, emb: np.ndarray, feats: n
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_prototype_cache_helps_on_shifted_split_and_stays_bounded(tmp_path: Path) -> None:
     async def scenario() -> dict[str, float]:
         engine = await asyncio.to_thread(ClassificationEngine.load, Settings(warmup=False, device="cpu"))

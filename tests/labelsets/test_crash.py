@@ -113,6 +113,7 @@ def test_sigkill_during_writes_fast(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_sigkill_during_writes_long(tmp_path: Path) -> None:
     stats = run_trials(tmp_path, trials=300, writers=3, seed=2)
     print("crash test (long):", stats)

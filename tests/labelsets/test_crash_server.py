@@ -41,6 +41,7 @@ def _register_until_dead(url: str, acknowledged: list[int], stop: threading.Even
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_server_killed_during_registration_restarts_clean(tiny_models_dir: Path, tmp_path: Path) -> None:
     store, log = tmp_path / "store", tmp_path / "server.log"
     rng = np.random.default_rng(0)

@@ -36,6 +36,7 @@ def _files(images, field: str = "images") -> list:  # type: ignore[no-untyped-de
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_fashion_mnist_calibrated_label_set_survives_restart_and_keeps_its_risk(tmp_path: Path) -> None:
     support = load_support("fashion-mnist", SHOTS, seed=0)
     pool = load_dataset("fashion-mnist", "test", limit=N_CALIBRATION + N_TEST, seed=0)
