@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -37,15 +38,20 @@ def photos(n: int) -> list[Image.Image]:
     return [base[i % len(base)] for i in range(n)]
 
 
-def time_batches(backend, pixels: torch.Tensor, repeats: int) -> list[float]:  # type: ignore[no-untyped-def]
-    """Seconds per ``encode_images`` call, after one warm-up call."""
+def time_batches(backend, pixels: torch.Tensor, repeats: int) -> tuple[list[float], list[float]]:  # type: ignore[no-untyped-def]
+    """(wall seconds, process CPU seconds) per ``encode_images`` call, after one warm-up call.
+
+    CPU seconds divided by the thread count approximate the wall time on an otherwise idle machine; on a
+    shared box they are the more stable number (wall time includes waiting for other processes).
+    """
     backend.encode_images(pixels)
-    seconds = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
         backend.encode_images(pixels)
-        seconds.append(time.perf_counter() - start)
-    return seconds
+        wall.append(time.perf_counter() - start_wall)
+        cpu.append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def main() -> None:
@@ -77,22 +83,26 @@ def main() -> None:
         "dtype": str(backend.dtype),
         "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "preprocess_ms_per_image": round(preprocess_ms, 2),
         "batches": [],
     }
     for batch_size in args.batch_sizes:
         pixels = torch.stack(tensors[:batch_size])
-        seconds = time_batches(backend, pixels, args.repeats)
-        median = statistics.median(seconds)
+        wall, cpu = time_batches(backend, pixels, args.repeats)
+        median, median_cpu = statistics.median(wall), statistics.median(cpu)
         results["batches"].append(  # type: ignore[union-attr]
             {
                 "batch_size": batch_size,
                 "median_ms": round(1000 * median, 1),
-                "p90_ms": round(1000 * float(np.percentile(seconds, 90)), 1),
+                "p90_ms": round(1000 * float(np.percentile(wall, 90)), 1),
                 "images_per_s": round(batch_size / median, 1),
+                "median_cpu_ms": round(1000 * median_cpu, 1),
+                "images_per_cpu_s": round(batch_size / median_cpu, 1),
                 "repeats": args.repeats,
             }
         )
+    results["load_average_1min_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(results, indent=2))
 
 
