@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,25 +20,19 @@ from app import __version__
 from app.api.auth import ApiKeyAuth
 from app.api.errors import install_error_handlers
 from app.api.middleware import RequestContextMiddleware
-from app.api.routes import classify, health, models
+from app.api.routes import classify, health, label_sets, models, multimodal
 from app.config import Settings
 from app.engine.engine import ClassificationEngine
+from app.labelsets.service import LabelSetService
+from app.labelsets.store import DirectoryStore, LabelSetStore
+from app.multimodal.service import MultimodalService
 from app.observability.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
-_OPTIONAL = {}
-for _name in ("label_sets", "multimodal"):
-    try:
-        _OPTIONAL[_name] = importlib.import_module(f"app.api.routes.{_name}")
-    except ModuleNotFoundError:
-        _OPTIONAL[_name] = None
 
-
-def create_store(settings: Settings):  # type: ignore[no-untyped-def]
+def create_store(settings: Settings) -> LabelSetStore:
     """The label-set store: PostgreSQL when a database URL is set, else the directory store."""
-    from app.labelsets.store import DirectoryStore
-
     return DirectoryStore(settings.store_dir)
 
 
@@ -58,19 +51,17 @@ async def _start_services(app: FastAPI, settings: Settings, engine: Classificati
             engine = await asyncio.to_thread(ClassificationEngine.load, settings, state.metrics)
         else:
             engine.metrics = state.metrics
-        if _OPTIONAL.get("multimodal") is not None:
-            from app.multimodal.service import MultimodalService
-
-            state.multimodal = await asyncio.to_thread(MultimodalService.from_dirs, multimodal_dirs(settings))
-        if _OPTIONAL.get("label_sets") is not None:
-            from app.labelsets.service import LabelSetService
-
-            service = LabelSetService(store=create_store(settings), engine=engine, settings=settings)
-            report = await service.load_all()
-            log.info("label sets loaded: %s", report)
-            state.label_sets = service
-            if hasattr(service, "readiness_problem"):
-                state.readiness_checks["label_store"] = service.readiness_problem
+        state.multimodal = await asyncio.to_thread(MultimodalService.from_dirs, multimodal_dirs(settings))
+        service = LabelSetService(store=create_store(settings), engine=engine, settings=settings)
+        report = await service.load_all()
+        log.info(
+            "label sets: %d loaded, %d failed",
+            len(report.loaded),
+            len(report.failed),
+            extra={"label_sets_failed": report.failed},
+        )
+        state.label_sets = service
+        state.readiness_checks["label_store"] = service.readiness_problem
         state.engine = engine
         await engine.start()
     except Exception as exc:  # keep serving /livez and a red /readyz that says why
@@ -117,7 +108,7 @@ def create_app(settings: Settings | None = None, *, engine: ClassificationEngine
     app.state.startup_error = None
     app.state.readiness_checks = {}
     install_error_handlers(app)
-    for module in (health, models, classify, *[m for m in _OPTIONAL.values() if m is not None]):
+    for module in (health, models, classify, label_sets, multimodal):
         app.include_router(module.router)
     if settings.cors_origins:
         app.add_middleware(
