@@ -50,6 +50,7 @@ DatasetLoader = Callable[..., LabelledImages]
 # Scores whose values are probabilities (ECE is reported for them).
 PROBABILITY_SCORES = frozenset({"msp", "s_it"})
 PLOTTED_SCORES = ("msp", "s_ii", "trustvlm", "trustvlm_star")
+SAVE_EVERY_BATCHES = 8  # the encoding cache is written after this many batches
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trustserve" / "eval"
 
 
@@ -112,11 +113,14 @@ class LoadedModel:
 
     @cached_property
     def fingerprint(self) -> str:
-        """Cache key of this model: the preset plus the rounded outputs on a fixed probe image, so that
-        changed weights (or a random-weight model re-initialised at each load) never reuse stale encodings."""
+        """Cache key of the image encodings: the preset fields that shape them (backend, args, image space)
+        plus the rounded outputs on a fixed probe image, so changed weights (or a random-weight model
+        re-initialised at each load) never reuse stale encodings. Logit scale, prompts and TrustVLM
+        defaults are not part of it: changing them re-encodes nothing."""
         probe = Image.fromarray(np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3))
         emb, feat = self.encode_images([probe], batch_size=1, desc="", progress=False)
-        digest = hashlib.sha256(self.preset.model_dump_json().encode())
+        encoder_fields = self.preset.model_dump_json(include={"backend", "args", "aux_encoder"})
+        digest = hashlib.sha256(encoder_fields.encode())
         digest.update(np.round(emb, 3).tobytes())
         digest.update(np.round(feat, 3).tobytes())
         return digest.hexdigest()[:12]
@@ -183,12 +187,18 @@ class EncodingCache:
         """Encodings of ``data`` images at ``indices``; only images not cached yet go through the model."""
         indices = np.asarray(indices, dtype=np.int64)
         missing = np.setdiff1d(indices, self.indices)
-        if missing.size:
-            emb, feat = model.encode_images([data.images[int(i)] for i in missing], batch_size, desc)
-            self.indices = np.concatenate([self.indices, missing])
-            self.embeddings = emb if self.embeddings is None else np.concatenate([self.embeddings, emb])
-            self.features = feat if self.features is None else np.concatenate([self.features, feat])
-            self._save()
+        chunk = batch_size * SAVE_EVERY_BATCHES
+        with tqdm(total=missing.size, desc=desc, unit="img", disable=not missing.size) as bar:
+            for start in range(0, missing.size, chunk):  # save as we go: an interrupted run keeps its work
+                part = missing[start : start + chunk]
+                emb, feat = model.encode_images(
+                    [data.images[int(i)] for i in part], batch_size, desc, progress=False
+                )
+                self.indices = np.concatenate([self.indices, part])
+                self.embeddings = emb if self.embeddings is None else np.concatenate([self.embeddings, emb])
+                self.features = feat if self.features is None else np.concatenate([self.features, feat])
+                self._save()
+                bar.update(part.size)
         assert self.embeddings is not None and self.features is not None
         position = {int(ix): p for p, ix in enumerate(self.indices)}
         rows = np.array([position[int(i)] for i in indices], dtype=np.int64)
