@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--tv", type=float, default=0.01)
     parser.add_argument("--tune", action="store_true", help="also tune α/T_v on a train calibration split")
+    parser.add_argument("--calib-size", type=int, default=1000, help="calibration split size for --tune")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (shared machine)")
@@ -99,6 +100,7 @@ def main() -> None:
             alpha=args.alpha,
             visual_temperature=args.tv,
             tune=args.tune,
+            calib_size=args.calib_size,
             batch_size=args.batch_size,
             device=args.device,
             cache_dir=args.cache_dir,
