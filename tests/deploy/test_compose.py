@@ -5,7 +5,9 @@ No Docker engine runs here, so nothing is started."""
 
 from __future__ import annotations
 
+import itertools
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +15,20 @@ import pytest
 import yaml
 
 from app.config import Settings
+from tests.deploy.commands import COMPOSE_GPU_UP, COMPOSE_UP
 from tests.deploy.manifests import interpolate_compose, load_compose
 from tests.deploy.promql import REPO_ROOT
 
+
+def compose_files(command: str) -> list[Path]:
+    """The ``-f`` files of a ``docker compose`` command line (docs/DEPLOY.md shows these commands)."""
+    words = shlex.split(command)
+    return [REPO_ROOT / value for flag, value in itertools.pairwise(words) if flag == "-f"]
+
+
 DEPLOY = REPO_ROOT / "deploy"
-COMPOSE = DEPLOY / "docker-compose.yml"
-COMPOSE_GPU = DEPLOY / "docker-compose.gpu.yml"
+[COMPOSE] = compose_files(COMPOSE_UP)
+COMPOSE_GPU = compose_files(COMPOSE_GPU_UP)[-1]
 DOCKERFILE_STAGES = set(
     re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", (REPO_ROOT / "Dockerfile").read_text(), re.M | re.I)
 )
@@ -127,6 +137,10 @@ def test_server_environment_is_valid_settings(
             assert key.removeprefix("TRUSTSERVE_").lower() in Settings.model_fields, key
             monkeypatch.setenv(key, value or "")
         Settings(models_dir=REPO_ROOT / "models")  # validates every value that was set
+
+
+def test_gpu_command_layers_the_override_on_the_base_file() -> None:
+    assert compose_files(COMPOSE_GPU_UP) == [COMPOSE, COMPOSE_GPU]
 
 
 def test_gpu_override_reserves_an_nvidia_gpu_and_builds_cuda(compose: dict[str, Any]) -> None:

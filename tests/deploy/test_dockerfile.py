@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from app.config import Settings
-from tests.deploy.commands import HADOLINT
+from tests.deploy.commands import DOCKER_BUILD_TEST, HADOLINT
 from tests.deploy.manifests import load_compose
 from tests.deploy.promql import REPO_ROOT
 from tests.support.live_server import LiveServer, free_port
@@ -161,6 +161,9 @@ def test_healthcheck_probes_readyz_for_real(stages: dict[str, Stage], live_serve
 
 
 def test_test_stage_runs_the_readme_test_command(stages: dict[str, Stage]) -> None:
+    """`docker build --target test .` (docs/DEPLOY.md) ends with the test command of .ci/run and README."""
+    words = shlex.split(DOCKER_BUILD_TEST)
+    assert words[words.index("--target") + 1] == "test"
     ci_lines = (REPO_ROOT / ".ci/run").read_text().splitlines()
     [ci_command] = [line.strip() for line in ci_lines if line.strip().startswith("python3 -m pytest")]
     assert stages["test"].values("RUN")[-1] == ci_command
