@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.trust.scores import PrototypeTopK
+
 if TYPE_CHECKING:
     from app.labelsets.index import VectorIndex
 
@@ -149,6 +151,26 @@ class LabelSetView:
     calibration: CalibrationRecord | None
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
     adapted: bool = False
+
+    def prototype_topk(self, aux_features: np.ndarray, k: int = 64) -> PrototypeTopK | None:
+        """Nearest prototypes of raw image features via the FAISS index, for TrustVLM*'s visual softmax on
+        large label sets (pass as ``trustvlm_scores(..., prototype_topk=...)``); None without prototypes.
+        The approximation is stated in ``app.trust.scores.visual_probs_from_topk``."""
+        if self.index is None:
+            return None
+        feats = np.asarray(aux_features, dtype=np.float32)
+        feats = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+        sims, ids = self.index.search(feats, min(k, self.index.ntotal))
+        return PrototypeTopK(indices=ids, sims=np.where(ids < 0, 0.0, sims))
+
+    def text_topk(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Top-k labels by cosine to normalised joint-space image embeddings (sims, class ids), for very
+        large label sets; None when the label set is too small to have a text index."""
+        if self.text_index is None:
+            return None
+        return self.text_index.search(
+            np.asarray(embeddings, dtype=np.float32), min(k, self.text_index.ntotal)
+        )
 
     def decide(self, score: float) -> Decision:
         """Reject decision for one trust score of this label set's ``trust_score`` kind."""

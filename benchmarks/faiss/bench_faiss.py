@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import faiss
@@ -86,7 +87,7 @@ def bench_size(n: int, dim: int, params: IndexParams, args: argparse.Namespace) 
             )
     # the dense alternative: all C cosines by one matrix product (what classify does without top-k)
     t = []
-    for r in range(max(5, args.repeats // 10)):
+    for r in range(max(5, args.repeats // 4)):
         q = queries[r : r + 32]
         t0 = time.perf_counter()
         np.argpartition(-(q @ vectors.T), args.k, axis=1)
@@ -138,7 +139,9 @@ def main() -> None:
         for n in tqdm(args.sizes, desc="label-set sizes"):
             rows += bench_size(n, args.dim, params, args)
             print(markdown(rows), flush=True)
-    print(f"\nfaiss {faiss.__version__}, {args.threads} thread(s), dim {args.dim}, {args.queries} queries "
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nload average at the end: {load} on {os.cpu_count()} CPUs (other jobs inflate latencies)")
+    print(f"faiss {faiss.__version__}, {args.threads} thread(s), dim {args.dim}, {args.queries} queries "
           f"at cosine ≈ {args.query_cosine} to their class, k = {args.k}")  # fmt: skip
     if args.json:
         with open(args.json, "w") as fh:

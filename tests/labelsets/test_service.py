@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from app.api.errors import APIError
+from app.labelsets.index import IndexParams
 from app.labelsets.models import AdaptationConfig
 from app.labelsets.service import CalibrationRequest, LabelSetService, _top_per_class, adapted_prototypes
 from app.labelsets.store import DirectoryStore
@@ -245,5 +246,42 @@ def test_observe_fills_bounded_cache(tmp_path: Path, tiny_engine) -> None:
         assert stored.arrays["cache_class"].tolist() == [0, 0, 0]
         assert view.adapted and view.support_counts.tolist() == [2, 2, 2]
         assert service.get_view("colours").decide(1.0).calibrated is False
+
+    asyncio.run(scenario())
+
+
+def test_view_topk_helpers_match_exact_search(tmp_path: Path, tiny_engine) -> None:
+    async def scenario() -> None:
+        service = await _populated(tmp_path, tiny_engine, shots=2)
+        view = service.get_view("colours")
+        feats = (await tiny_engine.encode_images([colour_image("blue", 77)])).aux_features
+        topk = view.prototype_topk(feats, k=2)
+        exact = (feats / np.linalg.norm(feats)) @ view.prototypes.T
+        assert topk.indices[0].tolist() == np.argsort(-exact[0])[:2].tolist()
+        np.testing.assert_allclose(topk.sims[0], np.sort(exact[0])[::-1][:2], atol=1e-5)
+        assert view.text_topk(np.asarray(view.text_embeddings[:1]), 2) is None  # small set: no text index
+
+    asyncio.run(scenario())
+
+
+def test_large_label_sets_get_text_and_hnsw_indexes(tmp_path: Path, tiny_engine) -> None:
+    """Thresholds lowered so a small set takes the large-set paths (text index, HNSW prototypes)."""
+
+    async def scenario() -> None:
+        service = await service_for(tmp_path, tiny_engine)
+        service.text_index_min_classes = 3
+        service.index_params = IndexParams(hnsw_threshold=2)
+        view = await service.create("many", [f"class {i}" for i in range(20)])
+        _, ids = view.text_topk(np.asarray(view.text_embeddings[:2]), 3)
+        assert ids[:, 0].tolist() == [0, 1] and view.text_index.kind == "hnsw"
+        view, _ = await service.add_support_images(
+            "many", ["class 0", "class 5"], [colour_image("red", 1)] * 2
+        )
+        assert view.index.kind == "hnsw" and view.index.ntotal == 2
+        reloaded = LabelSetService(DirectoryStore(tmp_path), tiny_engine, make_settings(tmp_path))
+        reloaded.text_index_min_classes = 3
+        await reloaded.load_all()
+        again = reloaded.get_view("many")
+        assert again.index.kind == "hnsw" and again.text_index is not None
 
     asyncio.run(scenario())
