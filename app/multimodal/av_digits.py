@@ -40,13 +40,42 @@ log = logging.getLogger(__name__)
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 BASE_VOICES = (
-    "en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-x-gbclan",
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-029",
+    "en-us-nyc",
+    "en-gb-x-gbclan",
     "en-gb-x-gbcwmd",
-)  # fmt: skip
+)
 VARIANTS = (
-    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2", "croak",
-    "Andy", "Annie", "Gene", "Mike", "Storm", "Tweaky", "grandma", "grandpa", "edward", "linda",
-)  # fmt: skip
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "klatt",
+    "klatt2",
+    "croak",
+    "Andy",
+    "Annie",
+    "Gene",
+    "Mike",
+    "Storm",
+    "Tweaky",
+    "grandma",
+    "grandpa",
+    "edward",
+    "linda",
+)
 SPEED_RANGE = (110, 220)  # words per minute
 PITCH_RANGE = (15, 85)  # espeak-ng 0..99
 CLEAN_SNR_DB = (-16.0, 4.0)

@@ -108,6 +108,9 @@ def train_multimodal(
     delta: Annotated[float, typer.Option(help="calibration: failure probability of the guarantee")] = 0.05,
     resume: Annotated[bool, typer.Option(help="continue from the last finished epoch if present")] = True,
     threads: Annotated[int, typer.Option(min=1, help="torch CPU threads")] = 1,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="training state, curves.png (default runs/train/<name>)")
+    ] = None,
 ) -> None:
     """Train a late-fusion classifier (baseline or ACR variants) and save a servable checkpoint."""
     try:
@@ -131,6 +134,7 @@ def train_multimodal(
         delta=delta,
         resume=resume,
         description=f"{variant} on {dataset.name}",
+        work_dir=work_dir,
     )
     msp = trained.config.validation_metrics["scores"]["msp"]
     cal = trained.config.calibration

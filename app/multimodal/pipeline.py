@@ -138,7 +138,7 @@ def train_checkpoint(
 ) -> TrainedCheckpoint:
     """Train on ``train``, select on ``val``, calibrate on ``val``, write ``out_dir`` (config + weights).
 
-    Training state and curves go to ``work_dir`` (default ``out_dir/../<name>-work``), never into the
+    Training state and curves go to ``work_dir`` (default ``runs/train/<name>``), never into the
     checkpoint folder, so the checkpoint holds exactly two small files.
     """
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
@@ -147,7 +147,7 @@ def train_checkpoint(
     spec = default_fusion_spec(
         info, architecture or ArchitectureOptions(), outlier_class=loss.needs_outlier_class
     )
-    work = Path(work_dir) if work_dir else out_dir.parent / f"{out_dir.name}-work"
+    work = Path(work_dir) if work_dir else Path("runs") / "train" / name
     result = train_model(
         spec, loss, train, val, train_config, work, resume=resume, progress=progress, title=name
     )

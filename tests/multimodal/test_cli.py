@@ -25,11 +25,31 @@ def test_train_then_eval_checkpoint_and_timing(feature_dataset: Path, tmp_path: 
     out = tmp_path / "models" / "tiny-acr"
     result = runner.invoke(
         _app(),
-        ["train-multimodal", "--dataset", str(feature_dataset), "--out", str(out), "--epochs", "3",
-         "--batch-size", "8", "--lr", "0.01", "--n-min", "2", "--n-max", "4", "--target-risk", "0.3"],
-    )  # fmt: skip
+        [
+            "train-multimodal",
+            "--dataset",
+            str(feature_dataset),
+            "--out",
+            str(out),
+            "--epochs",
+            "3",
+            "--batch-size",
+            "8",
+            "--lr",
+            "0.01",
+            "--n-min",
+            "2",
+            "--n-max",
+            "4",
+            "--target-risk",
+            "0.3",
+            "--work-dir",
+            str(tmp_path / "work"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert (tmp_path / "work" / "curves.png").is_file()
     config = load_checkpoint(out).config
     assert config.name == "tiny-acr" and config.fusion.outlier_class
     assert config.training["loss"]["acl"] and config.training["loss"]["mfs"]
@@ -38,9 +58,22 @@ def test_train_then_eval_checkpoint_and_timing(feature_dataset: Path, tmp_path: 
     report = tmp_path / "eval.json"
     result = runner.invoke(
         _app(),
-        ["eval-multimodal", "--dataset", str(feature_dataset), "--checkpoint", str(out), "--timing",
-         "--timing-dims", "64", "48", "--timing-steps", "3", "--output", str(report)],
-    )  # fmt: skip
+        [
+            "eval-multimodal",
+            "--dataset",
+            str(feature_dataset),
+            "--checkpoint",
+            str(out),
+            "--timing",
+            "--timing-dims",
+            "64",
+            "48",
+            "--timing-steps",
+            "3",
+            "--output",
+            str(report),
+        ],
+    )
     assert result.exit_code == 0, result.output
     for label in ("msp", "energy", "max_logit", "neg_entropy", "softmax_variance", "doctor_alpha", "AURC"):
         assert label in result.output
@@ -52,10 +85,29 @@ def test_train_then_eval_checkpoint_and_timing(feature_dataset: Path, tmp_path: 
 def test_ablation_runs_every_variant(feature_dataset: Path, tmp_path: Path) -> None:
     result = runner.invoke(
         _app(),
-        ["eval-multimodal", "--dataset", str(feature_dataset), "--ablation", "--seed", "0", "--seed", "1",
-         "--variant", "baseline", "--variant", "acr", "--epochs", "1", "--work-dir", str(tmp_path / "runs"),
-         "--n-min", "2", "--n-max", "4"],
-    )  # fmt: skip
+        [
+            "eval-multimodal",
+            "--dataset",
+            str(feature_dataset),
+            "--ablation",
+            "--seed",
+            "0",
+            "--seed",
+            "1",
+            "--variant",
+            "baseline",
+            "--variant",
+            "acr",
+            "--epochs",
+            "1",
+            "--work-dir",
+            str(tmp_path / "runs"),
+            "--n-min",
+            "2",
+            "--n-max",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "baseline (CE)" in result.output and "ACR (ACL+MFS)" in result.output
     assert (tmp_path / "runs" / "acr-seed1" / "metrics.json").is_file()

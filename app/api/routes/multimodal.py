@@ -25,6 +25,7 @@ from app.api.schemas_multimodal import (
 from app.multimodal.service import ModalityPayload, MultimodalService
 
 router = APIRouter(prefix="/v1/multimodal", tags=["multimodal"])
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")  # the latter: vectors only
 
 _MULTIPART_SCHEMA = {
     "type": "object",
@@ -122,7 +123,7 @@ async def predict(model: str, request: Request) -> dict[str, Any]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         inputs, top_k = await _json_inputs(request)
-    elif content_type == "multipart/form-data":
+    elif content_type in FORM_TYPES:
         inputs, top_k = await _multipart_inputs(request)
     else:
         raise APIError(
