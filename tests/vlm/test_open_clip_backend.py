@@ -137,6 +137,22 @@ def test_bad_pretrained_values_fail_before_any_download(tmp_path: Path) -> None:
         create_open_clip_backend(CPU, torch.float64, architecture=TINY_ARCH)
 
 
+def test_an_unavailable_tag_fails_loudly_instead_of_falling_back_to_random(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail at once, no network wait
+    with pytest.raises(RuntimeError, match="Failed to download weights for tag 'laion2b_s34b_b79k'"):
+        create_open_clip_backend(
+            CPU,
+            torch.float32,
+            architecture="ViT-B-32",
+            pretrained="laion2b_s34b_b79k",
+            cache_dir=str(tmp_path),
+        )
+
+
 @pytest.mark.slow  # ~2 s on an idle 2-core CPU, 20 s when the box is busy
 def test_real_vit_b_32_random_weights_shapes() -> None:
     backend = create_backend("open_clip", device="cpu", architecture="ViT-B-32", pretrained=None)
