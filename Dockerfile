@@ -34,10 +34,10 @@ RUN pip install --no-deps .
 # ---------------------------------------------------------------------------------------------------------
 FROM builder AS test
 ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-# the Debian Prometheus lets the deploy tests scrape a live server inside the build too
+# the system packages .ci/run installs, less PostgreSQL (its tests skip without a database server)
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends prometheus \
+    && apt-get install -y --no-install-recommends dataset-fashion-mnist espeak-ng sox prometheus \
     && rm -rf /var/lib/apt/lists/*
 COPY . /src
 RUN pip install -e '.[dev,datasets]' \

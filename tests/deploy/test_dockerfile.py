@@ -9,11 +9,13 @@ import fnmatch
 import importlib.util
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,6 +174,15 @@ def test_test_stage_runs_the_readme_test_command(stages: dict[str, Stage]) -> No
         assert ci_command in readme.read_text()
 
 
+def test_test_stage_installs_the_ci_system_packages(stages: dict[str, Stage]) -> None:
+    """Those of .ci/run but PostgreSQL: the build has no database server, so those tests skip there."""
+    ci = (REPO_ROOT / ".ci/run").read_text()
+    ci_packages = set(re.search(r"^apt_packages=\((.*)\)$", ci, re.M)[1].split())
+    [install] = [r for r in stages["test"].values("RUN") if "apt-get install" in r]
+    words = shlex.split(install.split("apt-get install", 1)[1].split("&&")[0])
+    assert {w for w in words if not w.startswith("-")} == ci_packages - {"postgresql"}
+
+
 def test_torch_pins_match_pyproject(stages: dict[str, Stage]) -> None:
     dependencies = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     builder = stages["builder"]
@@ -224,3 +235,35 @@ def test_bake_script_loads_a_preset(tiny_models_dir: Path, monkeypatch: pytest.M
     monkeypatch.setenv("TRUSTSERVE_MODELS_DIR", str(tiny_models_dir))
     summary = _bake_module().bake(TINY_PRESET)
     assert summary.startswith(f"baked model {TINY_PRESET} ")
+
+
+def test_the_installed_package_carries_every_data_file(stages: dict[str, Stage], tmp_path: Path) -> None:
+    """The image installs the package as a wheel (``pip install --no-deps .``), not from the checkout:
+    every non-Python file under app/ (SQL migrations, py.typed) must be inside that wheel."""
+    assert "pip install --no-deps ." in stages["builder"].values("RUN")
+    source = tmp_path / "src"
+    shutil.copytree(REPO_ROOT / "app", source / "app", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO_ROOT / "pyproject.toml", source)
+    build = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        "dist",
+        ".",
+    ]
+    result = subprocess.run(build, cwd=source, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    [wheel] = (source / "dist").glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        packaged = set(archive.namelist())
+    data_files = {
+        p.relative_to(source).as_posix()
+        for p in (source / "app").rglob("*")
+        if p.is_file() and p.suffix not in {".py", ".pyc"}
+    }
+    assert data_files - packaged == set(), "add them to [tool.setuptools.package-data] in pyproject.toml"
