@@ -98,7 +98,7 @@ def _create_label_set_request(
 def _support_request(label_set: str, label: str, images: Sequence[ImageInput]) -> tuple[str, str, Json]:
     return (
         "POST",
-        f"/v1/label-sets/{label_set}/support",
+        f"/v1/label-sets/{label_set}/images",
         {"files": _files("images", images), "data": {"label": label}},
     )
 
@@ -195,6 +195,23 @@ class TrustServeClient:
     ) -> Json:
         return self._call(*_calibrate_request(label_set, images, labels, options))
 
+    def add_classes(self, label_set: str, labels: Sequence[str]) -> Json:
+        return self._call("POST", f"/v1/label-sets/{label_set}/classes", {"json": {"labels": list(labels)}})
+
+    def remove_class(self, label_set: str, label: str) -> Json:
+        return self._call("DELETE", f"/v1/label-sets/{label_set}/classes/{label}")
+
+    def export_label_set(self, label_set: str) -> bytes:
+        return self._call("GET", f"/v1/label-sets/{label_set}/export")
+
+    def import_label_set(self, archive: bytes, new_id: str | None = None) -> Json:
+        params = {"id": new_id} if new_id else {}
+        return self._call(
+            "POST",
+            "/v1/label-sets/import",
+            {"content": archive, "params": params, "headers": {"content-type": "application/gzip"}},
+        )
+
     # multimodal
     def multimodal_models(self) -> Json:
         return self._call("GET", "/v1/multimodal/models")
@@ -276,6 +293,25 @@ class AsyncTrustServeClient:
         self, label_set: str, images: Sequence[ImageInput], labels: Sequence[str], **options: Any
     ) -> Json:
         return await self._call(*_calibrate_request(label_set, images, labels, options))
+
+    async def add_classes(self, label_set: str, labels: Sequence[str]) -> Json:
+        return await self._call(
+            "POST", f"/v1/label-sets/{label_set}/classes", {"json": {"labels": list(labels)}}
+        )
+
+    async def remove_class(self, label_set: str, label: str) -> Json:
+        return await self._call("DELETE", f"/v1/label-sets/{label_set}/classes/{label}")
+
+    async def export_label_set(self, label_set: str) -> bytes:
+        return await self._call("GET", f"/v1/label-sets/{label_set}/export")
+
+    async def import_label_set(self, archive: bytes, new_id: str | None = None) -> Json:
+        params = {"id": new_id} if new_id else {}
+        return await self._call(
+            "POST",
+            "/v1/label-sets/import",
+            {"content": archive, "params": params, "headers": {"content-type": "application/gzip"}},
+        )
 
     async def multimodal_models(self) -> Json:
         return await self._call("GET", "/v1/multimodal/models")
