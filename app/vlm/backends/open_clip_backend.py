@@ -75,14 +75,16 @@ def resolve_open_clip_source(architecture: str, pretrained: str | None) -> OpenC
     return OpenClipSource(architecture, pretrained)
 
 
+Tokenizer = Callable[[Sequence[str]], torch.Tensor]
+
+
 @dataclass
 class OpenClipComponents:
-    """A loaded open_clip model with its inference transform and tokenizer."""
+    """A loaded open_clip model with its inference image transform."""
 
     source: OpenClipSource
     model: torch.nn.Module
     preprocess: Callable[[Image.Image], torch.Tensor]
-    tokenizer: Callable[[Sequence[str]], torch.Tensor]
 
 
 def load_open_clip(
@@ -112,8 +114,7 @@ def load_open_clip(
     model.eval()
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    tokenizer = open_clip.get_tokenizer(source.model_name, cache_dir=cache_dir)
-    return OpenClipComponents(source=source, model=model, preprocess=preprocess, tokenizer=tokenizer)
+    return OpenClipComponents(source=source, model=model, preprocess=preprocess)
 
 
 class OpenClipBackend:
@@ -126,6 +127,7 @@ class OpenClipBackend:
     def __init__(
         self,
         components: OpenClipComponents,
+        tokenizer: Tokenizer,
         *,
         name: str,
         device: torch.device,
@@ -138,7 +140,7 @@ class OpenClipBackend:
         self.dtype = dtype
         self._model = components.model
         self._preprocess = components.preprocess
-        self._tokenizer = components.tokenizer
+        self._tokenizer = tokenizer
         self.text_batch_size = text_batch_size
         self._encode_image: Callable[..., torch.Tensor] = self._model.encode_image
         if compile_image_encoder:
@@ -193,6 +195,7 @@ def create_open_clip_backend(
     components = load_open_clip(architecture, pretrained, device=device, dtype=dtype, cache_dir=cache_dir)
     return OpenClipBackend(
         components,
+        open_clip.get_tokenizer(components.source.model_name, cache_dir=cache_dir),
         name=f"open_clip:{components.source.describe()}",
         device=device,
         dtype=dtype,
