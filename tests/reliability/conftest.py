@@ -63,3 +63,26 @@ def module_client(
     ) as c:
         wait_ready(c)
         yield c
+
+
+LIVE_READ_KEY = "live-read-3c9e71a05f"
+LIVE_ADMIN_KEY = "live-admin-b84d26e1c7"
+
+
+@pytest.fixture(scope="session")
+def live_server(tiny_models_dir: Path, multimodal_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """One real server process (uvicorn, tiny model, read + admin keys, JSON logs to a file) shared by
+    the fuzzing, load and log-exposure tests. Small queue so that overload is reachable on loopback."""
+    from tests.support.live_server import tiny_server
+
+    root = tmp_path_factory.mktemp("live")
+    env = {
+        "TRUSTSERVE_API_KEYS": f"{LIVE_READ_KEY}:read,{LIVE_ADMIN_KEY}:admin",
+        "TRUSTSERVE_MULTIMODAL_DIR": str(multimodal_dir),
+        "TRUSTSERVE_MAX_QUEUE_SIZE": "32",
+        "TRUSTSERVE_MAX_BATCH_SIZE": "16",
+        "TRUSTSERVE_LOG_LEVEL": "DEBUG",
+    }
+    server = tiny_server(tiny_models_dir, root / "store", log_path=root / "server.log", env=env)
+    with server:
+        yield server
