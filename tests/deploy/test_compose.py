@@ -16,8 +16,7 @@ import yaml
 
 from app.config import Settings
 from tests.deploy.commands import COMPOSE_GPU_UP, COMPOSE_UP
-from tests.deploy.manifests import interpolate_compose, load_compose
-from tests.deploy.promql import REPO_ROOT
+from tests.deploy.manifests import REPO_ROOT, interpolate_compose, load_compose
 
 
 def compose_files(command: str) -> list[Path]:

@@ -25,8 +25,7 @@ import yaml
 
 from app.config import Settings
 from tests.deploy.commands import DOCKER_BUILD_TEST, HADOLINT
-from tests.deploy.manifests import load_compose
-from tests.deploy.promql import REPO_ROOT
+from tests.deploy.manifests import REPO_ROOT, load_compose
 from tests.support.live_server import LiveServer, free_port
 from tests.support.tiny_model import TINY_PRESET
 

@@ -11,7 +11,7 @@ import pytest
 
 from app.config import Settings
 from tests.deploy import commands
-from tests.deploy.promql import REPO_ROOT
+from tests.deploy.manifests import REPO_ROOT
 
 DEPLOY_DOC = REPO_ROOT / "docs/DEPLOY.md"
 K8S_README = REPO_ROOT / "deploy/k8s/README.md"

@@ -17,8 +17,7 @@ from app.api.auth import ApiKeyAuth
 from app.config import Settings
 from app.vlm.presets import list_presets
 from tests.deploy.commands import KUSTOMIZE_BUILD
-from tests.deploy.manifests import by_kind, kustomize
-from tests.deploy.promql import REPO_ROOT
+from tests.deploy.manifests import REPO_ROOT, by_kind, kustomize
 
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 K8S = REPO_ROOT / shlex.split(KUSTOMIZE_BUILD)[-1]

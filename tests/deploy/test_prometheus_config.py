@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from tests.deploy.commands import PROMTOOL_CHECK_CONFIG, PROMTOOL_TEST_RULES
-from tests.deploy.promql import REPO_ROOT
+from tests.deploy.manifests import REPO_ROOT
 
 pytestmark = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
 
