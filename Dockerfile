@@ -75,8 +75,9 @@ CMD ["serve"]
 
 # ---------------------------------------------------------------------------------------------------------
 FROM runtime-base AS baked
-# a preset in models/ (or a preset YAML path). Its downloads and caches go to a folder of their own, so
-# a writable cache volume mounted over /opt/trustserve/cache (deploy/k8s) does not hide them.
+# a preset name from models/ (add your YAML there before building). Its downloads and caches go to a
+# folder of their own, so a writable cache volume mounted over /opt/trustserve/cache (deploy/k8s) does
+# not hide them.
 ARG BAKE_MODEL=offline-conse
 ARG APP_UID=10001
 ENV XDG_CACHE_HOME=/opt/trustserve/baked \

@@ -29,7 +29,7 @@ def bake(model: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="preset name in TRUSTSERVE_MODELS_DIR, or a preset YAML path")
+    parser.add_argument("model", help="preset name in TRUSTSERVE_MODELS_DIR")
     args = parser.parse_args(argv)
     print(bake(args.model), flush=True)
 
