@@ -72,12 +72,12 @@ def test_strict_compose_spec_parse(path: Path) -> None:
     compose_spec = pytest.importorskip("compose_spec", reason="the compose-spec parser is not installed")
     parsed = compose_spec.PyCompose.from_yaml(interpolate_compose(path.read_text()))
     parsed.validate()
-    assert set(parsed.service_names()) <= {"trustserve", "prometheus", "grafana"}
+    assert "trustserve" in parsed.service_names()
 
 
 def test_every_referenced_file_exists(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"trustserve", "prometheus", "grafana"}
+    assert {"trustserve", "prometheus", "grafana"} <= set(services)
     build = services["trustserve"]["build"]
     context = (DEPLOY / build["context"]).resolve()
     assert context == REPO_ROOT
@@ -102,10 +102,11 @@ def test_prometheus_scrapes_the_server_service(compose: dict[str, Any]) -> None:
     config = yaml.safe_load(config_file.read_text())
     for rule_file in config["rule_files"]:
         assert (config_file.parent / rule_file).is_file()
-    [job] = config["scrape_configs"]
-    [static] = job["static_configs"]
+    [job] = [j for j in config["scrape_configs"] if j["job_name"] == "trustserve"]
     server_ports = {p.split(":")[-1] for p in compose["services"]["trustserve"]["ports"]}
-    for target in static["targets"]:
+    targets = [t for static in job["static_configs"] for t in static["targets"]]
+    assert "trustserve:8000" in targets
+    for target in targets:
         host, port = target.split(":")
         assert host in compose["services"] and port in server_ports, target
 

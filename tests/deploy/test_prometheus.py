@@ -40,13 +40,13 @@ pytestmark = [
 
 
 def render_config(target: str) -> dict[str, Any]:
-    """The deploy config pointed at ``target`` with 1 s intervals and an absolute rule-file path."""
+    """The deploy config with ``target`` as the trustserve job's only target, 1 s intervals and an
+    absolute rule-file path."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
     config["rule_files"] = [str(PROMETHEUS_CONFIG.parent / f) for f in config["rule_files"]]
     [job] = [j for j in config["scrape_configs"] if j["job_name"] == "trustserve"]
-    [static] = job["static_configs"]
-    static["targets"] = [target]
+    job["static_configs"] = [{**job["static_configs"][0], "targets": [target]}]
     return config
 
 
@@ -126,11 +126,13 @@ def prometheus(
         server.stop()
 
 
-def test_rendered_config_changes_only_target_intervals_and_rule_path() -> None:
+def test_rendered_config_changes_only_targets_intervals_and_rule_path() -> None:
     deployed = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     rendered = render_config("127.0.0.1:1234")
-    assert rendered["scrape_configs"][0]["static_configs"][0]["targets"] == ["127.0.0.1:1234"]
-    rendered["scrape_configs"][0]["static_configs"][0]["targets"] = ["trustserve:8000"]
+    [job] = [j for j in rendered["scrape_configs"] if j["job_name"] == "trustserve"]
+    [deployed_job] = [j for j in deployed["scrape_configs"] if j["job_name"] == "trustserve"]
+    assert job["static_configs"] == [{**deployed_job["static_configs"][0], "targets": ["127.0.0.1:1234"]}]
+    job["static_configs"] = deployed_job["static_configs"]
     rendered["global"] = deployed["global"]
     assert rendered["rule_files"] == [str(ALERT_RULES)]
     rendered["rule_files"] = deployed["rule_files"]
