@@ -39,43 +39,16 @@ from app.multimodal.specs import ImagePreprocessing, LogMelPreprocessing
 log = logging.getLogger(__name__)
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# fmt: off
 BASE_VOICES = (
-    "en-us",
-    "en-gb",
-    "en-gb-scotland",
-    "en-gb-x-rp",
-    "en-029",
-    "en-us-nyc",
-    "en-gb-x-gbclan",
-    "en-gb-x-gbcwmd",
+    "en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
 )
+# espeak-ng voice variants (voices/!v): male, female, Klatt formant synthesis and character voices
 VARIANTS = (
-    "m1",
-    "m2",
-    "m3",
-    "m4",
-    "m5",
-    "m6",
-    "m7",
-    "f1",
-    "f2",
-    "f3",
-    "f4",
-    "f5",
-    "klatt",
-    "klatt2",
-    "croak",
-    "Andy",
-    "Annie",
-    "Gene",
-    "Mike",
-    "Storm",
-    "Tweaky",
-    "grandma",
-    "grandpa",
-    "edward",
-    "linda",
+    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2", "croak",
+    "Andy", "Annie", "Gene", "Mike", "Storm", "Tweaky", "grandma", "grandpa", "edward", "linda",
 )
+# fmt: on
 SPEED_RANGE = (110, 220)  # words per minute
 PITCH_RANGE = (15, 85)  # espeak-ng 0..99
 CLEAN_SNR_DB = (-16.0, 4.0)
