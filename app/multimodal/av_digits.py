@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # fmt: off
 BASE_VOICES = (
-    "en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
+    "en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc",
+    "en-gb-x-gbclan", "en-gb-x-gbcwmd",
 )
 # espeak-ng voice variants (voices/!v): male, female, Klatt formant synthesis and character voices
 VARIANTS = (
