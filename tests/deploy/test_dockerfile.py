@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -27,7 +28,7 @@ from app.config import Settings
 from tests.deploy.commands import DOCKER_BUILD_TEST, HADOLINT
 from tests.deploy.manifests import REPO_ROOT, load_compose
 from tests.support.live_server import LiveServer, free_port
-from tests.support.tiny_model import TINY_PRESET
+from tests.support.tiny_model import TINY_ARCH, TINY_CONFIG, TINY_PRESET
 
 dockerfile_parse = pytest.importorskip("dockerfile_parse", reason="dockerfile-parse is not installed")
 
@@ -266,3 +267,62 @@ def test_the_installed_package_carries_every_data_file(stages: dict[str, Stage],
         if p.is_file() and p.suffix not in {".py", ".pyc"}
     }
     assert data_files - packaged == set(), "add them to [tool.setuptools.package-data] in pyproject.toml"
+
+
+def write_model_folder_preset(models_dir: Path) -> str:
+    """A preset whose weights are a tiny random open_clip model *folder* (config + safetensors), so any
+    process loads it with no registration step, as a real model repository would be used."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    folder = models_dir / "tiny-folder"
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    model = open_clip.create_model(TINY_ARCH, pretrained=None)  # registered by the tiny_models_dir fixture
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(folder / "open_clip_model.safetensors"),
+    )
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CONFIG}))
+    preset = {
+        "name": "tiny-folder",
+        "backend": "open_clip",
+        "args": {"architecture": TINY_ARCH, "pretrained": str(folder)},
+    }
+    (models_dir / "tiny-folder.yaml").write_text(yaml.safe_dump(preset))
+    return "tiny-folder"
+
+
+@pytest.mark.slow
+def test_image_command_and_environment_serve(
+    stages: dict[str, Stage], tiny_models_dir: Path, tmp_path: Path
+) -> None:
+    """ENTRYPOINT + CMD with the runtime stage's ENV, its folders moved under tmp_path and the address
+    kept on loopback: the server becomes ready, answers /metrics, and the HEALTHCHECK passes."""
+    runtime = stages["runtime"]
+    command = [
+        *json.loads(effective(stages, "runtime", "ENTRYPOINT")[-1]),
+        *json.loads(effective(stages, "runtime", "CMD")[-1]),
+    ]
+    moved = {}
+    for key, value in runtime.env.items():
+        if value.startswith(("/opt/trustserve", "/var/lib/trustserve")):
+            moved[key] = str(tmp_path / value.lstrip("/"))
+    models_dir = Path(moved["TRUSTSERVE_MODELS_DIR"])
+    model = write_model_folder_preset(models_dir)
+    env = {
+        **runtime.env,
+        **moved,
+        "PATH": os.environ["PATH"],
+        "TRUSTSERVE_HOST": "127.0.0.1",
+        "TRUSTSERVE_MODEL": model,
+    }
+    env["TRUSTSERVE_PORT"] = str(free_port())
+    server = LiveServer(command, env=env, log_path=tmp_path / "server.log", port=int(env["TRUSTSERVE_PORT"]))
+    server.command = command  # the image passes the port through TRUSTSERVE_PORT, not a flag
+    with server:
+        assert httpx.get(f"{server.url}/metrics", timeout=10).status_code == 200
+        health = subprocess.run(healthcheck_command(stages), env=env, capture_output=True, timeout=30)
+        assert health.returncode == 0, health.stderr
+    assert Path(moved["TRUSTSERVE_STORE_DIR"]).is_dir()
