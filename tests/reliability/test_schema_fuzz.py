@@ -18,7 +18,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 
 from tests.reliability.conftest import FULL, LIVE_ADMIN_KEY
 
-MAX_EXAMPLES = int(os.environ.get("TRUSTSERVE_FUZZ_EXAMPLES", "400" if FULL else "12"))
+MAX_EXAMPLES = int(os.environ.get("TRUSTSERVE_FUZZ_EXAMPLES", "200" if FULL else "12"))
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
 EXAMPLES_RUN: dict[str, int] = {}  # operation -> examples sent (read by the benchmark script)
 
