@@ -32,13 +32,20 @@ def max_softmax(logits: torch.Tensor) -> torch.Tensor:
 
 
 def adaptive_confidence_loss(
-    fused_logits: torch.Tensor, unimodal_logits: Sequence[torch.Tensor]
+    fused_logits: torch.Tensor, unimodal_logits: Sequence[torch.Tensor], detach_unimodal: bool = False
 ) -> torch.Tensor:
-    """ACL: (1/M) Σ_k mean_batch ReLU(MSP_k − MSP_fused) — penalise a fused head less sure than a branch."""
+    """ACL: (1/M) Σ_k mean_batch ReLU(MSP_k − MSP_fused) — penalise a fused head less sure than a branch.
+
+    ``detach_unimodal`` (not in the paper; an ablation knob) stops the gradient into the unimodal
+    confidences, so ACL only raises the fused confidence instead of also lowering the branches'.
+    """
     if not unimodal_logits:
         raise ValueError("adaptive_confidence_loss needs at least one unimodal head")
     fused_conf = max_softmax(fused_logits)
-    gaps = [F.relu(max_softmax(logits) - fused_conf).mean() for logits in unimodal_logits]
+    branch_confs = [max_softmax(logits) for logits in unimodal_logits]
+    if detach_unimodal:
+        branch_confs = [conf.detach() for conf in branch_confs]
+    gaps = [F.relu(conf - fused_conf).mean() for conf in branch_confs]
     return torch.stack(gaps).mean()
 
 

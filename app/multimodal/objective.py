@@ -33,6 +33,7 @@ class LossConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     acl: bool = False
     lambda_acl: float = Field(2.0, ge=0)
+    acl_detach_unimodal: bool = Field(False, description="not in the paper: ACL only raises the fused MSP")
     mfs: bool = False
     lambda_mfs: float = Field(1.0, ge=0)
     n_min: int = Field(32, ge=1, description="MFS: smallest swapped block (clipped to the embedding size)")
@@ -97,7 +98,7 @@ def training_loss(
     dims = {m.name: m.embed_dim for m in model.spec.modalities}
 
     if config.acl:
-        loss_acl = adaptive_confidence_loss(out.fused_logits, unimodal)
+        loss_acl = adaptive_confidence_loss(out.fused_logits, unimodal, config.acl_detach_unimodal)
         total = total + config.lambda_acl * loss_acl
         terms["acl"] = loss_acl.item()
 

@@ -69,3 +69,12 @@ def test_entropy_maximisation_loss_is_negative_entropy() -> None:
     # p = [3/4, 1/4]: H = 3/4 ln(4/3) + 1/4 ln 4
     expected = -(0.75 * math.log(4 / 3) + 0.25 * math.log(4))
     assert entropy_maximisation_loss(torch.tensor([[LN3, 0.0]])).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_adaptive_confidence_loss_detached_branches_get_no_gradient() -> None:
+    fused = torch.tensor([[0.0, 0.0]], requires_grad=True)
+    branch = torch.tensor([[LN3, 0.0]], requires_grad=True)
+    loss = adaptive_confidence_loss(fused, [branch], detach_unimodal=True)
+    assert loss.item() == pytest.approx(0.25, abs=1e-6)
+    loss.backward()
+    assert branch.grad is None and fused.grad is not None and fused.grad[0, 0] < 0
