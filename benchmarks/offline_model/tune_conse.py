@@ -29,7 +29,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 from tqdm import tqdm
 
-from app.trust.datasets import LabelledImages, balanced_subsample, load_dataset
+from app.trust.datasets import LabelledImages, balanced_subsample, default_invert, load_dataset
 from app.trust.metrics import auroc, eaurc
 from app.trust.prototypes import PrototypeBank, draw_support_indices
 from app.trust.scores import trustvlm_scores
@@ -42,6 +42,7 @@ from app.vlm.backends.offline_conse import (
     imagenet_class_texts,
     minilm_dir,
 )
+from app.vlm.presets import DEFAULT_MODELS_DIR, load_preset_file
 
 TEMPLATE_SETS: dict[str, list[str]] = {
     "photo": ["a photo of a {}."],
@@ -67,6 +68,11 @@ class Part:
     labels: np.ndarray  # (N,)
 
 
+def outputs_path(args: argparse.Namespace, variant: str, name: str, invert: bool) -> Path:
+    """Where stage 1 keeps the EfficientNet outputs of one (variant, dataset, inversion, slice sizes)."""
+    return args.cache_dir / f"{variant}-{name}-inv{int(invert)}-t{args.test_limit}-c{args.calib_limit}.npz"
+
+
 def run_classifier(classifier: ImageNetClassifier, data: LabelledImages, batch_size: int, desc: str) -> Part:
     """ImageNet probabilities and pooled features for every image of ``data``."""
     probs, feats = [], []
@@ -86,10 +92,7 @@ def extract(args: argparse.Namespace) -> None:
     for variant in args.variants:
         classifier = ImageNetClassifier.from_variant(variant, torch.device("cpu"), torch.float32)
         for name, invert in itertools.product(args.datasets, args.inverts):
-            path = (
-                args.cache_dir
-                / f"{variant}-{name}-inv{int(invert)}-t{args.test_limit}-c{args.calib_limit}.npz"
-            )
+            path = outputs_path(args, variant, name, invert)
             if path.exists():
                 continue
             t0 = time.perf_counter()
@@ -161,14 +164,16 @@ def evaluate(
     top_k: int,
     alphas: list[float],
     t_v: float,
+    logit_scale: float | None = None,
 ) -> list[dict]:
-    """Fit s on the calibration slice, then calibration and test metrics for each alpha."""
+    """Calibration and test metrics for each alpha; the logit scale is fitted on the calibration slice
+    unless given."""
 
     def cos(part: Part) -> np.ndarray:
         return conse_embeddings(torch.from_numpy(part.probs), class_emb, top_k).numpy() @ labels_emb.T
 
     calib_cos, test_cos = cos(parts["calib"]), cos(parts["test"])
-    scale = fit_logit_scale(calib_cos, parts["calib"].labels)
+    scale = logit_scale if logit_scale is not None else fit_logit_scale(calib_cos, parts["calib"].labels)
     support = parts["support"]
     bank = PrototypeBank.from_features(support.features, support.labels, labels_emb.shape[0])
     rows = []
@@ -198,10 +203,7 @@ def sweep(args: argparse.Namespace) -> None:
     }
     rows = []
     for variant, name, invert in itertools.product(args.variants, args.datasets, args.inverts):
-        path = (
-            args.cache_dir / f"{variant}-{name}-inv{int(invert)}-t{args.test_limit}-c{args.calib_limit}.npz"
-        )
-        parts = load_parts(path)
+        parts = load_parts(outputs_path(args, variant, name, invert))
         class_names = load_dataset(name, "test", limit=1).class_names
         for tset in args.template_sets:
             labels_emb = label_embeddings(encoder, class_names, TEMPLATE_SETS[tset])
@@ -215,6 +217,47 @@ def sweep(args: argparse.Namespace) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1))
     print_table(rows, args.show)
+
+
+def final(args: argparse.Namespace) -> None:
+    """Stage 3: the shipped preset exactly as configured (variant, top-k, class texts, templates, logit
+    scale, alpha, T_v), plus the logit scale fitted on the pooled calibration slices of all datasets."""
+    preset = load_preset_file(args.preset)
+    variant, top_k = preset.args["variant"], int(preset.args["top_k_classes"])
+    kind, template = preset.args["class_name_style"], preset.args.get("class_template", "{}")
+    encoder = SentenceEncoder(minilm_dir(), torch.device("cpu"), torch.float32)
+    class_emb = cached_text_embeddings(
+        encoder, [template.format(n) for n in imagenet_class_texts(kind)], args.text_cache
+    )
+    cosines, labels, per_dataset = [], [], {}
+    for name in args.datasets:
+        parts = load_parts(outputs_path(args, variant, name, default_invert(name)))
+        labels_emb = label_embeddings(
+            encoder, load_dataset(name, "test", limit=1).class_names, preset.templates
+        )
+        calib_cos = (
+            conse_embeddings(torch.from_numpy(parts["calib"].probs), class_emb, top_k).numpy() @ labels_emb.T
+        )
+        cosines.append(calib_cos)
+        labels.append(parts["calib"].labels)
+        per_dataset[name] = (parts, labels_emb)
+    pooled = fit_logit_scale(np.concatenate(cosines), np.concatenate(labels))
+    print(f"preset {preset.name}: logit_scale {preset.logit_scale} (pooled calibration fit: {pooled:.3f})")
+    cols = ["dataset", "n_test", "acc", "msp_auroc", "tvlm_auroc", "msp_eaurc", "tvlm_eaurc", "star_acc",
+            "star_auroc", "star_eaurc", "auroc_gain", "eaurc_cut"]  # fmt: skip
+    rows = []
+    for name, (parts, labels_emb) in per_dataset.items():
+        (r,) = evaluate(parts, class_emb, labels_emb, top_k, [preset.trust.alpha],
+                        preset.trust.visual_temperature, logit_scale=preset.logit_scale)  # fmt: skip
+        gain, cut = 100 * (r["tvlm_auroc"] - r["msp_auroc"]), 1 - r["tvlm_eaurc"] / r["msp_eaurc"]
+        rows.append(
+            {"dataset": name, "n_test": len(parts["test"].labels), **r, "auroc_gain": gain, "eaurc_cut": cut}
+        )
+    print_rows(rows, cols)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps({"preset": str(args.preset), "pooled_logit_scale": pooled, "rows": rows}, indent=1)
+    )
 
 
 CONFIG_KEYS = ("variant", "invert", "templates", "class_text", "top_k")
@@ -247,7 +290,8 @@ def print_table(rows: list[dict], show: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["extract", "sweep", "all"])
+    p.add_argument("stage", choices=["extract", "sweep", "final", "all"])
+    p.add_argument("--preset", type=Path, default=DEFAULT_MODELS_DIR / "offline-conse.yaml", help="for final")
     p.add_argument("--variants", nargs="+", default=["lite2"], choices=sorted(VARIANTS))
     p.add_argument("--datasets", nargs="+", default=["fashion-mnist", "animal-mnist"])
     p.add_argument("--inverts", nargs="+", type=lambda s: s.lower() in {"1", "true", "yes"}, default=[True])
@@ -275,6 +319,8 @@ def main() -> None:
         extract(args)
     if args.stage in {"sweep", "all"}:
         sweep(args)
+    if args.stage == "final":
+        final(args)
     print(f"\ntotal {time.perf_counter() - t0:.1f} s")
 
 
