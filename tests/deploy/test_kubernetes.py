@@ -148,3 +148,19 @@ def test_documented_key_replacement(tmp_path: Path) -> None:
     mounted = _mounted_keys_file(built, pod)
     assert mounted.read_text() == (tmp_path / "api-keys.txt").read_text()
     assert ApiKeyAuth(None, mounted).enabled
+
+
+@pytest.mark.parametrize(
+    "folder",
+    sorted(p.parent for p in K8S.rglob("kustomization.yaml")),
+    ids=lambda p: p.relative_to(K8S).as_posix(),
+)
+def test_every_kustomization_builds_with_probes_and_limits(folder: Path) -> None:
+    """The base and every overlay (deploy/k8s/overlays/*): probes on /livez and /readyz, limits set."""
+    built = by_kind(kustomize(folder))
+    main = container(built)
+    assert main["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert main["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert set(main["resources"]["limits"]) == {"cpu", "memory"}
+    [hpa] = built["HorizontalPodAutoscaler"]
+    assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
