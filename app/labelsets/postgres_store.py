@@ -13,7 +13,7 @@ such as ``postgresql://u@h/db?options=-csearch_path%3Dtrustserve`` picks another
 upgraded by ``app/labelsets/migrations`` when the store opens.
 
 Connections come from a ``psycopg_pool.ConnectionPool``: it reconnects in the background with
-exponential backoff, and every borrowed connection is checked first, so after a database restart the
+bounded exponential backoff, and every borrowed connection is checked first, so after a database restart the
 first request does not fail on a dead socket. While the database is unreachable every call raises
 ``StoreUnavailableError`` within ``timeout_s``.
 """
@@ -96,7 +96,7 @@ class PostgresStore(LabelSetStore):
         max_size: int = 4,
         timeout_s: float = 5.0,
         keep_versions: int = 3,
-        open_timeout_s: float = 30.0,
+        open_timeout_s: float | None = None,
     ) -> None:
         if keep_versions < 1:
             raise ValueError("keep_versions must be at least 1")
@@ -110,16 +110,20 @@ class PostgresStore(LabelSetStore):
             max_size=max_size,
             timeout=timeout_s,
             check=ConnectionPool.check_connection,
-            reconnect_timeout=float("inf"),  # keep retrying (with backoff) for the life of the process
+            # A reconnect attempt backs off 1, 2, 4 ... s (psycopg_pool) and gives up after this long; the
+            # next request starts a fresh attempt at once. Bounded, so that after a long outage the pool
+            # does not sit in a minutes-long backoff while the database is already back.
+            reconnect_timeout=5.0,
             name="trustserve-label-sets",
             open=False,
         )
         self._open(open_timeout_s)
 
-    def _open(self, open_timeout_s: float) -> None:
-        """Open the pool and apply migrations, retrying with backoff while the database is starting."""
+    def _open(self, open_timeout_s: float | None) -> None:
+        """Open the pool and apply migrations, retrying with backoff while the database is unreachable
+        (for ever when ``open_timeout_s`` is None: a replica started before its database waits for it)."""
         self.pool.open(wait=False)
-        deadline = time.monotonic() + open_timeout_s
+        deadline = time.monotonic() + (float("inf") if open_timeout_s is None else open_timeout_s)
         delay = 0.2
         while True:
             try:
@@ -127,16 +131,16 @@ class PostgresStore(LabelSetStore):
                     apply_migrations(conn)
                     self.schema = conn.execute("SELECT current_schema()").fetchone()[0]  # type: ignore[index]
                 return
-            except StoreUnavailableError:
+            except StoreUnavailableError as exc:
                 if time.monotonic() + delay > deadline:
                     self.pool.close()
                     raise
+                log.warning("label-set database not reachable yet (%s); retrying in %.1f s", exc, delay)
             except BaseException:
                 self.pool.close()
                 raise
-                log.warning("label-set database not reachable yet; retrying in %.1f s", delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     def close(self) -> None:
         """Close every pooled connection."""

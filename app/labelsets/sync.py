@@ -35,7 +35,12 @@ from typing import Protocol
 import psycopg
 from psycopg import sql
 
-from app.labelsets.postgres_store import CONNECTION_KWARGS, NOTIFY_CHANNEL, StoreUnavailableError
+from app.labelsets.postgres_store import (
+    CONNECTION_KWARGS,
+    NOTIFY_CHANNEL,
+    PostgresStore,
+    StoreUnavailableError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +83,7 @@ class LabelSetSync:
         *,
         poll_interval_s: float = 5.0,
         min_backoff_s: float = 0.2,
-        max_backoff_s: float = 10.0,
+        max_backoff_s: float = 2.0,
     ) -> None:
         if poll_interval_s <= 0:
             raise ValueError("poll_interval_s must be positive")
@@ -94,6 +99,11 @@ class LabelSetSync:
         self._seen: dict[str, tuple[int, datetime]] = {}
         self._failed_at: dict[str, int] = {}
         self._synced = asyncio.Event()
+
+    @classmethod
+    def for_store(cls, store: PostgresStore, sink: ChangeSink, **options: float) -> LabelSetSync:
+        """A watcher on the same database and schema as ``store``."""
+        return cls(store.url, store.schema, sink, **options)
 
     # ---- lifecycle -----------------------------------------------------------------------------
 

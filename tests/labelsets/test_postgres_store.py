@@ -350,3 +350,25 @@ def test_outage_fails_fast_then_recovers(cluster: ThrowawayCluster) -> None:
             assert store.current_version("animals") == 2
         finally:
             store.close()
+
+
+def test_store_opened_before_its_database_waits_for_it(cluster: ThrowawayCluster) -> None:
+    with fresh_schema(cluster.url) as url:
+        cluster.crash()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError):
+            PostgresStore(url, timeout_s=0.5, open_timeout_s=1.0)
+        assert time.monotonic() - started < 5.0
+        opened: list[PostgresStore] = []
+        opener = threading.Thread(target=lambda: opened.append(PostgresStore(url, timeout_s=0.5)))
+        opener.start()  # no open timeout: waits for the database however long it takes
+        time.sleep(1.0)
+        assert opener.is_alive() and not opened
+        cluster.start()
+        opener.join(15)
+        assert opened, "the store did not open once the database was up"
+        try:
+            opened[0].save(make_record(), 0)
+            assert opened[0].current_version("animals") == 1
+        finally:
+            opened[0].close()
