@@ -17,7 +17,7 @@ import typer
 
 from app.multimodal.ablation import run_ablation
 from app.multimodal.av_digits import build_av_digits
-from app.multimodal.checkpoint import load_checkpoint
+from app.multimodal.checkpoint import CheckpointError, load_checkpoint
 from app.multimodal.evaluate import TABLE_METRICS, Aggregate, evaluate_model, markdown_table, time_synthesis
 from app.multimodal.feature_dataset import DatasetFormatError, load_split, read_info
 from app.multimodal.objective import VARIANTS, LossConfig
@@ -194,11 +194,15 @@ def eval_multimodal(
             f"splits {missing} not in {dataset} (have {sorted(available)})", param_hint="--split"
         )
     report: dict[str, object] = {"dataset": str(dataset), "splits": splits}
+    checkpoint_reports: dict[str, object] = {}
     if not (checkpoint or ablation or timing):
         raise typer.BadParameter("give --checkpoint, --ablation and/or --timing")
 
     for folder in checkpoint or []:
-        model = load_checkpoint(folder).model
+        try:
+            model = load_checkpoint(folder).model
+        except CheckpointError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--checkpoint") from exc
         per_split = {}
         for split in splits:
             reports = evaluate_model(model, load_split(dataset, split, info))
@@ -208,7 +212,9 @@ def eval_multimodal(
             }
             typer.echo(f"\n{folder.name} on {split} (AURC/E-AURC ×1000, others ×100; ECE for MSP only)")
             typer.echo(markdown_table(rows).replace(" ± 0.00", ""))
-        report.setdefault("checkpoints", {})[str(folder)] = per_split  # type: ignore[union-attr]
+        checkpoint_reports[str(folder)] = per_split
+    if checkpoint_reports:
+        report["checkpoints"] = checkpoint_reports
 
     if ablation:
         start = time.perf_counter()

@@ -18,7 +18,13 @@ import torch
 from scipy.special import softmax
 
 from app.api.errors import APIError, not_found, unprocessable
-from app.multimodal.checkpoint import CheckpointError, LoadedCheckpoint, is_checkpoint_dir, load_checkpoint
+from app.multimodal.checkpoint import (
+    CheckpointConfig,
+    CheckpointError,
+    LoadedCheckpoint,
+    is_checkpoint_dir,
+    load_checkpoint,
+)
 from app.multimodal.preprocessing import InputError, file_input, vector_input
 from app.multimodal.specs import ImagePreprocessing, LogMelPreprocessing, ModalitySpec
 from app.trust.scores import baseline_scores
@@ -55,7 +61,7 @@ class _Model:
     checkpoint: LoadedCheckpoint
 
     @property
-    def config(self):  # type: ignore[no-untyped-def]
+    def config(self) -> CheckpointConfig:
         return self.checkpoint.config
 
     def modality(self, name: str) -> ModalitySpec:

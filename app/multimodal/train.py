@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,7 @@ class TrainResult:
 
 
 @contextmanager
-def deterministic_cpu(num_threads: int):  # type: ignore[no-untyped-def]
+def deterministic_cpu(num_threads: int) -> Iterator[None]:
     """Deterministic kernels and a fixed thread count for the duration of the block."""
     previous_threads = torch.get_num_threads()
     previous_det = torch.are_deterministic_algorithms_enabled()
