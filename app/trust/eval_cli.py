@@ -47,8 +47,12 @@ def eval_command(
     test_limit: int = typer.Option(
         2000, min=0, help="Class-balanced test subset size (0 = the whole split)."
     ),
-    alpha: float = typer.Option(1.0, help="TrustVLM α (weight of the image-space score)."),
-    tv: float = typer.Option(0.01, help="TrustVLM* visual temperature T_v."),
+    alpha: float | None = typer.Option(
+        None, help="TrustVLM α (weight of the image-space score); default: the preset's trust.alpha."
+    ),
+    tv: float | None = typer.Option(
+        None, help="TrustVLM* visual temperature T_v; default: the preset's trust.visual_temperature."
+    ),
     temperature: float = typer.Option(1.0, help="Softmax temperature of the logit baselines and S_it."),
     alpha_sweep: str = typer.Option("", help="Extra TrustVLM columns, one per α, e.g. 0,0.1,0.5,1,2."),
     tv_sweep: str = typer.Option("", help="Extra TrustVLM* columns, one per T_v, e.g. 0.005,0.01,0.1."),

@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -63,8 +63,8 @@ class EvalConfig:
     shots: tuple[int, ...] = (16,)
     draws: int = 3
     test_limit: int | None = 2000
-    alpha: float = 1.0
-    visual_temperature: float = 0.01
+    alpha: float | None = None  # None: the preset's trust.alpha
+    visual_temperature: float | None = None  # None: the preset's trust.visual_temperature
     temperature: float = 1.0
     alpha_sweep: tuple[float, ...] = ()
     tv_sweep: tuple[float, ...] = ()
@@ -83,7 +83,8 @@ class EvalConfig:
             raise ValueError(f"shots must be positive integers, got {self.shots}")
         if self.draws < 1:
             raise ValueError(f"draws must be ≥ 1, got {self.draws}")
-        if self.visual_temperature <= 0 or self.temperature <= 0 or any(t <= 0 for t in self.tv_sweep):
+        temperatures = (self.visual_temperature or 1.0, self.temperature, *self.tv_sweep)
+        if min(temperatures) <= 0:
             raise ValueError("temperatures must be > 0")
         if self.tune and self.calib_size < 10:
             raise ValueError("tuning needs a calibration split of at least 10 images")
@@ -497,6 +498,12 @@ def run_evaluation(
     model = model or LoadedModel.load(
         config.model, models_dir=config.models_dir, device=config.device, dtype=config.dtype
     )
+    trust_defaults = model.preset.trust
+    alpha = trust_defaults.alpha if config.alpha is None else config.alpha
+    visual_temperature = (
+        trust_defaults.visual_temperature if config.visual_temperature is None else config.visual_temperature
+    )
+    config = replace(config, alpha=alpha, visual_temperature=visual_temperature)  # as run, for the summary
     inputs = encode_inputs(config, model, dataset_loader)
     test = inputs.test
     num_classes = len(inputs.class_names)
@@ -522,8 +529,8 @@ def run_evaluation(
                 test,
                 prototypes,
                 mask,
-                alpha=config.alpha,
-                visual_temperature=config.visual_temperature,
+                alpha=alpha,
+                visual_temperature=visual_temperature,
                 temperature=config.temperature,
                 alpha_sweep=config.alpha_sweep,
                 tv_sweep=config.tv_sweep,

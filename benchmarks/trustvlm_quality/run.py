@@ -77,8 +77,9 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=16)
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--test-limit", type=int, default=2000)
-    parser.add_argument("--alpha", type=float, default=1.0)
-    parser.add_argument("--tv", type=float, default=0.01)
+    parser.add_argument("--alpha", type=float, default=None, help="default: the preset's trust.alpha")
+    parser.add_argument("--tv", type=float, default=None, help="default: the preset's T_v")
+    parser.add_argument("--alpha-sweep", default="1", help="extra TrustVLM columns, e.g. 1 (paper default)")
     parser.add_argument("--tune", action="store_true", help="also tune α/T_v on a train calibration split")
     parser.add_argument("--calib-size", type=int, default=1000, help="calibration split size for --tune")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -99,6 +100,7 @@ def main() -> None:
             test_limit=args.test_limit,
             alpha=args.alpha,
             visual_temperature=args.tv,
+            alpha_sweep=tuple(float(a) for a in args.alpha_sweep.split(",") if a),
             tune=args.tune,
             calib_size=args.calib_size,
             batch_size=args.batch_size,

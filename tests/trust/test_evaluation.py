@@ -109,6 +109,8 @@ def test_end_to_end_with_tiny_model_and_cache(tiny_models_dir: Path, tmp_path: P
     second = run_evaluation(EvalConfig(**{**config.__dict__, "alpha": 0.5, "tune": False}), model=model)
     assert [f.stat().st_mtime_ns for f in cached] == stamps
     assert second.samples["baseline_scores"] == first.samples["baseline_scores"]
+    assert first.summary["config"]["alpha"] == 1.0  # the tiny preset's trust.alpha (no --alpha given)
+    assert second.summary["config"]["alpha"] == 0.5
     # a re-initialised random-weight model gets its own cache entry instead of stale encodings
     fresh = LoadedModel.load(TINY_PRESET, models_dir=tiny_models_dir, device="cpu", dtype="float32")
     assert fresh.fingerprint != model.fingerprint
