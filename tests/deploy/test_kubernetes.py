@@ -42,6 +42,18 @@ def server_env(built: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
     return env
 
 
+def validate_against_kubernetes_schemas(built: dict[str, list[dict[str, Any]]]) -> None:
+    """Strict validation (unknown fields are errors) against Kubernetes' published OpenAPI schemas,
+    shipped in the PyPI package ``kubernetes-validate``; skipped when it is not installed."""
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate is not installed"
+    )
+    version = kubernetes_validate.latest_version()
+    for documents in built.values():
+        for document in documents:
+            kubernetes_validate.validate(document, version, strict=True)
+
+
 def test_builds_every_kind(built: dict[str, list[dict[str, Any]]]) -> None:
     assert set(built) == {
         "Namespace",
@@ -158,6 +170,7 @@ def test_documented_key_replacement(tmp_path: Path) -> None:
 def test_every_kustomization_builds_with_probes_and_limits(folder: Path) -> None:
     """The base and every overlay (deploy/k8s/overlays/*): probes on /livez and /readyz, limits set."""
     built = by_kind(kustomize(folder))
+    validate_against_kubernetes_schemas(built)
     main = container(built)
     assert main["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert main["livenessProbe"]["httpGet"]["path"] == "/livez"
