@@ -165,6 +165,19 @@ def test_class_embedding_cache_is_used_on_second_call(
         cached_text_embeddings(tiny_text_encoder, [*texts, "tiger shark"], tmp_path)
 
 
+def test_factory_builds_backend_from_wheel_checkpoint_and_given_text_model(tiny_text_dir: Path) -> None:
+    backend = create_backend(
+        "offline", device="cpu", dtype="float32", variant="lite0", top_k_classes=4,
+        text_model_dir=str(tiny_text_dir), cache_dir=None, logit_scale=7.0,
+    )  # fmt: skip
+    assert isinstance(backend, OfflineConSEBackend)
+    assert backend.class_embeddings.shape == (1000, 16) and backend.embedding_dim == 16
+    assert backend.top_k_classes == 4 and backend.logit_scale == 7.0
+    pixels = backend.preprocess(Image.new("RGB", (300, 200), (90, 120, 200)))
+    assert pixels.shape == (3, 224, 224)  # Lite0's native resolution
+    assert backend.encode_images(pixels[None]).embeddings.shape == (1, 16)
+
+
 def test_imagenet_class_texts_come_from_timm() -> None:
     first, full = imagenet_class_texts("first"), imagenet_class_texts("all")
     assert len(first) == len(full) == 1000

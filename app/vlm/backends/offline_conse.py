@@ -39,8 +39,12 @@ PIXEL_MEAN = (0.498, 0.498, 0.498)
 PIXEL_STD = (0.502, 0.502, 0.502)
 # MiniLM-L6 was trained with sequences up to 256 word pieces (sentence-transformers config).
 TEXT_MAX_TOKENS = 256
-DEFAULT_LOGIT_SCALE = 9.0  # MiniLM cosines are compressed; the preset's fitted value overrides this
-DEFAULT_TOP_K_CLASSES = 5
+# Defaults = the tuned preset (benchmarks/offline_model/README.md). MiniLM cosines are compressed, so the
+# NLL-fitted logit scale is ~12, not CLIP's 100; the preset's ``logit_scale`` overrides the attribute.
+DEFAULT_LOGIT_SCALE = 11.96
+DEFAULT_TOP_K_CLASSES = 10
+DEFAULT_CLASS_NAME_STYLE = "all"
+# Class-name embeddings are cached here (override with the factory's ``cache_dir``; None disables).
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trustserve" / "conse"
 
 
@@ -90,7 +94,7 @@ def load_classifier(variant: str) -> torch.nn.Module:
     return model.eval()
 
 
-def imagenet_class_texts(style: str = "first") -> list[str]:
+def imagenet_class_texts(style: str = DEFAULT_CLASS_NAME_STYLE) -> list[str]:
     """The 1000 ImageNet-1k class names from timm's bundled synset descriptions.
 
     ``first``: the first synonym ("tabby, tabby cat" -> "tabby"); ``all``: the whole description.
@@ -279,7 +283,7 @@ def create_offline_backend(
     dtype: torch.dtype,
     variant: str = "lite2",
     top_k_classes: int = DEFAULT_TOP_K_CLASSES,
-    class_name_style: str = "first",
+    class_name_style: str = DEFAULT_CLASS_NAME_STYLE,
     class_template: str = "{}",
     logit_scale: float = DEFAULT_LOGIT_SCALE,
     text_model_dir: str | None = None,
