@@ -2,8 +2,9 @@
 
   python benchmarks/replicas/bench_outage.py --cycles 3
 
-Each cycle: crash the database (``pg_ctl stop -m immediate``), measure how long each replica takes to
-turn /readyz red, classify by label set on both replicas during the outage (success rate, latency),
+Each cycle: classify by label set on both replicas for --outage-s with the database up (baseline), crash
+the database (``pg_ctl stop -m immediate``), measure how long each replica takes to turn /readyz red,
+classify on both replicas for the rest of the outage (success rate, latency vs the baseline),
 try a write (status and how long it takes to fail), restart the database, then measure how long until
 /readyz is green again and until a write succeeds, and whether both replicas serve the same version.
 Prints one JSON document.
@@ -63,6 +64,30 @@ def classify(url: str, seed: int) -> httpx.Response:
     )
 
 
+def classify_for(a: str, b: str, seconds: float, seed: int) -> tuple[list[float], int]:
+    """Sequential classify requests alternating over both replicas for ``seconds``: (latencies, ok)."""
+    latencies, ok = [], 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for url in (a, b):
+            t0 = time.monotonic()
+            r = classify(url, seed)
+            latencies.append(time.monotonic() - t0)
+            ok += r.status_code == 200
+            seed += 1
+    return latencies, ok
+
+
+def summary(latencies: list[float], ok: int) -> dict[str, float]:
+    lat = np.asarray(latencies) * 1000
+    return {
+        "requests": len(latencies),
+        "ok": ok,
+        "p50_ms": round(float(np.percentile(lat, 50)), 1),
+        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--cycles", type=int, default=3)
@@ -85,18 +110,14 @@ def main() -> None:
                 ).raise_for_status()
                 add_image(a.url, 0).raise_for_status()
                 for cycle in range(args.cycles):
+                    seed = 1000 * (cycle + 1)
+                    baseline, _ = classify_for(a.url, b.url, args.outage_s, seed)  # database up
                     cluster.crash()
                     down_at = time.monotonic()
                     red = {name: until(lambda s=s: not ready(s.url)) for name, s in (("a", a), ("b", b))}
-                    latencies, ok = [], 0
-                    seed = 1000 * (cycle + 1)
-                    while time.monotonic() - down_at < args.outage_s:
-                        for s in (a, b):
-                            t0 = time.monotonic()
-                            r = classify(s.url, seed)
-                            latencies.append(time.monotonic() - t0)
-                            ok += r.status_code == 200
-                            seed += 1
+                    remaining = args.outage_s - (time.monotonic() - down_at)
+                    latencies, ok = classify_for(a.url, b.url, remaining, seed + 500)
+                    seed += 900
                     t0 = time.monotonic()
                     write = add_image(b.url, seed)
                     write_fail_s = time.monotonic() - t0
@@ -109,16 +130,11 @@ def main() -> None:
                     same = until(
                         lambda v=version_a: httpx.get(f"{b.url}/v1/label-sets/colours").json()["version"] == v
                     )
-                    lat = np.asarray(latencies) * 1000
                     cycles.append(
                         {
                             "readyz_red_after_s": {k: round(v, 2) for k, v in red.items()},
-                            "classify_during_outage": {
-                                "requests": len(latencies),
-                                "ok": ok,
-                                "p50_ms": round(float(np.percentile(lat, 50)), 1),
-                                "p99_ms": round(float(np.percentile(lat, 99)), 1),
-                            },
+                            "classify_before_outage": summary(baseline, len(baseline)),
+                            "classify_during_outage": summary(latencies, ok),
                             "write_during_outage": {
                                 "status": write.status_code,
                                 "code": write.json().get("error", {}).get("code"),
