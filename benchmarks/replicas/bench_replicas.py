@@ -68,7 +68,8 @@ def start(models: str, root: Path, url: str, names: list[str]) -> list[LiveServe
     else:
         env["TRUSTSERVE_MODEL"] = models
         servers = [
-            LiveServer(["trustserve", "serve"], env={**env, "TRUSTSERVE_STORE_DIR": str(root / n)},
+            LiveServer([sys.executable, "-m", "app.cli", "serve"],  # this checkout's code
+                       env={**env, "TRUSTSERVE_STORE_DIR": str(root / n)},
                        log_path=root / f"{n}.log")
             for n in names
         ]  # fmt: skip
@@ -80,7 +81,12 @@ def start(models: str, root: Path, url: str, names: list[str]) -> list[LiveServe
 
 
 def version(http: httpx.Client, url: str) -> int:
-    return int(http.get(f"{url}/v1/label-sets/colours").json()["version"])
+    """Version replica ``url`` serves (0 while it does not know the label set yet)."""
+    r = http.get(f"{url}/v1/label-sets/colours")
+    if r.status_code == 404:
+        return 0
+    r.raise_for_status()
+    return int(r.json()["version"])
 
 
 def measure_staleness(
