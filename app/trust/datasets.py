@@ -186,7 +186,12 @@ def split_indices(labels: np.ndarray, split: str) -> np.ndarray:
     every = np.arange(len(labels))
     if split == "all":
         return every
-    train, test = train_test_split(every, test_size=TEST_FRACTION, stratify=labels, random_state=SPLIT_SEED)
+    try:
+        train, test = train_test_split(
+            every, test_size=TEST_FRACTION, stratify=labels, random_state=SPLIT_SEED
+        )
+    except ValueError as exc:  # e.g. a class with a single image cannot be stratified
+        raise DatasetError(f"cannot make a stratified train/test split: {exc}") from exc
     return np.sort(train if split == "train" else test)
 
 
@@ -219,6 +224,8 @@ Source = tuple[LazyImages, np.ndarray, list[str], dict[str, Any]]
 
 def _fashion_mnist(split: str, invert: bool) -> Source:
     prefixes = {"train": ["train"], "test": ["t10k"], "all": ["train", "t10k"]}[split]
+    if not FASHION_MNIST_DIR.is_dir():
+        raise DatasetError(f"{FASHION_MNIST_DIR} missing: install the Debian package dataset-fashion-mnist")
     pixels = [read_idx_gz(FASHION_MNIST_DIR / f"{p}-images-idx3-ubyte.gz") for p in prefixes]
     labels = [read_idx_gz(FASHION_MNIST_DIR / f"{p}-labels-idx1-ubyte.gz") for p in prefixes]
     x, y = np.concatenate(pixels), np.concatenate(labels).astype(np.int64)

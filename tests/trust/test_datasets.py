@@ -185,3 +185,10 @@ def test_bad_requests_raise_dataset_error(tmp_path: Path) -> None:
         load_dataset(f"imagefolder:{tmp_path / 'missing'}", "all")
     with pytest.raises(DatasetError, match="no images"):
         load_dataset(f"imagefolder:{tmp_path}", "all")
+    for name, count in [("cat", 1), ("dog", 4)]:
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            Image.new("RGB", (2, 2)).save(tmp_path / name / f"{i}.png")
+    with pytest.raises(DatasetError, match="stratified"):
+        load_dataset(f"imagefolder:{tmp_path}", "test")
+    assert len(load_dataset(f"imagefolder:{tmp_path}", "all")) == 5
