@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 import torch
 
@@ -104,11 +105,12 @@ def time_synthesis(
     k: int = 3,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Mean milliseconds per training step spent synthesising outliers for one batch, per method.
+    """Mean CPU milliseconds per training step spent synthesising outliers for one batch, per method.
 
     MFS and Feature Mixing include their index draws and tensor copies; the NP-Mix-style synthesiser
     includes its bank update and both k-NN searches (bank pre-filled, as in steady-state training).
-    Embeddings are random: the cost does not depend on their values.
+    Embeddings are random: the cost does not depend on their values. Measured as process CPU time with
+    one torch and one FAISS thread, so that other jobs on a shared machine do not inflate the numbers.
     """
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(batch_size, dims[0], generator=g)
@@ -129,10 +131,17 @@ def time_synthesis(
         mixer.synthesise(torch.cat([a, b], dim=1), labels)
 
     timings = {}
-    for name, fn in (("mfs", mfs), ("feature_mixing", feature_mixing), ("np_mix_knn", np_mix)):
-        fn()  # warm-up
-        start = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        timings[name] = (time.perf_counter() - start) / steps * 1000.0
+    torch_threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    try:
+        for name, fn in (("mfs", mfs), ("feature_mixing", feature_mixing), ("np_mix_knn", np_mix)):
+            fn()  # warm-up
+            start = time.process_time()
+            for _ in range(steps):
+                fn()
+            timings[name] = (time.process_time() - start) / steps * 1000.0
+    finally:
+        torch.set_num_threads(torch_threads)
+        faiss.omp_set_num_threads(faiss_threads)
     return timings
