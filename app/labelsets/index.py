@@ -15,10 +15,10 @@ import numpy as np
 
 IndexKind = Literal["flat", "hnsw"]
 
-DEFAULT_HNSW_THRESHOLD = 4096
+DEFAULT_HNSW_THRESHOLD = 50_000  # below this, exact flat search is as fast (benchmarks/faiss/README.md)
 DEFAULT_HNSW_M = 32
 DEFAULT_HNSW_EF_CONSTRUCTION = 200
-DEFAULT_HNSW_EF_SEARCH = 128
+DEFAULT_HNSW_EF_SEARCH = 256
 
 
 @dataclass(frozen=True)

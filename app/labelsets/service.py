@@ -132,7 +132,7 @@ class LabelSetService:
         self.index_params = IndexParams(
             hnsw_threshold=int(getattr(settings, "index_hnsw_threshold", IndexParams.hnsw_threshold))
         )
-        self.text_index_min_classes = int(getattr(settings, "text_index_min_classes", 1024))
+        self.text_index_min_classes = int(getattr(settings, "text_index_min_classes", 10_000))
         self.max_labels = int(getattr(settings, "max_label_set_labels", 100_000))
         self.max_calibration_images = int(getattr(settings, "max_calibration_images", 20_000))
         self._entries: dict[str, _Entry] = {}
