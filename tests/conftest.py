@@ -3,8 +3,13 @@ settings pointing at temporary folders, and an app built around the tiny engine.
 
 from __future__ import annotations
 
-import io
 import os
+
+# before anything imports huggingface_hub (it reads these at import time): no hub look-ups in tests
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +19,6 @@ import torch
 from PIL import Image
 
 from tests.support.tiny_model import TINY_PRESET, write_tiny_models_dir
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
