@@ -96,7 +96,11 @@ async def _run(
             if pid is not None and n % 200 == 0:
                 result.rss_samples.append(rss_bytes(pid))
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # idle connections expire on the client before uvicorn's 5 s keep-alive timeout closes them, so a
+    # request is never sent on a connection the server is closing at that moment
+    limits = httpx.Limits(
+        max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2.0
+    )
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         await asyncio.gather(*(client_loop(client, w) for w in range(concurrency)))
     result.seconds = time.perf_counter() - started

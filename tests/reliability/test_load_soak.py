@@ -32,6 +32,12 @@ def _report(name: str, figures: dict[str, object]) -> None:
         path.write_text(json.dumps(data, indent=2))
 
 
+def _server_problems(server) -> list[str]:  # type: ignore[no-untyped-def]
+    """The server log's warnings and errors (to explain a dropped connection)."""
+    lines = Path(server.log_path).read_text(errors="replace").splitlines()
+    return [line[:300] for line in lines if '"WARNING"' in line or '"ERROR"' in line][-10:]
+
+
 def test_sustained_load_at_capacity_has_no_errors_and_flat_memory(live_server) -> None:  # type: ignore[no-untyped-def]
     pid = live_server.process.pid
     warm = run_load(live_server.url, requests=200, concurrency=4, api_key=LIVE_READ_KEY, max_seconds=60)
@@ -49,7 +55,7 @@ def test_sustained_load_at_capacity_has_no_errors_and_flat_memory(live_server) -
     growth_mb = (max(soak.rss_samples) - baseline) / 2**20
     figures["rss_growth_mb"] = round(growth_mb, 1)
     _report("at_capacity", figures)
-    assert not soak.transport_errors, soak.transport_errors[:3]
+    assert not soak.transport_errors, (soak.transport_errors[:3], _server_problems(live_server))
     assert soak.unexpected == {} and soak.statuses.get(429, 0) == 0, figures
     assert soak.requests >= min(SOAK_REQUESTS, 100), figures  # the time bound did not cut it short
     assert soak.percentile_ms(99) < P99_BOUND_S * 1000, figures
@@ -69,7 +75,7 @@ def test_above_capacity_only_deliberate_429s(live_server) -> None:  # type: igno
     )
     figures = over.summary()
     _report("above_capacity", figures)
-    assert not over.transport_errors, over.transport_errors[:3]
+    assert not over.transport_errors, (over.transport_errors[:3], _server_problems(live_server))
     assert over.unexpected == {}, figures
     assert over.statuses[429] > 0, f"never overloaded: {figures}"
     assert over.statuses[200] > 0, f"nothing accepted: {figures}"
