@@ -70,6 +70,8 @@ def apply_migrations(conn: psycopg.Connection, migrations: list[Migration] | Non
     concurrent callers serialise and a failure leaves the schema exactly as it was.
     """
     migrations = discover() if migrations is None else migrations
+    if not migrations:
+        raise MigrationError(f"no migration files in {MIGRATIONS_DIR} (were the .sql files packaged?)")
     applied_now: list[int] = []
     with conn.transaction():
         schema = conn.execute("SELECT current_schema()").fetchone()
