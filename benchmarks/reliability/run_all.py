@@ -44,15 +44,17 @@ def figures_table(report: Path) -> str:
     for where in ("in_process", "live_server"):
         c = corpus.get(where)
         if c:
-            label = (
-                "in-process app, 1 round" if where == "in_process" else f"live server, {c['rounds']} rounds"
-            )
+            if where == "in_process":
+                label, followups = "in-process, last of 3 replays of the cheap half", ""
+            else:
+                label = f"live server over HTTP, {c['rounds']} rounds"
+                followups = f", next normal request OK {c['followups_ok']}/{c['cases']}"
             rows.append((
                 f"Hostile-input corpus ({label})",
                 f"{c['cases']} requests over {c['endpoints']} operations",
                 f"4xx {c['answered_4xx']}, 2xx {c['answered_2xx']} (odd but valid), 5xx {c['answered_5xx']}, "
-                f"no answer {c['no_answer']}, failed checks {c['failed']}, next request OK "
-                f"{c['followups_ok']}/{c['cases']}; RSS {c['rss_mb'][0]} → {c['rss_mb'][-1]} MB",
+                f"no answer {c['no_answer']}, failed checks {c['failed']}{followups}; "
+                f"RSS {c['rss_mb'][0]} → {c['rss_mb'][-1]} MB",
             ))  # fmt: skip
     if fuzz:
         total = sum(fuzz["examples"].values())

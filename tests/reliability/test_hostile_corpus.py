@@ -67,9 +67,9 @@ def test_hostile_case(corpus_client, case: Case) -> None:  # type: ignore[no-unt
 
 
 def test_replaying_the_corpus_does_not_grow_memory(corpus_client) -> None:  # type: ignore[no-untyped-def]
-    """Three rounds of the cheap cases (the first warms caches and allocator pools): the resident set
+    """Three rounds of every other cheap case (the first warms caches and allocator pools): the resident set
     after round 3 is within 48 MB of round 1."""
-    cheap = [c for c in CORPUS if "bomb" not in c.name and "huge JSON" not in c.name]
+    cheap = [c for c in CORPUS if "bomb" not in c.name and "huge JSON" not in c.name][::2]
     sizes = []
     for _ in range(3):
         outcomes = run_corpus(corpus_client, cheap, followup=False)
