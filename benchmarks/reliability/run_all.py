@@ -62,7 +62,9 @@ def figures_table(report: Path) -> str:
             "Schema fuzzing (schemathesis, live server)",
             f"{total} generated requests over {fuzz['operations']} operations "
             f"(max {fuzz['max_examples']} each)",
-            "checks: not_a_server_error, response_schema_conformance, content_type_conformance",
+            f"failing examples {sum(fuzz.get('failed_examples', {}).values())} "
+            f"(operations: {sorted(fuzz.get('failed_examples', {})) or 'none'}); checks: not_a_server_error, "
+            "response_schema_conformance, content_type_conformance",
         ))  # fmt: skip
     for name, title in (("at_capacity", "Soak at capacity (8 clients)"),
                         ("above_capacity", "Load above capacity (64 clients x 8 images)")):  # fmt: skip

@@ -21,6 +21,7 @@ from tests.reliability.conftest import FULL, LIVE_ADMIN_KEY
 MAX_EXAMPLES = int(os.environ.get("TRUSTSERVE_FUZZ_EXAMPLES", "200" if FULL else "12"))
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
 EXAMPLES_RUN: dict[str, int] = {}  # operation -> examples sent (read by the benchmark script)
+FAILED_EXAMPLES: dict[str, int] = {}  # operation -> examples that failed a check (shrinking included)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,12 @@ def live_schema(live_server):  # type: ignore[no-untyped-def]
     folder = os.environ.get("TRUSTSERVE_RELIABILITY_REPORT")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        figures = {"max_examples": MAX_EXAMPLES, "operations": len(EXAMPLES_RUN), "examples": EXAMPLES_RUN}
+        figures = {
+            "max_examples": MAX_EXAMPLES,
+            "operations": len(EXAMPLES_RUN),
+            "examples": EXAMPLES_RUN,
+            "failed_examples": FAILED_EXAMPLES,
+        }
         (Path(folder) / "fuzz.json").write_text(json.dumps(figures, indent=2))
 
 
@@ -46,9 +52,13 @@ schema = schemathesis.pytest.from_fixture("live_schema")
 )
 def test_no_server_errors_and_schema_conformance(case, live_server) -> None:  # type: ignore[no-untyped-def]
     EXAMPLES_RUN[case.operation.label] = EXAMPLES_RUN.get(case.operation.label, 0) + 1
-    case.call_and_validate(
-        base_url=live_server.url,
-        headers={"Authorization": f"Bearer {LIVE_ADMIN_KEY}"},
-        checks=CHECKS,
-        timeout=60,
-    )
+    try:
+        case.call_and_validate(
+            base_url=live_server.url,
+            headers={"Authorization": f"Bearer {LIVE_ADMIN_KEY}"},
+            checks=CHECKS,
+            timeout=60,
+        )
+    except Exception:
+        FAILED_EXAMPLES[case.operation.label] = FAILED_EXAMPLES.get(case.operation.label, 0) + 1
+        raise
