@@ -8,6 +8,8 @@ import os
 # before anything imports huggingface_hub (it reads these at import time): no hub look-ups in tests
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# tests and the servers they start share 2 cores: one intra-op thread each avoids oversubscription
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import io
 from collections.abc import Iterator
