@@ -211,7 +211,7 @@ def eval_multimodal(
                 score: {m: Aggregate(r.get(m), 0.0, 1) for m in TABLE_METRICS} for score, r in reports.items()
             }
             typer.echo(f"\n{folder.name} on {split} (AURC/E-AURC ×1000, others ×100; ECE for MSP only)")
-            typer.echo(markdown_table(rows).replace(" ± 0.00", ""))
+            typer.echo(markdown_table(rows, row_label="score").replace(" ± 0.00", ""))
         checkpoint_reports[str(folder)] = per_split
     if checkpoint_reports:
         report["checkpoints"] = checkpoint_reports

@@ -75,7 +75,10 @@ def aggregate_runs(
 
 
 def markdown_table(
-    rows: Mapping[str, Mapping[str, Aggregate]], metrics: Sequence[str] = TABLE_METRICS, precision: int = 2
+    rows: Mapping[str, Mapping[str, Aggregate]],
+    metrics: Sequence[str] = TABLE_METRICS,
+    precision: int = 2,
+    row_label: str = "variant",
 ) -> str:
     """A markdown table in the papers' units (AURC/E-AURC ×1000, others ×100), ``mean ± std`` cells."""
 
@@ -85,7 +88,7 @@ def markdown_table(
         mean, std = to_paper_units(metric, agg.mean), to_paper_units(metric, agg.std)
         return f"{mean:.{precision}f} ± {std:.{precision}f}"
 
-    header = ["variant"] + [
+    header = [row_label] + [
         f"{METRIC_LABELS.get(m, m)} {'↓' if m in LOWER_IS_BETTER else '↑'}" for m in metrics
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
