@@ -82,35 +82,26 @@ def test_train_then_eval_checkpoint_and_timing(feature_dataset: Path, tmp_path: 
     assert data["checkpoints"][str(out)]["test"]["msp"]["n"] == 36
 
 
-def test_ablation_runs_every_variant(feature_dataset: Path, tmp_path: Path) -> None:
-    result = runner.invoke(
-        _app(),
-        [
-            "eval-multimodal",
-            "--dataset",
-            str(feature_dataset),
-            "--ablation",
-            "--seed",
-            "0",
-            "--seed",
-            "1",
-            "--variant",
-            "baseline",
-            "--variant",
-            "acr",
-            "--epochs",
-            "1",
-            "--work-dir",
-            str(tmp_path / "runs"),
-            "--n-min",
-            "2",
-            "--n-max",
-            "4",
-        ],
-    )
+def test_ablation_runs_requested_variants_and_resumes(feature_dataset: Path, tmp_path: Path) -> None:
+    args = [
+        "eval-multimodal",
+        "--dataset",
+        str(feature_dataset),
+        "--ablation",
+        "--seed",
+        "1",
+        "--epochs",
+        "1",
+    ]
+    args += ["--variant", "baseline", "--variant", "acr", "--work-dir", str(tmp_path / "runs")]
+    args += ["--n-min", "2", "--n-max", "4"]
+    result = runner.invoke(_app(), args)
     assert result.exit_code == 0, result.output
     assert "baseline (CE)" in result.output and "ACR (ACL+MFS)" in result.output
-    assert (tmp_path / "runs" / "acr-seed1" / "metrics.json").is_file()
+    metrics = tmp_path / "runs" / "acr-seed1" / "metrics.json"
+    stamp = metrics.stat().st_mtime_ns
+    assert runner.invoke(_app(), args).exit_code == 0
+    assert metrics.stat().st_mtime_ns == stamp  # finished runs are reused, not retrained
 
 
 def test_bad_arguments_exit_with_messages(feature_dataset: Path, tmp_path: Path) -> None:
