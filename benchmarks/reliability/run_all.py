@@ -84,7 +84,8 @@ def figures_table(report: Path) -> str:
             f"{crash['trials']} kills, {crash['writes_acknowledged']} acknowledged writes, "
             f"{crash['label_sets_total']} label sets",
             f"survived {crash['survived']}/{crash['trials']} (old-or-new version, checksums, restart); "
-            f"kills with writes in flight: {crash['kills_with_writes_in_flight']}",
+            f"kills with writes in flight: {crash['kills_with_writes_in_flight']}; creations killed before "
+            f"their first commit, reported unavailable: {crash.get('uncommitted_creations_reported', 0)}",
         ))  # fmt: skip
     lines = ["| Part | Tried | Result |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]

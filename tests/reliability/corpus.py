@@ -1030,7 +1030,11 @@ def run_case(client: Any, case: Case, *, followup: bool = True, max_seconds: flo
         problems.append(f"took {seconds:.1f} s (limit {max_seconds:.0f} s)")
     outcome = Outcome(case.name, case.endpoint, response.status_code, seconds, problems)
     if followup:
-        after = send(client, normal_request())
+        try:
+            after = send(client, normal_request())
+        except Exception as exc:
+            problems.append(f"the next normal request got no answer: {exc!r}")
+            return outcome
         outcome.followup_status = after.status_code
         if after.status_code != 200:
             problems.append(f"the next normal request failed with {after.status_code}: {after.text[:200]}")

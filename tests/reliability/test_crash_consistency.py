@@ -26,12 +26,13 @@ def test_sigkill_during_label_set_writes_leaves_old_or_new_versions(
     env = {"TRUSTSERVE_API_KEYS": f"{ADMIN_KEY}:admin", "TRUSTSERVE_WARMUP": "false"}
     histories: dict[str, SetHistory] = {}
     reports = []
+    uncommitted: list[int] = []
     for trial in range(TRIALS):
         server = tiny_server(tiny_models_dir, store_dir, log_path=tmp_path / "server.log", env=env)
         server.start().wait_ready(timeout_s=180)
         try:
-            if trial:
-                verify_served(server.url, HEADERS, store_dir)  # the restart after the previous kill
+            if trial:  # the restart after the previous kill
+                uncommitted.append(verify_served(server.url, HEADERS, store_dir))
             report, seen = run_trial(server, seed=1000 + trial, headers=HEADERS)
         finally:
             server.kill()
@@ -41,7 +42,7 @@ def test_sigkill_during_label_set_writes_leaves_old_or_new_versions(
         assert report.writes_acked > 0, f"trial {trial}: no write was acknowledged before the kill"
     server = tiny_server(tiny_models_dir, store_dir, log_path=tmp_path / "server.log", env=env)
     with server.start().wait_ready(timeout_s=180):
-        verify_served(server.url, HEADERS, store_dir)
+        uncommitted.append(verify_served(server.url, HEADERS, store_dir))
     folder = os.environ.get("TRUSTSERVE_RELIABILITY_REPORT")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
@@ -52,6 +53,7 @@ def test_sigkill_during_label_set_writes_leaves_old_or_new_versions(
             "kills_with_writes_in_flight": sum(r.writes_in_flight_at_kill > 0 for r in reports),
             "label_sets_verified_last": reports[-1].verified,
             "label_sets_total": len(histories),
+            "uncommitted_creations_reported": uncommitted[-1],
             "per_trial": [vars(r) for r in reports],
         }
         (Path(folder) / "crash.json").write_text(json.dumps(figures, indent=2))

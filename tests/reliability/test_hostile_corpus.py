@@ -91,7 +91,7 @@ def _report(name: str, figures: dict[str, object]) -> None:
         path.write_text(json.dumps(data, indent=2))
 
 
-ROUNDS_LIVE = 5
+ROUNDS_LIVE = int(os.environ.get("TRUSTSERVE_CORPUS_ROUNDS", "5"))
 
 
 @pytest.mark.skipif(not FULL, reason="full version only (TRUSTSERVE_FULL_RELIABILITY=1)")
