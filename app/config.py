@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     store_dir: Path = Field(Path("./trustserve-data"), description="label-set store directory")
     database_url: SecretStr | None = Field(None, description="postgresql://... to share label sets")
+    label_sync_interval_s: float = Field(
+        5.0, gt=0, le=300, description="replicas: fallback version check period (LISTEN/NOTIFY is primary)"
+    )
 
     # batching and back-pressure
     max_batch_size: int = Field(32, ge=1, le=4096)

@@ -23,8 +23,10 @@ from app.api.middleware import RequestContextMiddleware
 from app.api.routes import classify, health, label_sets, models, multimodal
 from app.config import Settings
 from app.engine.engine import ClassificationEngine
+from app.labelsets.postgres_store import PostgresStore
 from app.labelsets.service import LabelSetService
 from app.labelsets.store import DirectoryStore, LabelSetStore
+from app.labelsets.sync import LabelSetSync
 from app.multimodal.service import MultimodalService
 from app.observability.metrics import ServiceMetrics
 
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 def create_store(settings: Settings) -> LabelSetStore:
     """The label-set store: PostgreSQL when a database URL is set, else the directory store."""
+    if settings.database_url is not None:
+        return PostgresStore(settings.database_url.get_secret_value())
     return DirectoryStore(settings.store_dir)
 
 
@@ -52,7 +56,8 @@ async def _start_services(app: FastAPI, settings: Settings, engine: Classificati
         else:
             engine.metrics = state.metrics
         state.multimodal = await asyncio.to_thread(MultimodalService.from_dirs, multimodal_dirs(settings))
-        service = LabelSetService(store=create_store(settings), engine=engine, settings=settings)
+        store = await asyncio.to_thread(create_store, settings)  # may wait for the database
+        service = LabelSetService(store=store, engine=engine, settings=settings)
         report = await service.load_all()
         log.info(
             "label sets: %d loaded, %d failed",
@@ -62,6 +67,12 @@ async def _start_services(app: FastAPI, settings: Settings, engine: Classificati
         )
         state.label_sets = service
         state.readiness_checks["label_store"] = service.readiness_problem
+        if isinstance(store, PostgresStore):  # replicas: learn of other replicas' changes
+            state.label_sync = LabelSetSync.for_store(
+                store, service, poll_interval_s=settings.label_sync_interval_s
+            )
+            await state.label_sync.start()
+            state.readiness_checks["label_database"] = state.label_sync.readiness_problem
         state.engine = engine
         await engine.start()
     except Exception as exc:  # keep serving /livez and a red /readyz that says why
@@ -83,11 +94,13 @@ def create_app(settings: Settings | None = None, *, engine: ClassificationEngine
             loader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await loader
-            for name in ("label_sets", "multimodal", "engine"):
+            for name in ("label_sync", "label_sets", "multimodal", "engine"):
                 svc = getattr(app.state, name, None)
                 if svc is not None and hasattr(svc, "stop"):
                     with contextlib.suppress(Exception):
                         await svc.stop()
+            if isinstance(getattr(app.state.label_sets, "store", None), PostgresStore):
+                app.state.label_sets.store.close()
 
     app = FastAPI(
         title="trustserve",
@@ -104,6 +117,7 @@ def create_app(settings: Settings | None = None, *, engine: ClassificationEngine
     )
     app.state.engine = None
     app.state.label_sets = None
+    app.state.label_sync = None
     app.state.multimodal = None
     app.state.startup_error = None
     app.state.readiness_checks = {}

@@ -35,6 +35,7 @@ from app.labelsets.models import (
     is_valid_slug,
     utc_now,
 )
+from app.labelsets.postgres_store import StoreUnavailableError
 from app.labelsets.store import (
     CorruptEntryError,
     LabelSetNotFoundError,
@@ -283,6 +284,8 @@ class LabelSetService:
             record.blobs[TEXT_INDEX] = view.text_index.to_bytes()
         try:
             await asyncio.to_thread(self.store.save, record, expected_version)
+        except StoreUnavailableError as exc:
+            raise store_unavailable(exc) from exc
         except VersionConflictError as exc:
             raise conflict(
                 f"label set {record.meta.id!r} was changed by another writer (now version {exc.current}); "
@@ -395,6 +398,8 @@ class LabelSetService:
                 ) from exc
             except VersionConflictError as exc:
                 raise conflict(str(exc), code="version_conflict") from exc
+            except StoreUnavailableError as exc:
+                raise store_unavailable(exc) from exc
             self._entries.pop(label_set_id, None)
             self._failed.pop(label_set_id, None)
 
@@ -785,6 +790,39 @@ class LabelSetService:
             return f"label-set store {root} is not writable"
         return None
 
+    # ---- replicas sharing a database (app/labelsets/sync.py) ------------------------------------
+
+    def local_versions(self) -> dict[str, int]:
+        """Version of every label set this process serves (compared with the store by the watcher)."""
+        return {label_set_id: entry.view.version for label_set_id, entry in self._entries.items()}
+
+    async def refresh(self, label_set_id: str) -> None:
+        """Another replica changed this label set: re-read it and rebuild only its view and indexes, or
+        drop it when it was deleted. Raises (after recording the reason) when it cannot be served."""
+        async with self._lock(label_set_id):
+            try:
+                record = await asyncio.to_thread(self.store.load, label_set_id)
+            except LabelSetNotFoundError:
+                self._entries.pop(label_set_id, None)
+                self._failed.pop(label_set_id, None)
+                return
+            except CorruptEntryError as exc:
+                self._entries.pop(label_set_id, None)
+                self._failed[label_set_id] = exc.reason
+                raise
+            entry = self._entries.get(label_set_id)
+            if entry is not None and entry.record.meta == record.meta:
+                return  # already serving exactly this version (our own write)
+            try:
+                self._check_compatible(record.meta)
+                view = await asyncio.to_thread(self._build_view, record)
+            except (APIError, ValueError) as exc:
+                self._entries.pop(label_set_id, None)
+                self._failed[label_set_id] = str(getattr(exc, "message", exc))
+                raise
+            self._entries[label_set_id] = _Entry(record, view)
+            self._failed.pop(label_set_id, None)
+
     # ---- export / import -----------------------------------------------------------------------
 
     def export_record(self, label_set_id: str) -> StoredLabelSet:
@@ -804,6 +842,16 @@ class LabelSetService:
             if label_set_id in self._entries:
                 raise conflict(f"label set {label_set_id!r} already exists", code="label_set_exists")
             return await self._commit(fresh, expected_version=0)
+
+
+def store_unavailable(exc: Exception) -> APIError:
+    """503 for a write the store could not take (database unreachable); nothing was half-written."""
+    return APIError(
+        503,
+        "label_store_unavailable",
+        f"the label-set store is unavailable, nothing was changed; retry later ({exc})",
+        headers={"Retry-After": "5"},
+    )
 
 
 def _preset_score(name: str) -> TrustScoreName:
