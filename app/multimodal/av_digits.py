@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -154,6 +155,11 @@ def build_av_digits(
     samples_per_split: int = 3,
 ) -> Path:
     """Build the benchmark into ``out`` (train/val/test/test_corrupted .npz + dataset.json + samples/)."""
+    if clips_per_digit * min(val_fraction, test_fraction) < 1:
+        raise ValueError(
+            f"clips_per_digit={clips_per_digit} leaves no clip of some digit in val or test; "
+            f"need at least {math.ceil(1 / min(val_fraction, test_fraction))}"
+        )
     if not espeak_available():
         raise RuntimeError("espeak-ng is not installed (Debian package espeak-ng)")
     threads = torch.get_num_threads()

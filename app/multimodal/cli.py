@@ -40,7 +40,7 @@ def build_dataset(
     name: Annotated[str, typer.Argument(help=f"dataset to build: {', '.join(DATASETS)}")],
     out: Annotated[Path | None, typer.Option(help="output folder (default ./data/<name>)")] = None,
     seed: Annotated[int, typer.Option(help="seed of every random choice (voices, pairs, splits, noise)")] = 0,
-    clips_per_digit: Annotated[int, typer.Option(min=3, help="espeak-ng utterances per digit")] = 60,
+    clips_per_digit: Annotated[int, typer.Option(min=5, help="espeak-ng utterances per digit")] = 60,
     pairs_per_image: Annotated[int, typer.Option(min=1, help="audio pairings per digit image")] = 2,
     workers: Annotated[int, typer.Option(min=1, help="parallel espeak-ng processes")] = 2,
     force: Annotated[bool, typer.Option(help="rebuild even if the folder already holds the dataset")] = False,

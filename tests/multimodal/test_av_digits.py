@@ -55,6 +55,12 @@ def test_splits_are_disjoint_stratified_and_seeded() -> None:
 
 
 @needs_espeak
+def test_too_few_clips_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least 5"):
+        build_av_digits(tmp_path, clips_per_digit=4)
+
+
+@needs_espeak
 def test_espeak_synthesis_gives_audio() -> None:
     samples, rate = synthesise("seven", "en-us+f3", 150, 50)
     assert rate > 8000 and samples.size > rate // 4 and np.abs(samples).max() > 0.01
@@ -63,8 +69,8 @@ def test_espeak_synthesis_gives_audio() -> None:
 @pytest.mark.slow
 @needs_espeak
 def test_full_build_is_valid_and_reproducible(tmp_path: Path) -> None:
-    first = build_av_digits(tmp_path / "a", seed=3, clips_per_digit=4, pairs_per_image=1, progress=False)
-    second = build_av_digits(tmp_path / "b", seed=3, clips_per_digit=4, pairs_per_image=1, progress=False)
+    first = build_av_digits(tmp_path / "a", seed=3, clips_per_digit=5, pairs_per_image=1, progress=False)
+    second = build_av_digits(tmp_path / "b", seed=3, clips_per_digit=5, pairs_per_image=1, progress=False)
     info = read_info(first)
     assert info.modalities["audio"].shape == [AUDIO_PREPROCESSING.n_mels, AUDIO_PREPROCESSING.num_frames]
     sizes = {}
