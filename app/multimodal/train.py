@@ -189,7 +189,20 @@ def train_model(
         generator = torch.Generator().manual_seed(config.seed)
         history: list[dict[str, float]] = []
         best_epoch, best_acc, start_epoch = 0, -1.0, 1
+        # everything that must match for a resumed run to continue the same run (epochs may grow)
+        recipe = {
+            "spec": spec.model_dump(mode="json"),
+            "loss": loss.model_dump(),
+            "train": config.model_dump(exclude={"epochs", "num_threads", "eval_batch_size"}),
+            "data": [len(train), len(val)],
+        }
         if resume and (work_dir / STATE_JSON).is_file():
+            saved = json.loads((work_dir / STATE_JSON).read_text()).get("recipe")
+            if saved != json.loads(json.dumps(recipe)):
+                raise ValueError(
+                    f"{work_dir} holds a run with a different model, loss, optimiser or data; "
+                    "start fresh (resume=False / --no-resume) or use another work dir"
+                )
             meta = _load_state(work_dir, model, optimizer, generator)
             history, best_epoch, best_acc = meta["history"], meta["best_epoch"], meta["best_val_accuracy"]
             start_epoch = meta["epoch"] + 1
@@ -228,6 +241,7 @@ def train_model(
                     {k: v.contiguous() for k, v in model.state_dict().items()}, str(work_dir / BEST_WEIGHTS)
                 )
             meta = {
+                "recipe": recipe,
                 "epoch": epoch,
                 "history": history,
                 "best_epoch": best_epoch,

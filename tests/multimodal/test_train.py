@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 from mm_helpers import make_feature_dataset
 
@@ -54,3 +55,15 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     assert resumed.history == straight.history
     w1, w2 = _weights(straight.model), _weights(resumed.model)
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_resume_refuses_a_different_recipe(tmp_path: Path) -> None:
+    spec, train, val = _setup(tmp_path)
+    loss = LossConfig.variant("baseline")
+    train_model(spec, loss, train, val, TrainConfig(epochs=1, batch_size=8), tmp_path / "w", progress=False)
+    with pytest.raises(ValueError, match="different model, loss"):
+        train_model(spec, loss, train, val, TrainConfig(epochs=2, lr=0.5), tmp_path / "w", progress=False)
+    fresh = train_model(
+        spec, loss, train, val, TrainConfig(epochs=1, lr=0.5), tmp_path / "w", resume=False, progress=False
+    )
+    assert len(fresh.history) == 1
