@@ -21,9 +21,13 @@ cli.add_typer(models_cli, name="models")
 
 def _mount_domain_commands() -> None:
     """Commands that live with their domain (one import each)."""
+    from app.labelsets.cli import calibrate_command
     from app.trust.eval_cli import eval_command
 
     cli.command("eval", help="Evaluate a model preset's scores on a labelled image dataset.")(eval_command)
+    cli.command("calibrate", help="Calibrate a label set's reject rule on labelled images.")(
+        calibrate_command
+    )
 
 
 _mount_domain_commands()

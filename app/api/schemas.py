@@ -39,6 +39,11 @@ class Decision(BaseModel):
     rule: str | None = Field(None, description="e.g. target_risk or target_coverage")
     guarantee: str | None = None
     calibrated: bool
+    applies_to: Literal["prediction", "refined_prediction"] = Field(
+        "prediction",
+        description="which prediction is accepted or rejected (TrustVLM* judges the refined one)",
+    )
+    note: str | None = None
 
 
 class TrustInfo(BaseModel):

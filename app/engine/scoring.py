@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.trust.scores import baseline_scores, trustvlm_scores
+from app.trust.scores import PrototypeTopK, baseline_scores, trustvlm_scores
 
 
 @dataclass
@@ -43,6 +43,7 @@ def score_batch(
     has_prototype: np.ndarray | None = None,
     alpha: float = 1.0,
     visual_temperature: float = 0.01,
+    prototype_topk: PrototypeTopK | None = None,
 ) -> ScoredBatch:
     """All baseline scores, plus TrustVLM / TrustVLM* when at least one class has a prototype."""
     logits = compute_logits(embeddings, text_embeddings, logit_scale, logit_bias)
@@ -60,6 +61,7 @@ def score_batch(
             has_prototype,
             alpha=alpha,
             visual_temperature=visual_temperature,
+            prototype_topk=prototype_topk,
         )
         scores["s_it"] = result.s_it
         scores["s_ii"] = result.s_ii

@@ -43,6 +43,8 @@ def test_multipart_answer_shape(client) -> None:  # type: ignore[no-untyped-def]
         "rule": None,
         "guarantee": None,
         "calibrated": False,
+        "applies_to": "prediction",
+        "note": "ad-hoc labels have no calibrated reject rule: use a calibrated label set",
     }
     assert "no image prototypes" in result["trust"]["note"]
     assert r.headers["x-request-id"]

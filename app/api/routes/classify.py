@@ -31,6 +31,11 @@ from app.engine.scoring import ScoredBatch, score_batch
 
 router = APIRouter(tags=["classify"])
 
+# Above this many classes TrustVLM*'s visual softmax uses the FAISS top-k prototypes (T_v = 0.01 leaves
+# negligible mass outside them; see app.trust.scores.visual_probs_from_topk).
+EXACT_VISUAL_SOFTMAX_MAX_CLASSES = 1024
+PROTOTYPE_TOPK = 64
+
 _MULTIPART_SCHEMA = {
     "type": "object",
     "properties": {
@@ -186,7 +191,6 @@ def build_results(
     image_space: str,
 ) -> list[ImageResult]:
     """Per-image answer; the decision uses the label set's calibration when it has one."""
-    calibration = getattr(view, "calibration", None) if view is not None else None
     trust_score = view.trust_score if view is not None else "msp"
     n_proto = int(np.count_nonzero(view.has_prototype)) if view is not None else 0
     results = []
@@ -207,19 +211,26 @@ def build_results(
         refined = None
         if scored.refined_predictions is not None and has_proto:
             refined = _label(labels, int(scored.refined_predictions[i]), probs)
-        if calibration is not None:
-            accept = confidence is not None and confidence >= calibration.threshold
+        applies_to = "refined_prediction" if trust_score == "trustvlm_star" else "prediction"
+        if view is not None:
+            d = view.decide(confidence)
             decision = Decision(
-                accept=accept,
-                threshold=calibration.threshold,
-                score=trust_score,
-                rule=calibration.rule,
-                guarantee=calibration.guarantee,
-                calibrated=True,
+                accept=d.accept,
+                threshold=d.threshold,
+                score=d.score or trust_score,
+                rule=d.rule,
+                guarantee=d.guarantee,
+                calibrated=d.calibrated,
+                applies_to=applies_to,
+                note=d.note,
             )
         else:
             decision = Decision(
-                accept=None, threshold=None, score=trust_score, rule=None, guarantee=None, calibrated=False
+                accept=None,
+                score=trust_score,
+                calibrated=False,
+                applies_to=applies_to,
+                note="ad-hoc labels have no calibrated reject rule: use a calibrated label set",
             )
         results.append(
             ImageResult(
@@ -313,6 +324,9 @@ async def classify(request: Request, engine: EngineDep, settings: SettingsDep) -
         logit_scale=engine.logit_scale,
         logit_bias=engine.logit_bias,
         prototypes=view.prototypes if view is not None else None,
+        prototype_topk=view.prototype_topk(encoded.aux_features, PROTOTYPE_TOPK)
+        if view is not None and len(labels) > EXACT_VISUAL_SOFTMAX_MAX_CLASSES
+        else None,
         has_prototype=view.has_prototype if view is not None else None,
         alpha=view.alpha if view is not None else trust.alpha,
         visual_temperature=view.visual_temperature if view is not None else trust.visual_temperature,
