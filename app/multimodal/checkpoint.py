@@ -84,7 +84,7 @@ def save_checkpoint(folder: Path, model: LateFusionClassifier, config: Checkpoin
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": FORMAT, "name": config.name})
+    save_file(state, str(folder / WEIGHTS_FILE))  # no metadata map: its key order is not stable across runs
     (folder / CONFIG_FILE).write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
     return folder
 
