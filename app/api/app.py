@@ -40,6 +40,11 @@ def create_store(settings: Settings) -> LabelSetStore:
     return DirectoryStore(settings.store_dir)
 
 
+def _observe_multimodal_batch(metrics: ServiceMetrics, model: str, size: int, seconds: float) -> None:
+    metrics.batch_size.labels(f"multimodal:{model}").observe(size)
+    metrics.stage_duration.labels("inference", f"multimodal:{model}").observe(seconds)
+
+
 def multimodal_dirs(settings: Settings) -> list[Path]:
     dirs = [settings.models_dir / "multimodal"]
     if settings.multimodal_dir is not None:
@@ -56,6 +61,15 @@ async def _start_services(app: FastAPI, settings: Settings, engine: Classificati
         else:
             engine.metrics = state.metrics
         state.multimodal = await asyncio.to_thread(MultimodalService.from_dirs, multimodal_dirs(settings))
+        state.multimodal.configure_batching(
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue_size=settings.max_queue_size,
+            request_timeout_s=settings.request_timeout_s,
+            on_batch=lambda model, size, seconds: _observe_multimodal_batch(
+                state.metrics, model, size, seconds
+            ),
+        )
         store = await asyncio.to_thread(create_store, settings)  # may wait for the database
         service = LabelSetService(store=store, engine=engine, settings=settings)
         report = await service.load_all()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -47,6 +48,13 @@ def conflict(message: str, code: str = "conflict", details: Any = None) -> APIEr
 
 def unprocessable(message: str, code: str = "invalid_input", details: Any = None) -> APIError:
     return APIError(422, code, message, details)
+
+
+def overloaded(message: str, retry_after_s: float) -> APIError:
+    """429 with Retry-After: the queue is full; answered at once instead of letting latency grow."""
+    return APIError(
+        429, "overloaded", message, headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))}
+    )
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:

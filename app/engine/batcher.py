@@ -73,14 +73,17 @@ class DynamicBatcher(Generic[In, Out]):
         self._on_queue_wait = on_queue_wait
         self._queue: asyncio.Queue[_Item[In]] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = BatchStats()
 
     # lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the worker on the running event loop (idempotent)."""
-        if self._worker is None or self._worker.done():
+        """Start the worker on the running event loop (idempotent; restarts on a different loop)."""
+        loop = asyncio.get_running_loop()
+        if self._worker is None or self._worker.done() or self._loop is not loop:
+            self._loop = loop
             self._queue = asyncio.Queue(maxsize=self.max_queue_size)
-            self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"batcher-{self.name}")
+            self._worker = loop.create_task(self._work(), name=f"batcher-{self.name}")
 
     async def stop(self) -> None:
         if self._worker is not None:
@@ -106,8 +109,7 @@ class DynamicBatcher(Generic[In, Out]):
     # submission ----------------------------------------------------------------------------------
     async def submit_many(self, payloads: Sequence[In], timeout_s: float | None = None) -> list[Out]:
         """Queue several items (all or none: raises QueueFullError when they do not all fit)."""
-        if self._queue is None or self._worker is None:
-            self.start()
+        self.start()
         assert self._queue is not None
         if self._queue.qsize() + len(payloads) > self.max_queue_size:
             raise QueueFullError(self.name, self.max_queue_size, self.retry_after_s())

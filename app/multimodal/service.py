@@ -6,10 +6,13 @@ Request-path problems raise ``app.api.errors.APIError`` (404 unknown model, 422 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ import torch
 from scipy.special import softmax
 
 from app.api.errors import APIError, not_found, unprocessable
+from app.engine.batcher import DynamicBatcher
 from app.multimodal.checkpoint import (
     CheckpointConfig,
     CheckpointError,
@@ -73,6 +77,11 @@ class MultimodalService:
 
     def __init__(self, checkpoints: Iterable[LoadedCheckpoint] = ()) -> None:
         self._models: dict[str, _Model] = {}
+        self._batchers: dict[str, DynamicBatcher[dict[str, np.ndarray], np.ndarray]] = {}
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="multimodal")
+        self._batching: dict[str, Any] = {"max_batch_size": 32, "max_wait_ms": 5.0, "max_queue_size": 256}
+        self._request_timeout_s = 30.0
+        self._on_batch: Callable[[str, int, float], None] | None = None
         for ckpt in checkpoints:
             name = ckpt.config.name
             if name in self._models:
@@ -173,28 +182,30 @@ class MultimodalService:
                 ) from exc
         return arrays
 
-    def predict(self, model: str, inputs: Mapping[str, ModalityPayload], top_k: int = 5) -> dict[str, Any]:
-        """Prediction, top-k, every score, the confidence and the calibrated decision for one sample."""
-        if top_k < 1:
-            raise unprocessable("top_k must be >= 1", code="invalid_top_k")
-        t0 = time.perf_counter()
-        entry = self._model(model)
-        arrays = self.prepare_inputs(model, inputs)
-        t1 = time.perf_counter()
+    def _forward(self, entry: _Model, samples: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        """ONE forward pass for a batch of prepared samples -> fused class logits per sample."""
         net = entry.checkpoint.model
         with torch.inference_mode():
-            batch = {name: torch.from_numpy(array[None]) for name, array in arrays.items()}
+            batch = {
+                name: torch.from_numpy(np.stack([sample[name] for sample in samples]))
+                for name in entry.config.fusion.modality_names
+            }
             logits = net.class_logits(net(batch).fused_logits).double().numpy()
-        t2 = time.perf_counter()
+        return list(logits)
+
+    def _answer(
+        self, model: str, logits: np.ndarray, top_k: int, timing_ms: dict[str, float]
+    ) -> dict[str, Any]:
+        """Top-k, every score, the confidence and the calibrated decision from one sample's logits."""
         if not np.isfinite(logits).all():
             raise APIError(422, "non_finite_output", "the model produced non-finite logits for this input")
-        config = entry.config
-        probs = softmax(logits[0])
+        config = self._model(model).config
+        probs = softmax(logits)
         order = np.argsort(-probs, kind="stable")[: min(top_k, len(probs))]
         ranked = [
             {"label": config.class_names[i], "index": int(i), "probability": float(probs[i])} for i in order
         ]
-        scores = {name: float(values[0]) for name, values in baseline_scores(logits).items()}
+        scores = {name: float(values[0]) for name, values in baseline_scores(logits[None]).items()}
         calibration = config.calibration
         confidence = scores[calibration.score]
         accept = None if calibration.threshold is None else bool(confidence >= calibration.threshold)
@@ -211,10 +222,81 @@ class MultimodalService:
                 "rule": calibration.rule,
                 "guarantee": calibration.guarantee,
                 "calibrated": calibration.calibrated,
+                "note": None
+                if calibration.calibrated
+                else "checkpoint has no calibrated threshold: no decision",
             },
-            "timing_ms": {
-                "preprocess": (t1 - t0) * 1000,
-                "inference": (t2 - t1) * 1000,
-                "total": (time.perf_counter() - t0) * 1000,
-            },
+            "timing_ms": timing_ms,
         }
+
+    def predict(self, model: str, inputs: Mapping[str, ModalityPayload], top_k: int = 5) -> dict[str, Any]:
+        """Prediction, top-k, every score, the confidence and the calibrated decision for one sample
+        (unbatched; the server uses ``predict_batched``)."""
+        _check_top_k(top_k)
+        t0 = time.perf_counter()
+        entry = self._model(model)
+        arrays = self.prepare_inputs(model, inputs)
+        t1 = time.perf_counter()
+        [logits] = self._forward(entry, [arrays])
+        t2 = time.perf_counter()
+        timing = {"preprocess": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000}
+        timing["total"] = (time.perf_counter() - t0) * 1000
+        return self._answer(model, logits, top_k, timing)
+
+    def configure_batching(
+        self,
+        *,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue_size: int,
+        request_timeout_s: float,
+        on_batch: Callable[[str, int, float], None] | None = None,
+    ) -> None:
+        """Serve predictions through one dynamic batcher per model (server settings)."""
+        self._batching = {
+            "max_batch_size": max_batch_size,
+            "max_wait_ms": max_wait_ms,
+            "max_queue_size": max_queue_size,
+        }
+        self._request_timeout_s = request_timeout_s
+        self._on_batch = on_batch
+
+    def _batcher(self, model: str) -> DynamicBatcher[dict[str, np.ndarray], np.ndarray]:
+        entry = self._model(model)
+        batcher = self._batchers.get(model)
+        if batcher is None:
+            on_batch = self._on_batch
+            batcher = DynamicBatcher(
+                f"multimodal-{model}",
+                partial(self._forward, entry),
+                executor=self._executor,
+                on_batch=(lambda n, s: on_batch(model, n, s)) if on_batch is not None else None,
+                **self._batching,
+            )
+            self._batchers[model] = batcher
+        return batcher
+
+    async def predict_batched(
+        self, model: str, inputs: Mapping[str, ModalityPayload], top_k: int = 5
+    ) -> dict[str, Any]:
+        """Pre-process in a worker thread, run the forward pass batched with other requests, post-process.
+        Raises ``QueueFullError`` when the model's queue is full (the route answers 429)."""
+        _check_top_k(top_k)
+        t0 = time.perf_counter()
+        arrays = await asyncio.to_thread(self.prepare_inputs, model, inputs)
+        t1 = time.perf_counter()
+        [logits] = await self._batcher(model).submit_many([arrays], timeout_s=self._request_timeout_s)
+        t2 = time.perf_counter()
+        timing = {"preprocess": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000}
+        timing["total"] = (time.perf_counter() - t0) * 1000
+        return self._answer(model, logits, top_k, timing)
+
+    async def stop(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _check_top_k(top_k: int) -> None:
+    if top_k < 1:
+        raise unprocessable("top_k must be >= 1", code="invalid_top_k")

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.api.auth import ApiKeyAuth
 from app.api.errors import install_error_handlers
 from app.api.routes.multimodal import router
 from app.multimodal.checkpoint import CalibrationInfo, CheckpointConfig, save_checkpoint
@@ -75,6 +76,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
     install_error_handlers(app)
     app.include_router(router)
     app.state.multimodal = MultimodalService.from_dirs([root])
+    app.state.auth = ApiKeyAuth()  # no keys configured: open, as in create_app's default
     return TestClient(app)
 
 
@@ -125,6 +127,8 @@ def test_json_feature_vectors(client: TestClient) -> None:
         "rule": None,
         "guarantee": None,
         "calibrated": False,
+        "applies_to": "prediction",
+        "note": "checkpoint has no calibrated threshold: no decision",
     }
     assert sum(p["probability"] for p in data["top_k"]) <= 1.0 + 1e-9
     assert set(data["timing_ms"]) == {"preprocess", "inference", "total"}
@@ -228,6 +232,7 @@ def test_service_missing_gives_503() -> None:
     app = FastAPI()
     install_error_handlers(app)
     app.include_router(router)
+    app.state.auth = ApiKeyAuth()
     response = TestClient(app).get("/v1/multimodal/models")
     assert response.status_code == 503 and response.json()["error"]["code"] == "multimodal_unavailable"
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from app.api.deps import EngineDep, SettingsDep, get_label_sets, require_read
-from app.api.errors import APIError
+from app.api.errors import APIError, overloaded
 from app.api.schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -253,10 +253,6 @@ def build_results(
 
 
 # -- route -----------------------------------------------------------------------------------------
-def overload_error(exc: QueueFullError) -> APIError:
-    return APIError(429, "overloaded", str(exc), headers={"Retry-After": str(math.ceil(exc.retry_after_s))})
-
-
 @router.post(
     "/v1/classify",
     response_model=ClassifyResponse,
@@ -307,7 +303,7 @@ async def classify(request: Request, engine: EngineDep, settings: SettingsDep) -
             encoded = await engine.encode_images(images)
     except QueueFullError as exc:
         engine.metrics.overload_rejections.labels(engine.model_id).inc()
-        raise overload_error(exc) from None
+        raise overloaded(str(exc), exc.retry_after_s) from None
     except TimeoutError:
         raise APIError(
             503,

@@ -11,17 +11,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from app.api.errors import APIError, unprocessable
+from app.api.deps import require_read
+from app.api.errors import APIError, overloaded, unprocessable
 from app.api.schemas_multimodal import (
     MultimodalModelsResponse,
     MultimodalPrediction,
     MultimodalPredictRequest,
 )
+from app.engine.batcher import QueueFullError
 from app.multimodal.service import ModalityPayload, MultimodalService
 
 router = APIRouter(prefix="/v1/multimodal", tags=["multimodal"])
@@ -52,7 +53,7 @@ def get_service(request: Request) -> MultimodalService:
     return service
 
 
-@router.get("/models", response_model=MultimodalModelsResponse)
+@router.get("/models", response_model=MultimodalModelsResponse, dependencies=[Depends(require_read)])
 async def list_models(request: Request) -> dict[str, Any]:
     """Every loaded multimodal checkpoint: modalities and what each accepts, classes, calibration."""
     return {"models": get_service(request).list_models()}
@@ -116,7 +117,12 @@ async def _multipart_inputs(request: Request) -> tuple[dict[str, ModalityPayload
     return inputs, top_k
 
 
-@router.post("/{model}/predict", response_model=MultimodalPrediction, openapi_extra=_REQUEST_BODY)
+@router.post(
+    "/{model}/predict",
+    response_model=MultimodalPrediction,
+    openapi_extra=_REQUEST_BODY,
+    dependencies=[Depends(require_read)],
+)
 async def predict(model: str, request: Request) -> dict[str, Any]:
     """Classify one multimodal sample and say whether to trust it (checkpoint's calibrated threshold)."""
     service = get_service(request)
@@ -131,4 +137,14 @@ async def predict(model: str, request: Request) -> dict[str, Any]:
             "unsupported_media_type",
             f"send application/json or multipart/form-data, not {content_type or 'no content type'!r}",
         )
-    return await run_in_threadpool(service.predict, model, inputs, top_k)
+    try:
+        return await service.predict_batched(model, inputs, top_k)
+    except QueueFullError as exc:
+        metrics = getattr(request.app.state, "metrics", None)
+        if metrics is not None:
+            metrics.overload_rejections.labels(f"multimodal:{model}").inc()
+        raise overloaded(str(exc), exc.retry_after_s) from None
+    except TimeoutError:
+        raise APIError(
+            503, "timeout", "inference did not finish in time", headers={"Retry-After": "5"}
+        ) from None
