@@ -51,10 +51,7 @@ ADMIN = {
     "POST /v1/label-sets/{label_set_id}/images",
     "POST /v1/label-sets/{label_set_id}/calibrate",
 }
-UNPROTECTED_DEFECTS = {  # strict xfails: fixes in docs/RELIABILITY.md
-    "GET /v1/multimodal/models": "app/api/routes/multimodal.py has no require_read dependency",
-    "POST /v1/multimodal/{model}/predict": "app/api/routes/multimodal.py has no require_read dependency",
-}
+UNPROTECTED_DEFECTS: dict[str, str] = {}  # operation -> reason, as strict xfails (none open)
 PATH_VALUES = {"{label_set_id}": "auth-set", "{label}": "red", "{model}": VECTORS}
 
 
