@@ -225,7 +225,7 @@ def tune_trustvlm(
     has_prototype: np.ndarray,
     labels: np.ndarray,
     *,
-    alphas: Sequence[float] = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0),
+    alphas: Sequence[float] = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
     visual_temperatures: Sequence[float] = (0.005, 0.01, 0.02, 0.05, 0.1),
     score: Literal["trustvlm", "trustvlm_star"] = "trustvlm",
     temperature: float = 1.0,
