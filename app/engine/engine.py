@@ -8,8 +8,10 @@ in a thread pool, the model in its own single thread fed by the batcher, scoring
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -19,7 +21,7 @@ import torch
 from PIL import Image
 
 from app.config import Settings
-from app.engine.batcher import DynamicBatcher
+from app.engine.batcher import DynamicBatcher, QueueFullError
 from app.engine.images import ImageLimits, decode_image
 from app.engine.text_cache import TextEmbeddingCache
 from app.observability.metrics import ServiceMetrics
@@ -80,6 +82,7 @@ class ClassificationEngine:
                 s
             ),
         )
+        self.requests_in_pipeline = 0
         self.load_seconds = 0.0
         self.ready = False
         self._health_checked_at = 0.0
@@ -146,6 +149,21 @@ class ClassificationEngine:
         for size in self.warmup_batch_sizes():
             self._encode_batch([pixels] * size)
         self.backend.encode_texts(["a photo of a warm-up."])
+
+    # admission ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def admission(self) -> Iterator[None]:
+        """Bound the requests between arrival and answer (decode + queue + model) to max_queue_size.
+        Checked before the body is read, so an overloaded server answers 429 at once."""
+        if self.requests_in_pipeline >= self.settings.max_queue_size:
+            raise QueueFullError(
+                f"{self.model_id} pipeline", self.settings.max_queue_size, self.batcher.retry_after_s()
+            )
+        self.requests_in_pipeline += 1
+        try:
+            yield
+        finally:
+            self.requests_in_pipeline -= 1
 
     # health --------------------------------------------------------------------------------------
     async def health_check(self, max_age_s: float = 5.0) -> bool:

@@ -27,6 +27,7 @@ from app.api.schemas import (
 from app.api.validation import decode_base64_image, validate_labels, validate_templates
 from app.config import Settings
 from app.engine.batcher import QueueFullError
+from app.engine.engine import ClassificationEngine
 from app.engine.scoring import ScoredBatch, score_batch
 
 router = APIRouter(tags=["classify"])
@@ -268,6 +269,15 @@ def build_results(
     },
 )
 async def classify(request: Request, engine: EngineDep, settings: SettingsDep) -> ClassifyResponse:
+    try:
+        with engine.admission():  # refuse at once when saturated, before reading the upload
+            return await _classify(request, engine, settings)
+    except QueueFullError as exc:
+        engine.metrics.overload_rejections.labels(engine.model_id).inc()
+        raise overloaded(str(exc), exc.retry_after_s) from None
+
+
+async def _classify(request: Request, engine: ClassificationEngine, settings: Settings) -> ClassifyResponse:
     started = time.perf_counter()
     body, files = await parse_classify_request(request, settings)
     view = None
@@ -301,9 +311,6 @@ async def classify(request: Request, engine: EngineDep, settings: SettingsDep) -
             )
         else:
             encoded = await engine.encode_images(images)
-    except QueueFullError as exc:
-        engine.metrics.overload_rejections.labels(engine.model_id).inc()
-        raise overloaded(str(exc), exc.retry_after_s) from None
     except TimeoutError:
         raise APIError(
             503,
