@@ -137,6 +137,7 @@ async def time_to_429(url: str, image: bytes, burst: int) -> dict:
     """Flood a server with a tiny queue; how fast do refused requests learn it?"""
     refused: list[float] = []
     ok = 0
+    other: dict[str, int] = {}
     async with httpx.AsyncClient(
         base_url=url, timeout=120, limits=httpx.Limits(max_connections=burst)
     ) as http:
@@ -154,6 +155,8 @@ async def time_to_429(url: str, image: bytes, burst: int) -> dict:
                 refused.append(time.perf_counter() - t)
             elif r.status_code == 200:
                 ok += 1
+            else:
+                other[str(r.status_code)] = other.get(str(r.status_code), 0) + 1
 
         await asyncio.gather(*(one() for _ in range(burst)))
     return {
@@ -203,6 +206,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--rate-fraction", type=float, default=0.5, help="open-loop rate / measured capacity")
     parser.add_argument("--open-loop-seconds", type=float, default=15)
+    parser.add_argument("--repeats", type=int, default=3, help="measured passes per configuration (median)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/serving/results")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -219,26 +223,38 @@ def main() -> None:
         # 1 + 3 + 4a: the batched server
         server = start_server(args.preset, args.max_batch, tmp_path / "store", tmp_path / "batched.log")
         try:
-            asyncio.run(closed_loop(server.url, images, args.clients, 32, labels=LABELS))  # warm
-            batched = asyncio.run(closed_loop(server.url, images, args.clients, args.requests, labels=LABELS))
-            stats = httpx.get(f"{server.url}/v1/models").json()["models"][0]["batching"]
-            batched["mean_batch_size"] = stats["mean_batch_size"]
-            results["batched"] = batched
-            print("batched server:", batched, flush=True)
-            try:
-                label_set = asyncio.run(make_label_set(server.url, images))
-                trust = asyncio.run(
-                    closed_loop(server.url, images, args.clients, args.requests, label_set=label_set)
+            # warm every batch shape the load will produce, then measure MSP-only and TrustVLM interleaved
+            asyncio.run(closed_loop(server.url, images, args.clients, args.requests, labels=LABELS))
+            label_set = asyncio.run(make_label_set(server.url, images))
+            asyncio.run(
+                closed_loop(server.url, images, args.clients, args.requests // 2, label_set=label_set)
+            )
+            runs: dict[str, list[dict]] = {"msp_only": [], "trustvlm": []}
+            for _ in range(args.repeats):
+                runs["msp_only"].append(
+                    asyncio.run(closed_loop(server.url, images, args.clients, args.requests, labels=LABELS))
                 )
-                msp = asyncio.run(closed_loop(server.url, images, args.clients, args.requests, labels=LABELS))
-                results["trustvlm_vs_msp"] = {
-                    "trustvlm": trust,
-                    "msp_only": msp,
-                    "overhead": msp["images_per_s"] / trust["images_per_s"] - 1,
-                }
-                print("TrustVLM vs MSP:", results["trustvlm_vs_msp"], flush=True)
-            except TrustServeError as exc:
-                results["trustvlm_vs_msp"] = {"error": str(exc)}
+                runs["trustvlm"].append(
+                    asyncio.run(
+                        closed_loop(server.url, images, args.clients, args.requests, label_set=label_set)
+                    )
+                )
+            stats = httpx.get(f"{server.url}/v1/models").json()["models"][0]["batching"]
+            med = {k: statistics.median(r["images_per_s"] for r in v) for k, v in runs.items()}
+            batched = {
+                **runs["msp_only"][-1],
+                "images_per_s": med["msp_only"],
+                "runs_images_per_s": [r["images_per_s"] for r in runs["msp_only"]],
+                "mean_batch_size": stats["mean_batch_size"],
+            }
+            results["batched"] = batched
+            results["trustvlm_vs_msp"] = {
+                "msp_only_images_per_s": [r["images_per_s"] for r in runs["msp_only"]],
+                "trustvlm_images_per_s": [r["images_per_s"] for r in runs["trustvlm"]],
+                "overhead": med["msp_only"] / med["trustvlm"] - 1,
+            }
+            print("batched server:", batched, flush=True)
+            print("TrustVLM vs MSP:", results["trustvlm_vs_msp"], flush=True)
             rate = max(1.0, args.rate_fraction * batched["images_per_s"])
             results["open_loop"] = asyncio.run(open_loop(server.url, images, rate, args.open_loop_seconds))
             print("open loop:", results["open_loop"], flush=True)
@@ -247,9 +263,16 @@ def main() -> None:
         # 2: one request at a time
         single = start_server(args.preset, 1, tmp_path / "store1", tmp_path / "single.log")
         try:
-            results["unbatched"] = asyncio.run(
-                closed_loop(single.url, images, args.clients, args.requests, labels=LABELS)
-            )
+            asyncio.run(closed_loop(single.url, images, args.clients, args.requests // 2, labels=LABELS))
+            unbatched = [
+                asyncio.run(closed_loop(single.url, images, args.clients, args.requests, labels=LABELS))
+                for _ in range(args.repeats)
+            ]
+            results["unbatched"] = {
+                **unbatched[-1],
+                "images_per_s": statistics.median(r["images_per_s"] for r in unbatched),
+                "runs_images_per_s": [r["images_per_s"] for r in unbatched],
+            }
             print("unbatched server:", results["unbatched"], flush=True)
         finally:
             single.stop()
@@ -264,7 +287,7 @@ def main() -> None:
             small.stop()
     # 1: the bare forward at the server's mean batch size
     batch = max(1, round(float(batched["mean_batch_size"])))
-    results["bare_forward"] = bare_forward(args.preset, images, batch, repeats=10)
+    results["bare_forward"] = bare_forward(args.preset, images, batch, repeats=20)
     results["server_vs_bare"] = batched["images_per_s"] / results["bare_forward"]["images_per_s"]
     results["batched_vs_unbatched"] = batched["images_per_s"] / results["unbatched"]["images_per_s"]
     print(json.dumps(results, indent=2))
