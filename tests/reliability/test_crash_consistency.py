@@ -29,8 +29,9 @@ def test_sigkill_during_label_set_writes_leaves_old_or_new_versions(
     uncommitted: list[int] = []
     for trial in range(TRIALS):
         server = tiny_server(tiny_models_dir, store_dir, log_path=tmp_path / "server.log", env=env)
-        server.start().wait_ready(timeout_s=180)
+        server.start()
         try:
+            server.wait_ready(timeout_s=180)
             if trial:  # the restart after the previous kill
                 uncommitted.append(verify_served(server.url, HEADERS, store_dir))
             report, seen = run_trial(server, seed=1000 + trial, headers=HEADERS)
@@ -41,8 +42,12 @@ def test_sigkill_during_label_set_writes_leaves_old_or_new_versions(
         reports.append(report)
         assert report.writes_acked > 0, f"trial {trial}: no write was acknowledged before the kill"
     server = tiny_server(tiny_models_dir, store_dir, log_path=tmp_path / "server.log", env=env)
-    with server.start().wait_ready(timeout_s=180):
+    server.start()
+    try:
+        server.wait_ready(timeout_s=180)
         uncommitted.append(verify_served(server.url, HEADERS, store_dir))
+    finally:
+        server.stop()
     folder = os.environ.get("TRUSTSERVE_RELIABILITY_REPORT")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
