@@ -108,4 +108,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("internal_error", "internal server error"), 500)
+        return JSONResponse(
+            error_body("internal_error", "internal server error"), 500, headers={"Connection": "close"}
+        )

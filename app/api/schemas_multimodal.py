@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 from app.api.schemas import Decision
 
@@ -13,7 +13,7 @@ class MultimodalPredictRequest(BaseModel):
     """JSON form of POST /v1/multimodal/{model}/predict: one feature vector per modality."""
 
     model_config = ConfigDict(extra="forbid")
-    inputs: dict[str, list[float]] = Field(
+    inputs: dict[str, list[StrictFloat | StrictInt]] = Field(
         ...,
         min_length=1,
         description="modality name → flat list of numbers (a pre-extracted feature vector, or the "

@@ -14,7 +14,8 @@ MAX_TEMPLATES = 32
 MAX_TEMPLATE_LENGTH = 300
 
 
-def _has_control_characters(text: str) -> bool:
+def has_control_characters(text: str) -> bool:
+    """True when ``text`` holds control, format, surrogate, private-use or unassigned characters."""
     return any(unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co", "Cn"} for ch in text)
 
 
@@ -40,7 +41,7 @@ def validate_labels(labels: list[str], settings: Settings, *, field: str = "labe
                 "label_too_long",
                 f"{field}[{i}] has {len(label)} characters; the limit is {settings.max_label_length}",
             )
-        if _has_control_characters(label):
+        if has_control_characters(label):
             raise APIError(422, "invalid_labels", f"{field}[{i}] contains control or invisible characters")
         key = label.casefold()
         if key in seen:
@@ -59,7 +60,7 @@ def validate_templates(templates: list[str] | None, default: list[str]) -> list[
     if len(templates) > MAX_TEMPLATES:
         raise APIError(422, "invalid_templates", f"at most {MAX_TEMPLATES} templates per request")
     for i, t in enumerate(templates):
-        if len(t) > MAX_TEMPLATE_LENGTH or _has_control_characters(t):
+        if len(t) > MAX_TEMPLATE_LENGTH or has_control_characters(t):
             raise APIError(422, "invalid_templates", f"templates[{i}] is too long or has control characters")
         try:
             fields = [f for _, f, _, _ in string.Formatter().parse(t) if f is not None]

@@ -13,6 +13,7 @@ import io
 import re
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
 from app.labelsets.store import CorruptEntryError, DirectoryStore, StoredLabelSet
@@ -53,14 +54,32 @@ def as_first_version(record: StoredLabelSet, new_id: str | None = None) -> Store
     return StoredLabelSet(meta, dict(record.arrays), dict(record.blobs))
 
 
-def read_archive(data: bytes, max_bytes: int = 2**31) -> StoredLabelSet:
-    """Validate and load an archive made by ``write_archive`` (checksums verified by the store code)."""
+def gunzip_bounded(data: bytes, max_bytes: int, chunk_bytes: int = 1 << 20) -> bytes:
+    """Inflate one gzip member in 1 MB steps, refusing it as soon as the output passes ``max_bytes``
+    (a gzip bomb costs at most ``max_bytes`` of memory, not its full expanded size)."""
+    inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
+    chunks: list[bytes] = []
+    total, pending = 0, data
     try:
-        raw = gzip.decompress(data)
-    except (OSError, EOFError) as exc:
-        raise ArchiveError(f"not a gzip file ({exc})") from exc
-    if len(raw) > max_bytes:
-        raise ArchiveError(f"archive expands to more than {max_bytes} bytes")
+        while True:
+            chunk = inflater.decompress(pending, chunk_bytes)
+            total += len(chunk)
+            if total > max_bytes:
+                raise ArchiveError(f"archive expands to more than {max_bytes} bytes")
+            chunks.append(chunk)
+            pending = inflater.unconsumed_tail
+            if inflater.eof or not pending:
+                break
+    except zlib.error as exc:
+        raise ArchiveError(f"not a gzip file ({exc})") from None
+    if not inflater.eof:
+        raise ArchiveError("not a gzip file (truncated)")
+    return b"".join(chunks)
+
+
+def read_archive(data: bytes, max_bytes: int = 64 * 2**20) -> StoredLabelSet:
+    """Validate and load an archive made by ``write_archive`` (checksums verified by the store code)."""
+    raw = gunzip_bounded(data, max_bytes)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         try:

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from app.api.errors import APIError, conflict, not_found, unprocessable
+from app.api.validation import has_control_characters
 from app.config import Settings
 from app.engine.batcher import QueueFullError
 from app.engine.scoring import ScoredBatch, score_batch
@@ -315,10 +316,12 @@ class LabelSetService:
     def _validate_labels(self, labels: Sequence[str]) -> list[str]:
         cleaned = [label.strip() for label in labels]
         limit = self.settings.max_label_length
-        bad = [label for label in cleaned if not label or len(label) > limit]
+        bad = [label for label in cleaned if not label or len(label) > limit or has_control_characters(label)]
         if bad:
+            shown = [label if len(label) <= 40 else label[:40] + "…" for label in bad[:5]]
             raise unprocessable(
-                f"labels must be 1..{limit} characters; invalid: {bad[:5]}", code="invalid_label"
+                f"labels must be 1..{limit} characters without control characters; invalid: {shown}",
+                code="invalid_label",
             )
         if len(set(cleaned)) != len(cleaned):
             dupes = sorted({label for label in cleaned if cleaned.count(label) > 1})

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from app.multimodal.model import LateFusionClassifier
@@ -111,7 +112,7 @@ def load_checkpoint(folder: Path) -> LoadedCheckpoint:
         model = LateFusionClassifier(config.fusion)
         state = load_file(str(weights), device="cpu")
         model.load_state_dict(state, strict=True)
-    except (RuntimeError, ValueError, OSError) as exc:
+    except (RuntimeError, ValueError, OSError, SafetensorError) as exc:
         raise CheckpointError(f"{folder}: weights do not match the config: {exc}") from exc
     return LoadedCheckpoint(model.eval(), config, folder)
 

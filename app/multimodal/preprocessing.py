@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 from collections.abc import Sequence
 
 import numpy as np
@@ -46,7 +47,8 @@ def image_input(data: bytes, spec: ModalitySpec, prep: ImagePreprocessing) -> np
                 raise InputError(f"modality {spec.name!r}: image too large ({img.width}×{img.height})")
             converted = img.convert("L" if prep.channels == 1 else "RGB")
             resized = converted.resize((prep.width, prep.height), Image.Resampling.BOX)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error,
+            Image.DecompressionBombError) as exc:  # fmt: skip
         raise InputError(f"modality {spec.name!r}: unreadable image file ({exc})") from exc
     array = np.asarray(resized, dtype=np.float32) / 255.0
     if prep.invert:

@@ -400,11 +400,6 @@ def test_pickled_open_clip_checkpoint_is_refused_not_run(tmp_path: Path, pickle_
                        pretrained=str(checkpoint))  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/multimodal/checkpoint.py::load_checkpoint lets safetensors' SafetensorError escape, so one "
-    "corrupt weights file stops MultimodalService.from_dirs (and the server start) instead of being skipped",
-)
 def test_pickled_multimodal_weights_are_skipped_not_run(tmp_path: Path, pickle_bomb) -> None:  # type: ignore[no-untyped-def]
     from app.multimodal.service import MultimodalService
     from tests.reliability.multimodal_models import MEDIA, write_multimodal_dir

@@ -17,20 +17,7 @@ from tests.reliability.corpus import Case, build_corpus, prepare_target, run_cas
 
 # Defects found by this corpus in files owned by others; each is a strict xfail so that the fix turns it
 # into a failure here until the marker is removed (fixes are in docs/RELIABILITY.md).
-KNOWN_DEFECTS: dict[str, str] = {
-    "create: label 100k chars": "label-set service echoes the whole over-long label in the 422 message",
-    "create: label with control characters": "label-set labels are not checked for control characters",
-    "classes: control characters": "label-set labels are not checked for control characters",
-    "patch: adaptation settings (valid)": "PATCH passes body.model_dump() (a dict) where the service "
-    "expects an AdaptationConfig: AttributeError -> 500 (found by schemathesis)",
-    "calibrate: seed 1e309": "calibrate: int(float('inf')) raises OverflowError -> 500",
-    "calibrate: seed NaN": "calibrate: int(float('nan')) raises ValueError -> 500",
-    "calibrate: target_risk 100k characters": "calibrate's _number echoes the whole field in the 422 message",
-    "predict: booleans in vector": "multimodal JSON vectors are list[float] (lax): true/false become 1/0",
-    "predict: multipart deeply nested vector": "multimodal multipart vectors: RecursionError not caught",
-    "predict: deeply nested JSON": "multimodal predict does not catch RecursionError from request.json()",
-    "predict media: PNG text-chunk bomb": "multimodal image_input does not catch PIL's ValueError",
-}
+KNOWN_DEFECTS: dict[str, str] = {}  # case name -> reason, as strict xfails (none open)
 
 CORPUS = build_corpus()
 

@@ -143,6 +143,11 @@ async def _read_json(request: Request) -> tuple[ClassifyRequest, list[bytes]]:
         raise APIError(400, "malformed_json", "the request body is not valid JSON") from None
     except RecursionError:
         raise APIError(400, "malformed_json", "the JSON body is nested too deeply") from None
+    if isinstance(data, dict):
+        unknown = data.keys() - ClassifyRequest.model_fields.keys()
+        if unknown:
+            shown = sorted(str(k)[:40] for k in unknown)[:5]
+            raise APIError(422, "unknown_field", f"unknown field(s) ({len(unknown)}): {shown}")
     try:
         body = ClassifyRequest.model_validate(data)
     except ValidationError as exc:

@@ -212,7 +212,8 @@ async def update_label_set(
     service: LabelSetsDep,
     version: int | None = Depends(expected_version),
 ) -> LabelSetOut:
-    await service.update(label_set_id, expected_version=version, **body.model_dump(exclude_none=True))
+    changes = {name: getattr(body, name) for name in body.model_fields_set if getattr(body, name) is not None}
+    await service.update(label_set_id, expected_version=version, **changes)
     return _out(service, label_set_id)
 
 
@@ -277,7 +278,7 @@ def _number(fields: dict[str, str], name: str, default: float | None = None) -> 
         return float(fields[name])
     except ValueError:
         raise unprocessable(
-            f"{name} must be a number, got {fields[name]!r}", code=f"invalid_{name}"
+            f"{name} must be a number, got {fields[name][:40]!r}", code=f"invalid_{name}"
         ) from None
 
 
@@ -305,7 +306,12 @@ async def calibrate(
     tune = fields.get("tune", "false").strip().lower()
     if tune not in ("true", "false", "1", "0"):
         raise unprocessable("tune must be true or false", code="invalid_tune")
-    seed = _number(fields, "seed", 0.0)
+    try:
+        seed = int(fields.get("seed", "0"))
+    except ValueError:
+        raise unprocessable(
+            f"seed must be an integer, got {fields['seed'][:40]!r}", code="invalid_seed"
+        ) from None
     request_ = CalibrationRequest(
         rule=rule,  # type: ignore[arg-type]
         target_risk=_number(fields, "target_risk"),
@@ -313,7 +319,7 @@ async def calibrate(
         target_coverage=_number(fields, "target_coverage"),
         tune=tune in ("true", "1"),
         score=score,  # type: ignore[arg-type]
-        seed=int(seed or 0),
+        seed=seed,
     )
     view = await service.calibrate(label_set_id, labels, images, request_, expected_version=version)
     assert view.calibration is not None

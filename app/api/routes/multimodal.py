@@ -72,7 +72,7 @@ def _parse_top_k(value: Any) -> int:
 async def _json_inputs(request: Request) -> tuple[dict[str, ModalityPayload], int]:
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise unprocessable(f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
     try:
         parsed = MultimodalPredictRequest.model_validate(body)
@@ -102,7 +102,7 @@ async def _multipart_inputs(request: Request) -> tuple[dict[str, ModalityPayload
             continue
         try:
             vector = json.loads(value)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise unprocessable(
                 f"form field {key!r} must be a file upload or a JSON list of numbers",
                 code="invalid_modality_input",
