@@ -133,39 +133,63 @@ async def open_loop(url: str, images: list[bytes], rate: float, seconds: float) 
     }
 
 
-async def time_to_429(url: str, image: bytes, burst: int) -> dict:
-    """Flood a server with a tiny queue; how fast do refused requests learn it?"""
+async def time_to_429(url: str, image: bytes, burst: int, probes: int = 40) -> dict:
+    """Two views of overload on a server with a tiny queue.
+    burst: ``burst`` simultaneous requests (connection set-up and client-side encoding included);
+    probe: while 16 closed-loop clients keep the pipeline full, single requests on a warm connection —
+    the server-side time to refuse."""
+    files = {"image": ("p.jpg", image, "image/jpeg")}
+    data = {"labels": json.dumps(LABELS)}
     refused: list[float] = []
-    ok = 0
-    other: dict[str, int] = {}
+    statuses: dict[str, int] = {}
     async with httpx.AsyncClient(
         base_url=url, timeout=120, limits=httpx.Limits(max_connections=burst)
     ) as http:
 
         async def one() -> None:
-            nonlocal ok
             t = time.perf_counter()
-            r = await http.post(
-                "/v1/classify",
-                files={"image": ("p.jpg", image, "image/jpeg")},
-                data={"labels": json.dumps(LABELS)},
-            )
+            r = await http.post("/v1/classify", files=files, data=data)
+            statuses[str(r.status_code)] = statuses.get(str(r.status_code), 0) + 1
             if r.status_code == 429:
                 assert "retry-after" in r.headers
                 refused.append(time.perf_counter() - t)
-            elif r.status_code == 200:
-                ok += 1
-            else:
-                other[str(r.status_code)] = other.get(str(r.status_code), 0) + 1
 
         await asyncio.gather(*(one() for _ in range(burst)))
-    return {
+    out: dict[str, object] = {
         "burst": burst,
-        "accepted": ok,
-        "refused_429": len(refused),
-        "429_p50_ms": percentile(refused, 50) * 1000,
-        "429_p99_ms": percentile(refused, 99) * 1000,
+        "burst_statuses": statuses,
+        "burst_429_p50_ms": percentile(refused, 50) * 1000,
+        "burst_429_p99_ms": percentile(refused, 99) * 1000,
     }
+    stop = asyncio.Event()
+    probe_times: list[float] = []
+    probe_statuses: dict[str, int] = {}
+    async with httpx.AsyncClient(base_url=url, timeout=120) as load, httpx.AsyncClient(base_url=url) as probe:
+
+        async def saturate() -> None:
+            while not stop.is_set():
+                await load.post("/v1/classify", files=files, data=data)
+
+        workers = [asyncio.create_task(saturate()) for _ in range(16)]
+        await asyncio.sleep(2.0)
+        await probe.get("/livez")  # open the probe connection
+        for _ in range(probes):
+            t = time.perf_counter()
+            r = await probe.post("/v1/classify", files=files, data=data)
+            probe_statuses[str(r.status_code)] = probe_statuses.get(str(r.status_code), 0) + 1
+            if r.status_code == 429:
+                probe_times.append(time.perf_counter() - t)
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.gather(*workers)
+    out.update(
+        {
+            "probe_statuses": probe_statuses,
+            "probe_429_p50_ms": percentile(probe_times, 50) * 1000,
+            "probe_429_p99_ms": percentile(probe_times, 99) * 1000,
+        }
+    )
+    return out
 
 
 def bare_forward(preset_name: str, images: list[bytes], batch: int, repeats: int) -> dict:
