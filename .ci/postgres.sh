@@ -14,7 +14,17 @@ start_postgres() {
     rm -rf "$PGTEST_DIR"; mkdir -p "$PGTEST_DIR"; chown postgres "$PGTEST_DIR"
     su postgres -c "$bindir/initdb -D $PGTEST_DIR -A trust -U postgres" >/dev/null
   fi
-  su postgres -c "$bindir/pg_ctl -D $PGTEST_DIR -o '-p $PGTEST_PORT -k /tmp -c listen_addresses=127.0.0.1' -l $PGTEST_DIR/log -w start" >/dev/null || true
+  _pg_start() {
+    su postgres -c "$bindir/pg_ctl -D $PGTEST_DIR -o '-p $PGTEST_PORT -k /tmp -c listen_addresses=127.0.0.1' -l $PGTEST_DIR/log -w start" >/dev/null 2>&1 || true
+  }
+  _pg_start
+  if ! "$bindir/pg_isready" -q -h 127.0.0.1 -p "$PGTEST_PORT"; then
+    # a stale or broken throw-away cluster: make a new one
+    rm -rf "$PGTEST_DIR"; mkdir -p "$PGTEST_DIR"; chown postgres "$PGTEST_DIR"
+    su postgres -c "$bindir/initdb -D $PGTEST_DIR -A trust -U postgres" >/dev/null
+    _pg_start
+  fi
+  "$bindir/pg_isready" -q -h 127.0.0.1 -p "$PGTEST_PORT" || { echo "PostgreSQL did not start: $(tail -5 "$PGTEST_DIR/log")" >&2; return 1; }
   su postgres -c "psql -h 127.0.0.1 -p $PGTEST_PORT -U postgres -tc \"SELECT 1 FROM pg_database WHERE datname='trustserve_test'\"" | grep -q 1 \
     || su postgres -c "psql -h 127.0.0.1 -p $PGTEST_PORT -U postgres -c 'CREATE DATABASE trustserve_test'" >/dev/null
   export TRUSTSERVE_TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:$PGTEST_PORT/trustserve_test"
