@@ -5,18 +5,16 @@ Each function raises ``InputError`` with a client-readable message; the service 
 
 from __future__ import annotations
 
-import io
 import math
-import struct
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from app.api.errors import APIError
+from app.engine.images import decode_image
 from app.multimodal.audio import AudioDecodeError, wav_bytes_to_features
 from app.multimodal.specs import ImagePreprocessing, LogMelPreprocessing, ModalitySpec
-
-MAX_IMAGE_PIXELS = 40_000_000
 
 
 class InputError(ValueError):
@@ -40,16 +38,14 @@ def vector_input(values: Sequence[float], spec: ModalitySpec) -> np.ndarray:
 
 
 def image_input(data: bytes, spec: ModalitySpec, prep: ImagePreprocessing) -> np.ndarray:
-    """Image bytes → (C, H, W) float32 in [0, 1]: convert, box-resize, divide by 255, optional invert."""
+    """Image bytes → (C, H, W) float32 in [0, 1]: the server's safe decoding (limits, EXIF, odd modes),
+    then convert, box-resize, divide by 255, optional invert."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise InputError(f"modality {spec.name!r}: image too large ({img.width}×{img.height})")
-            converted = img.convert("L" if prep.channels == 1 else "RGB")
-            resized = converted.resize((prep.width, prep.height), Image.Resampling.BOX)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error,
-            Image.DecompressionBombError) as exc:  # fmt: skip
-        raise InputError(f"modality {spec.name!r}: unreadable image file ({exc})") from exc
+        rgb = decode_image(data, name=f"modality {spec.name!r}")
+    except APIError as exc:
+        raise InputError(exc.message) from exc
+    converted = rgb.convert("L") if prep.channels == 1 else rgb
+    resized = converted.resize((prep.width, prep.height), Image.Resampling.BOX)
     array = np.asarray(resized, dtype=np.float32) / 255.0
     if prep.invert:
         array = 1.0 - array

@@ -48,7 +48,7 @@ def test_audio_input_and_errors() -> None:
     assert file_input(wav_bytes(), AUDIO).shape == (TINY_AUDIO.n_mels, TINY_AUDIO.num_frames)
     with pytest.raises(InputError, match="unreadable audio"):
         file_input(b"definitely not audio", AUDIO)
-    with pytest.raises(InputError, match="unreadable image"):
+    with pytest.raises(InputError, match="not an image"):
         file_input(b"definitely not an image", IMAGE)
     with pytest.raises(InputError, match="empty"):
         file_input(b"", IMAGE)
