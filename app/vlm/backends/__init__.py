@@ -1,12 +1,7 @@
-"""VLM backends; each module registers itself with ``@register_backend``."""
+"""VLM backends; each module registers itself with ``@register_backend`` (one import line each)."""
 
-import importlib
-import logging
-
-log = logging.getLogger(__name__)
-
-for _module in ("offline_conse", "open_clip_backend", "transformers_backend"):
-    try:
-        importlib.import_module(f"{__name__}.{_module}")
-    except ModuleNotFoundError as exc:  # a backend whose module is not written yet, or missing deps
-        log.debug("backend module %s not available: %s", _module, exc)
+from app.vlm.backends import (
+    offline_conse,  # noqa: F401
+    open_clip_backend,  # noqa: F401
+    transformers_backend,  # noqa: F401
+)
