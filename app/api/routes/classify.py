@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from app.api.deps import EngineDep, SettingsDep, get_label_sets, require_read
+from app.api.disconnect import unless_disconnected
 from app.api.errors import APIError, overloaded
 from app.api.schemas import (
     ClassifyRequest,
@@ -311,11 +312,12 @@ async def _classify(request: Request, engine: ClassificationEngine, settings: Se
     t_encode = time.perf_counter()
     try:
         if view is None:
-            encoded, text = await asyncio.gather(
-                engine.encode_images(images), engine.text_embeddings(labels, templates)
+            encoded, text = await unless_disconnected(
+                request,
+                asyncio.gather(engine.encode_images(images), engine.text_embeddings(labels, templates)),
             )
         else:
-            encoded = await engine.encode_images(images)
+            encoded = await unless_disconnected(request, engine.encode_images(images))
     except TimeoutError:
         raise APIError(
             503,
