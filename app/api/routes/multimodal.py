@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from app.api.deps import require_read
+from app.api.disconnect import unless_disconnected
 from app.api.errors import APIError, overloaded, unprocessable
 from app.api.schemas_multimodal import (
     MultimodalModelsResponse,
@@ -138,7 +139,7 @@ async def predict(model: str, request: Request) -> dict[str, Any]:
             f"send application/json or multipart/form-data, not {content_type or 'no content type'!r}",
         )
     try:
-        return await service.predict_batched(model, inputs, top_k)
+        return await unless_disconnected(request, service.predict_batched(model, inputs, top_k))
     except QueueFullError as exc:
         metrics = getattr(request.app.state, "metrics", None)
         if metrics is not None:
