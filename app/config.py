@@ -44,7 +44,6 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: str = Field("auto", description="auto (fp16 on CUDA, fp32 on CPU) | float32 | float16 | bfloat16")
     torch_compile: bool = False
-    gpu_jpeg_decode: bool = False
     multimodal_dir: Path | None = Field(None, description="extra folder of multimodal checkpoints")
 
     # server
