@@ -52,6 +52,15 @@ class VLMBackend(Protocol):
         ...
 
 
+def to_model_input(pixels: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A CPU batch -> the model's device and dtype (non-blocking from pinned memory); channels_last on
+    CUDA, where convolution and attention kernels prefer it."""
+    pixels = pixels.to(device, dtype=dtype, non_blocking=True)
+    if device.type == "cuda":
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+    return pixels
+
+
 BackendFactory = Callable[..., VLMBackend]
 BACKENDS: dict[str, BackendFactory] = {}
 

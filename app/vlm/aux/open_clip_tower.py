@@ -13,6 +13,7 @@ from PIL import Image
 
 from app.vlm.aux_base import register_aux_encoder
 from app.vlm.backends.open_clip_backend import load_open_clip
+from app.vlm.base import to_model_input
 
 
 class OpenClipImageTower:
@@ -43,9 +44,7 @@ class OpenClipImageTower:
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, embed_dim) raw image-tower output, float32 on CPU."""
-        pixels = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
-        if self.device.type == "cuda":
-            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        pixels = to_model_input(pixels, self.device, self.dtype)
         return self._visual(pixels).float().cpu()
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
 from app.vlm.aux_base import register_aux_encoder
+from app.vlm.base import to_model_input
 
 
 class TimmEncoder:
@@ -44,9 +45,7 @@ class TimmEncoder:
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, dim) pooled features, float32 on CPU."""
-        pixels = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
-        if self.device.type == "cuda":
-            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        pixels = to_model_input(pixels, self.device, self.dtype)
         return self._model(pixels).float().cpu()
 
 

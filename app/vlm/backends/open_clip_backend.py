@@ -15,7 +15,7 @@ import open_clip
 import torch
 from PIL import Image
 
-from app.vlm.base import ImageEncoding, register_backend
+from app.vlm.base import ImageEncoding, register_backend, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +157,7 @@ class OpenClipBackend:
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> ImageEncoding:
         """(B, 3, H, W) -> normalised embeddings and the raw (pre-normalisation) image-tower output."""
-        pixels = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
-        if self.device.type == "cuda":
-            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        pixels = to_model_input(pixels, self.device, self.dtype)
         raw = self._encode_image(pixels, normalize=False).float()
         embeddings = torch.nn.functional.normalize(raw, dim=-1)
         return ImageEncoding(embeddings=embeddings.cpu(), features=raw.cpu())
