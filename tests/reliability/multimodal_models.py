@@ -13,11 +13,11 @@ import torch
 
 from app.multimodal.checkpoint import CalibrationInfo, CheckpointConfig, save_checkpoint
 from app.multimodal.model import LateFusionClassifier
-from app.multimodal.specs import FusionSpec, ImagePreprocessing, LogMelPreprocessing, ModalitySpec
+from app.multimodal.specs import FusionSpec, ModalitySpec
+from tests.multimodal.mm_helpers import image_audio_spec
 
 VECTORS, MEDIA = "rel-vectors", "rel-media"
 VECTOR_SHAPES = {"video": 12, "audio": 6}
-AUDIO = LogMelPreprocessing(n_fft=256, hop_length=128, n_mels=8, duration_s=0.25, f_max=4000.0)
 
 
 def _save(folder: Path, spec: FusionSpec, name: str) -> None:
@@ -38,23 +38,7 @@ def write_multimodal_dir(root: Path) -> Path:
         dropout=0.0,
         outlier_class=True,
     )
-    image = ModalitySpec(
-        name="image",
-        encoder="image_cnn",
-        input_shape=[1, 8, 8],
-        embed_dim=8,
-        encoder_args={"channels": [4]},
-        preprocessing=ImagePreprocessing(height=8, width=8),
-    )
-    audio = ModalitySpec(
-        name="audio",
-        encoder="spectrogram_cnn",
-        input_shape=[8, AUDIO.num_frames],
-        embed_dim=8,
-        encoder_args={"channels": [4]},
-        preprocessing=AUDIO,
-    )
-    media = FusionSpec(modalities=[image, audio], num_classes=3, outlier_class=True)
+    media = image_audio_spec()  # the multimodal tests' tiny image + log-mel model
     _save(root / VECTORS, vectors, VECTORS)
     _save(root / MEDIA, media, MEDIA)
     return root
