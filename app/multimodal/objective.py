@@ -23,6 +23,7 @@ from app.multimodal.synthesis import (
     mix_features,
     sample_mix_plan,
     sample_swap_plan,
+    scaled_n_range,
     swap_blocks,
 )
 
@@ -38,6 +39,12 @@ class LossConfig(BaseModel):
     lambda_mfs: float = Field(1.0, ge=0)
     n_min: int = Field(32, ge=1, description="MFS: smallest swapped block (clipped to the embedding size)")
     n_max: int = Field(256, ge=1, description="MFS: largest swapped block; λ = n / n_max")
+    n_reference_dim: int | None = Field(
+        None,
+        ge=1,
+        description="MFS: n_min/n_max are given for embeddings of this width and rescaled to the narrower "
+        "embedding of the swapped pair (None: absolute block sizes; λ keeps n_max when a block is clipped)",
+    )
     feature_mixing: bool = False
     gamma_mix: float = Field(0.5, ge=0, description="Feature Mixing: weight of the entropy objective")
     mix_dims: int = Field(32, ge=1, description="Feature Mixing: N dimensions exchanged per modality")
@@ -48,6 +55,13 @@ class LossConfig(BaseModel):
         if self.n_min > self.n_max:
             raise ValueError(f"n_min ({self.n_min}) must be <= n_max ({self.n_max})")
         return self
+
+    def mfs_n_range(self, dim_a: int, dim_b: int) -> tuple[int, int]:
+        """The (n_min, n_max) MFS draws from for this modality pair: as configured, or rescaled from
+        ``n_reference_dim`` to min(D_a, D_b) (``scaled_n_range``)."""
+        if self.n_reference_dim is None:
+            return self.n_min, self.n_max
+        return scaled_n_range(self.n_min, self.n_max, self.n_reference_dim, min(dim_a, dim_b))
 
     @property
     def needs_outlier_class(self) -> bool:
@@ -104,7 +118,8 @@ def training_loss(
 
     if config.mfs:
         a, b = choose_pair(model.modality_names, generator)
-        plan = sample_swap_plan(dims[a], dims[b], config.n_min, config.n_max, generator)
+        n_min, n_max = config.mfs_n_range(dims[a], dims[b])
+        plan = sample_swap_plan(dims[a], dims[b], n_min, n_max, generator)
         swapped = dict(out.embeddings)
         swapped[a], swapped[b] = swap_blocks(out.embeddings[a], out.embeddings[b], plan)
         loss_mfs = soft_outlier_cross_entropy(

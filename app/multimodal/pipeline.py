@@ -17,6 +17,7 @@ from app.multimodal.evaluate import Report, evaluate_model
 from app.multimodal.feature_dataset import DatasetInfo, load_split, read_info
 from app.multimodal.objective import LossConfig
 from app.multimodal.specs import FusionSpec, ImagePreprocessing, LogMelPreprocessing, ModalitySpec
+from app.multimodal.synthesis import effective_n_range
 from app.multimodal.train import TrainConfig, TrainResult, predict_logits, train_model
 from app.trust.calibration import CalibrationError, calibrate_target_risk
 from app.trust.scores import BASELINE_SCORES
@@ -113,6 +114,21 @@ def calibrate(
     )
 
 
+def mfs_ranges(spec: FusionSpec, loss: LossConfig) -> dict[str, dict[str, int]]:
+    """The MFS blocks actually drawn for every modality pair "a+b" (n_min..n_max_drawn, after rescaling
+    and clipping to the narrower embedding) and λ's denominator (λ = n / lambda_n_max), recorded in the
+    checkpoint so that a rescaled or clipped range is never implicit."""
+    dims = {m.name: m.embed_dim for m in spec.modalities}
+    names = list(dims)
+    ranges = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            n_min, n_max = loss.mfs_n_range(dims[a], dims[b])
+            lo, hi = effective_n_range(dims[a], dims[b], n_min, n_max)
+            ranges[f"{a}+{b}"] = {"n_min": lo, "n_max_drawn": hi, "lambda_n_max": n_max}
+    return ranges
+
+
 @dataclass
 class TrainedCheckpoint:
     config: CheckpointConfig
@@ -157,10 +173,11 @@ def train_checkpoint(
     recipe: dict[str, Any] = {
         "dataset": {"name": info.name, "path": str(dataset_dir), "train": len(train), "val": len(val)},
         "loss": loss.model_dump(),
+        **({"mfs_n_range": mfs_ranges(result.model.spec, loss)} if loss.mfs else {}),
         "optimizer": {"name": "adam", **train_config.model_dump()},
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
-        "selection": "best validation accuracy of the fused head",
+        "selection": "best validation accuracy of the fused head (the later epoch on ties)",
         "torch": torch.__version__,
         "python": platform.python_version(),
     }

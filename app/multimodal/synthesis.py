@@ -2,7 +2,11 @@
 
 - Multimodal Feature Swapping (MFS, ACR arXiv 2603.02200): once per step draw n ~ U{n_min..n_max} and
   offsets s_a ∈ [0, D_a − n], s_b ∈ [0, D_b − n]; every sample swaps the contiguous block [s_a, s_a+n) of
-  modality a with [s_b, s_b+n) of modality b (both read from the originals). Soft-target weight λ = n/n_max.
+  modality a with [s_b, s_b+n) of modality b (both read from the originals). Soft-target weight λ = n/n_max
+  with the *configured* n_max. Blocks never exceed the narrower embedding: when it is narrower than n_max,
+  n is clipped to fit but λ keeps its denominator (so λ < 1 there, never silently re-normalised), unless
+  the range is rescaled explicitly with ``scaled_n_range`` (``LossConfig.n_reference_dim``), which the
+  checkpoint records.
 - Feature Mixing (arXiv 2505.16985): swap N (not necessarily contiguous) dimensions between the two
   modalities, F̃_a[idx_a] = F_b[idx_b] and F̃_b[idx_b] = F_a[idx_a]; one index draw per step.
 - ``NearestNeighbourMixer``: an NP-Mix-style synthesiser (per-class feature banks + k-NN searches every
@@ -38,7 +42,7 @@ def choose_pair(names: Sequence[str], generator: torch.Generator | None = None) 
 
 @dataclass(frozen=True)
 class SwapPlan:
-    """One MFS draw: block length n, offsets in modality a and b, and the effective n_max."""
+    """One MFS draw: block length n, offsets in modality a and b, and the n_max that λ = n / n_max uses."""
 
     n: int
     start_a: int
@@ -52,7 +56,8 @@ class SwapPlan:
 
 
 def effective_n_range(dim_a: int, dim_b: int, n_min: int, n_max: int) -> tuple[int, int]:
-    """(n_min, n_max) clipped to the smaller embedding, so a block always fits in both modalities."""
+    """The block sizes that can be drawn: (n_min, n_max) clipped to the narrower embedding, so a block
+    always fits in both modalities. λ is *not* taken from this range (see ``sample_swap_plan``)."""
     if n_min < 1 or n_max < n_min:
         raise ValueError(f"need 1 <= n_min <= n_max, got n_min={n_min}, n_max={n_max}")
     limit = min(dim_a, dim_b)
@@ -60,13 +65,30 @@ def effective_n_range(dim_a: int, dim_b: int, n_min: int, n_max: int) -> tuple[i
     return min(n_min, hi), hi
 
 
+def scaled_n_range(n_min: int, n_max: int, reference_dim: int, dim: int) -> tuple[int, int]:
+    """An MFS range given at ``reference_dim`` (the paper: n ∈ [32, 256] at 2048-d) rescaled to an
+    embedding of ``dim``: n' = max(1, round(n · dim / reference_dim)), so the swapped *share* of the
+    embedding stays what it was in the reference setting."""
+    if reference_dim < 1 or dim < 1:
+        raise ValueError(f"dimensions must be >= 1, got reference_dim={reference_dim}, dim={dim}")
+    if n_min < 1 or n_max < n_min:
+        raise ValueError(f"need 1 <= n_min <= n_max, got n_min={n_min}, n_max={n_max}")
+    lo = max(1, round(n_min * dim / reference_dim))
+    hi = max(lo, min(dim, round(n_max * dim / reference_dim)))
+    return lo, hi
+
+
 def sample_swap_plan(
     dim_a: int, dim_b: int, n_min: int, n_max: int, generator: torch.Generator | None = None
 ) -> SwapPlan:
-    """Draw n ~ U{n_min..n_max} (clipped to min(D_a, D_b)) and uniform block offsets."""
+    """Draw n ~ U{n_min..n_max} (clipped to min(D_a, D_b)) and uniform block offsets.
+
+    λ = n / ``n_max`` with the configured ``n_max``, also when the narrower embedding clips the draw
+    (the fix of a deviation: λ used to be n / min(n_max, D), which put full outlier mass on blocks that
+    the configured range calls small)."""
     lo, hi = effective_n_range(dim_a, dim_b, n_min, n_max)
     n = _randint(lo, hi, generator)
-    return SwapPlan(n, _randint(0, dim_a - n, generator), _randint(0, dim_b - n, generator), hi)
+    return SwapPlan(n, _randint(0, dim_a - n, generator), _randint(0, dim_b - n, generator), n_max)
 
 
 def swap_blocks(

@@ -176,8 +176,8 @@ def train_model(
     progress: bool = True,
     title: str = "",
 ) -> TrainResult:
-    """Train with ``loss`` on ``train``, keep the weights with the best validation accuracy (first best
-    on ties), and return that model. Same seed and data → bit-identical weights on CPU."""
+    """Train with ``loss`` on ``train``, keep the weights with the best validation accuracy (the later
+    epoch on ties, as the ACR reference's ``>=``), and return that model. Same seed and data → bit-identical weights on CPU."""
     if loss.needs_outlier_class and not spec.outlier_class:
         spec = spec.model_copy(update={"outlier_class": True})
     work_dir = Path(work_dir)
@@ -235,7 +235,7 @@ def train_model(
             record.update({f"train_{k}": v / steps for k, v in sums.items() if k not in {"total", "cls"}})
             record.update(_validation_metrics(model, val, config.eval_batch_size))
             history.append(record)
-            if record["val_accuracy"] > best_acc:
+            if record["val_accuracy"] >= best_acc:  # ties: the later epoch (ACR reference)
                 best_acc, best_epoch = record["val_accuracy"], epoch
                 save_file(
                     {k: v.contiguous() for k, v in model.state_dict().items()}, str(work_dir / BEST_WEIGHTS)

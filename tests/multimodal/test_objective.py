@@ -75,3 +75,28 @@ def test_mfs_requires_outlier_class(tiny_spec: FusionSpec) -> None:
         training_loss(model, x, y, LossConfig.variant("mfs"))
     with pytest.raises(ValueError, match="unknown loss variant"):
         LossConfig.variant("nope")
+
+
+def test_mfs_range_is_rescaled_explicitly_and_recorded() -> None:
+    absolute = LossConfig.variant("acr", n_min=32, n_max=256)
+    assert absolute.mfs_n_range(64, 128) == (32, 256)
+    scaled = LossConfig.variant("acr", n_min=32, n_max=256, n_reference_dim=2048)
+    assert scaled.mfs_n_range(256, 1280) == (4, 32)
+    assert scaled.model_dump()["n_reference_dim"] == 2048  # what a checkpoint's training.loss stores
+
+
+def test_rescaled_mfs_uses_lambda_of_the_rescaled_range(tiny_spec: FusionSpec) -> None:
+    """With n_reference_dim, λ = n / n_max' of the rescaled range (here 6-d pair, ref 12: n ∈ [1, 3])."""
+    torch.manual_seed(0)
+    model = LateFusionClassifier(tiny_spec)
+    x, y = _batch()
+    cfg = LossConfig.variant("mfs", n_min=2, n_max=6, n_reference_dim=12)
+    got = training_loss(model, x, y, cfg, torch.Generator().manual_seed(3))
+    out = model(x)
+    plan = sample_swap_plan(8, 6, 1, 3, torch.Generator().manual_seed(3))
+    va, au = swap_blocks(out.embeddings["video"], out.embeddings["audio"], plan)
+    expected = multihead_cross_entropy(out.fused_logits, list(out.unimodal_logits.values()), y)
+    expected = expected + soft_outlier_cross_entropy(
+        model.fused_head(torch.cat([va, au], 1)), y, plan.n / 3, 3
+    )
+    assert got.total.item() == pytest.approx(expected.item(), abs=1e-6)

@@ -13,6 +13,7 @@ from app.multimodal.synthesis import (
     mix_features,
     sample_mix_plan,
     sample_swap_plan,
+    scaled_n_range,
     swap_blocks,
 )
 
@@ -30,7 +31,7 @@ def test_swap_blocks_hand_case() -> None:
 def test_sample_swap_plan_stays_in_range_and_is_seeded() -> None:
     g = torch.Generator().manual_seed(0)
     plans = [sample_swap_plan(10, 6, 2, 256, g) for _ in range(200)]
-    assert all(2 <= p.n <= 6 and p.n_max == 6 for p in plans)
+    assert all(2 <= p.n <= 6 and p.n_max == 256 for p in plans)  # clipped blocks, λ keeps n_max
     assert all(0 <= p.start_a <= 10 - p.n and 0 <= p.start_b <= 6 - p.n for p in plans)
     assert {p.n for p in plans} == {2, 3, 4, 5, 6}
     again = [sample_swap_plan(10, 6, 2, 256, torch.Generator().manual_seed(0)) for _ in range(1)]
@@ -42,6 +43,21 @@ def test_effective_n_range_validates() -> None:
     assert effective_n_range(16, 64, 32, 256) == (16, 16)
     with pytest.raises(ValueError):
         effective_n_range(8, 8, 4, 2)
+
+
+def test_lambda_keeps_the_configured_n_max_when_the_embedding_is_narrower() -> None:
+    """Deviation fix: a 16-d embedding with n ∈ [32, 256] swaps the whole 16 dims, λ = 16/256, not 1."""
+    plan = sample_swap_plan(16, 64, 32, 256, torch.Generator().manual_seed(0))
+    assert plan.n == 16 and plan.outlier_weight == pytest.approx(16 / 256)
+
+
+def test_scaled_n_range_keeps_the_swapped_share() -> None:
+    assert scaled_n_range(32, 256, 2048, 2048) == (32, 256)
+    assert scaled_n_range(32, 256, 2048, 256) == (4, 32)  # 1/64 .. 1/8 of the embedding
+    assert scaled_n_range(32, 256, 2048, 64) == (1, 8)
+    assert scaled_n_range(32, 256, 2048, 4) == (1, 1)
+    with pytest.raises(ValueError):
+        scaled_n_range(4, 2, 2048, 64)
 
 
 def test_mix_features_hand_case() -> None:

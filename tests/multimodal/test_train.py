@@ -33,12 +33,26 @@ def test_training_is_deterministic_and_learns(tmp_path: Path) -> None:
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     assert first.best_val_accuracy > 0.6  # three well-separated classes: chance is 1/3
     accs = [h["val_accuracy"] for h in first.history]
-    assert first.best_val_accuracy == max(accs) and first.best_epoch == accs.index(max(accs)) + 1
+    assert first.best_val_accuracy == max(accs) and first.best_epoch == len(accs) - accs[::-1].index(
+        max(accs)
+    )
     assert {"train_acl", "train_mfs"} <= set(first.history[0])
     assert (tmp_path / "a" / CURVES_PNG).stat().st_size > 1000
     assert (tmp_path / "a" / BEST_WEIGHTS).is_file()
     logits = predict_logits(first.model, val)
     assert logits.shape == (len(val), 3)  # outlier column dropped
+
+
+def test_ties_in_validation_accuracy_keep_the_later_epoch(tmp_path: Path) -> None:
+    """As the ACR reference (``>=``): with a learning rate too small to move any prediction, every epoch
+    ties, and the last one is kept."""
+    spec, train, val = _setup(tmp_path)
+    config = TrainConfig(epochs=3, batch_size=8, lr=1e-12, seed=0)
+    result = train_model(
+        spec, LossConfig.variant("baseline"), train, val, config, tmp_path / "t", progress=False
+    )
+    accs = [h["val_accuracy"] for h in result.history]
+    assert len(set(accs)) == 1 and result.best_epoch == 3
 
 
 def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
