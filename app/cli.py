@@ -22,7 +22,7 @@ cli.add_typer(models_cli, name="models")
 def _mount_domain_commands() -> None:
     """Commands that live with their domain (one import each)."""
     from app.labelsets.cli import calibrate_command
-    from app.multimodal.cli import datasets_app, eval_multimodal, train_multimodal
+    from app.multimodal.cli import datasets_app, eval_multimodal, fair_protocol, train_multimodal
     from app.trust.eval_cli import eval_command
 
     cli.command("eval", help="Evaluate a model preset's scores on a labelled image dataset.")(eval_command)
@@ -32,6 +32,9 @@ def _mount_domain_commands() -> None:
     cli.add_typer(datasets_app, name="datasets", help="Build the reproducible benchmark datasets.")
     cli.command("train-multimodal", help="Train a multimodal classifier (ACR, ablations).")(train_multimodal)
     cli.command("eval-multimodal", help="Evaluate multimodal failure detection.")(eval_multimodal)
+    cli.command("fair-protocol", help="ACR vs CE: grid on validation, many seeds, paired statistics.")(
+        fair_protocol
+    )
 
 
 _mount_domain_commands()

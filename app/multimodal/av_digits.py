@@ -10,7 +10,10 @@ image → Gaussian noise or occlusion of a 5×5 block; audio → noise at −10�
 ``meta_corrupted_modality`` / ``meta_corruption`` arrays say which (indices into ``CORRUPTIONS``).
 
 Output: the feature-file format of ``feature_dataset.py`` (``image`` (1, 8, 8) in [0, 1], ``audio``
-log-mel (24, 41)), plus a few ready-to-upload samples (PNG + WAV) under ``samples/``.
+log-mel (24, 41)), plus a few ready-to-upload samples (PNG + WAV) under ``samples/``. With
+``pretrained_out`` the same pairs are also written, in the same format, as frozen pretrained features
+(``pretrained.py``: EfficientNet-Lite0 1280-d for the image, speech_embedding 672-d for the audio),
+extracted once from the very images and waveforms of the raw dataset.
 """
 
 from __future__ import annotations
@@ -35,7 +38,13 @@ from tqdm import tqdm
 
 from app.multimodal.audio import decode_wav, fit_length, resample, trim_silence, waveform_to_features
 from app.multimodal.feature_dataset import DatasetInfo, MultimodalSplit, save_split, write_info
-from app.multimodal.specs import ImagePreprocessing, LogMelPreprocessing
+from app.multimodal.pretrained import extractor_for, waveform_input
+from app.multimodal.specs import (
+    ImagePreprocessing,
+    LogMelPreprocessing,
+    PretrainedImagePreprocessing,
+    SpeechEmbeddingPreprocessing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +67,8 @@ CLEAN_IMAGE_NOISE = (0.1, 0.6)  # σ of additive Gaussian pixel noise, drawn per
 CORRUPTIONS = ("image_noise", "image_occlusion", "audio_noise", "audio_silence")
 IMAGE_PREPROCESSING = ImagePreprocessing(height=8, width=8, channels=1)
 AUDIO_PREPROCESSING = LogMelPreprocessing(n_fft=1024, hop_length=512, n_mels=24)
+PRETRAINED_IMAGE = PretrainedImagePreprocessing(image=IMAGE_PREPROCESSING, extractor="lite0", input_size=64)
+PRETRAINED_AUDIO = SpeechEmbeddingPreprocessing(duration_s=AUDIO_PREPROCESSING.duration_s, pooling="flatten")
 SPLITS = ("train", "val", "test")
 
 
@@ -153,8 +164,15 @@ def build_av_digits(
     workers: int = 2,
     progress: bool = True,
     samples_per_split: int = 3,
+    eval_pairs_per_image: int | None = None,
+    pretrained_out: Path | None = None,
 ) -> Path:
-    """Build the benchmark into ``out`` (train/val/test/test_corrupted .npz + dataset.json + samples/)."""
+    """Build the benchmark into ``out`` (train/val/test/test_corrupted .npz + dataset.json + samples/).
+
+    ``pairs_per_image`` pairs each training image with that many clips; ``eval_pairs_per_image`` (default:
+    the same) does so for val and test, so the evaluation splits can hold enough errors to rank without
+    changing the training data. ``pretrained_out``: also write the pretrained-feature dataset there.
+    """
     if clips_per_digit * min(val_fraction, test_fraction) < 1:
         raise ValueError(
             f"clips_per_digit={clips_per_digit} leaves no clip of some digit in val or test; "
@@ -169,30 +187,73 @@ def build_av_digits(
             out,
             seed,
             clips_per_digit,
-            pairs_per_image,
+            {
+                "train": pairs_per_image,
+                "val": eval_pairs_per_image or pairs_per_image,
+                "test": eval_pairs_per_image or pairs_per_image,
+            },
             val_fraction,
             test_fraction,
             workers,
             progress,
             samples_per_split,
+            pretrained_out,
         )
     finally:
         torch.set_num_threads(threads)
+
+
+class _PretrainedWriter:
+    """Writes the pretrained-feature twin of each split (same pairs, labels and meta arrays)."""
+
+    def __init__(self, out: Path, progress: bool) -> None:
+        self.out, self.progress = Path(out), progress
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.image = extractor_for(PRETRAINED_IMAGE)
+        self.audio = extractor_for(PRETRAINED_AUDIO)
+
+    def write(self, split: str, data: MultimodalSplit, waves: list[np.ndarray]) -> None:
+        raw_audio = np.stack(
+            [waveform_input(w, AUDIO_PREPROCESSING.sample_rate, PRETRAINED_AUDIO) for w in waves]
+        )
+        image, audio = [], []
+        chunk = 256
+        for start in tqdm(range(0, len(data), chunk), desc=f"features {split}", disable=not self.progress):
+            image.append(self.image(data.inputs["image"][start : start + chunk]))
+            audio.append(self.audio(raw_audio[start : start + chunk]))
+        features = {"image": np.concatenate(image), "audio": np.concatenate(audio)}
+        save_split(self.out, split, MultimodalSplit(features, data.labels, data.meta))
+
+    def write_info(self, raw: DatasetInfo) -> None:
+        extra = raw.model_dump(exclude={"format", "name", "class_names", "modalities"})
+        info = DatasetInfo(
+            name="av-digits-pretrained",
+            class_names=raw.class_names,
+            modalities={
+                "image": {"shape": [self.image.dim], "preprocessing": PRETRAINED_IMAGE},
+                "audio": {"shape": [self.audio.dim], "preprocessing": PRETRAINED_AUDIO},
+            },
+            **extra,
+            features_of="av-digits (the same pairs, extracted from its images and waveforms)",
+        )
+        write_info(self.out, info)
 
 
 def _build(
     out: Path,
     seed: int,
     clips_per_digit: int,
-    pairs_per_image: int,
+    pairs: dict[str, int],
     val_fraction: float,
     test_fraction: float,
     workers: int,
     progress: bool,
     samples_per_split: int,
+    pretrained_out: Path | None,
 ) -> Path:
     out = Path(out)
     (out / "samples").mkdir(parents=True, exist_ok=True)
+    pretrained = _PretrainedWriter(pretrained_out, progress) if pretrained_out is not None else None
     rng = np.random.default_rng(seed)
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8) in [0, 1]
@@ -211,7 +272,7 @@ def _build(
         pair_images, waves, labels = [], [], []
         for index in image_split[split]:
             label = int(digits.target[index])
-            for _ in range(pairs_per_image):
+            for _ in range(pairs[split]):
                 clip = by_digit[label][rng.integers(len(by_digit[label]))]
                 sigma = rng.uniform(*CLEAN_IMAGE_NOISE)
                 noisy = np.clip(images[index] + rng.normal(0.0, sigma, images[index].shape), 0.0, 1.0)
@@ -221,6 +282,8 @@ def _build(
         audio = np.stack([to_features(w) for w in tqdm(waves, desc=f"log-mel {split}", disable=not progress)])
         data = MultimodalSplit({"image": np.stack(pair_images), "audio": audio}, np.array(labels))
         save_split(out, split, data)
+        if pretrained is not None:
+            pretrained.write(split, data, waves)
         _write_samples(out / "samples", split, data, waves, samples_per_split)
         summary[split] = {
             "pairs": len(labels),
@@ -229,13 +292,16 @@ def _build(
         }
         if split == "test":
             kinds = rng.integers(len(CORRUPTIONS), size=len(labels))
-            corrupted_images, corrupted_audio = [], []
+            corrupted_images, corrupted_waves = [], []
             for image, wave, kind in zip(pair_images, waves, kinds):
                 ci, cw = _corrupt(image, wave, CORRUPTIONS[kind], rng)
                 corrupted_images.append(ci)
-                corrupted_audio.append(to_features(cw))
+                corrupted_waves.append(cw)
             corrupted = MultimodalSplit(
-                {"image": np.stack(corrupted_images), "audio": np.stack(corrupted_audio)},
+                {
+                    "image": np.stack(corrupted_images),
+                    "audio": np.stack([to_features(w) for w in corrupted_waves]),
+                },
                 np.array(labels),
                 {
                     "meta_corruption": kinds.astype(np.int64),
@@ -243,6 +309,8 @@ def _build(
                 },
             )
             save_split(out, "test_corrupted", corrupted)
+            if pretrained is not None:
+                pretrained.write("test_corrupted", corrupted, corrupted_waves)
             summary["test_corrupted"] = {"pairs": len(labels)}
 
     info = DatasetInfo(
@@ -257,7 +325,7 @@ def _build(
         },
         seed=seed,
         clips_per_digit=clips_per_digit,
-        pairs_per_image=pairs_per_image,
+        pairs_per_image=pairs,
         splits=summary,
         corruptions=list(CORRUPTIONS),
         voices={
@@ -267,8 +335,11 @@ def _build(
             "pitch": PITCH_RANGE,
         },
         clean_snr_db=CLEAN_SNR_DB,
+        clean_image_noise=CLEAN_IMAGE_NOISE,
     )
     write_info(out, info)
+    if pretrained is not None:
+        pretrained.write_info(info)
     return out
 
 

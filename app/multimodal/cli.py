@@ -22,6 +22,7 @@ from app.multimodal.evaluate import TABLE_METRICS, Aggregate, evaluate_model, ma
 from app.multimodal.feature_dataset import DatasetFormatError, load_split, read_info
 from app.multimodal.objective import VARIANTS, LossConfig
 from app.multimodal.pipeline import ArchitectureOptions, train_checkpoint
+from app.multimodal.protocol import ProtocolConfig, run_protocol
 from app.multimodal.train import TrainConfig
 
 DATASETS = ("av-digits",)
@@ -41,7 +42,17 @@ def build_dataset(
     out: Annotated[Path | None, typer.Option(help="output folder (default ./data/<name>)")] = None,
     seed: Annotated[int, typer.Option(help="seed of every random choice (voices, pairs, splits, noise)")] = 0,
     clips_per_digit: Annotated[int, typer.Option(min=5, help="espeak-ng utterances per digit")] = 60,
-    pairs_per_image: Annotated[int, typer.Option(min=1, help="audio pairings per digit image")] = 2,
+    pairs_per_image: Annotated[int, typer.Option(min=1, help="audio pairings per training image")] = 2,
+    eval_pairs_per_image: Annotated[
+        int | None, typer.Option(min=1, help="audio pairings per val/test image (default: --pairs-per-image)")
+    ] = None,
+    pretrained_out: Annotated[
+        Path | None,
+        typer.Option(
+            help="also write the same pairs as frozen pretrained features (EfficientNet-Lite0, "
+            "speech_embedding) to this folder"
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(min=1, help="parallel espeak-ng processes")] = 2,
     force: Annotated[bool, typer.Option(help="rebuild even if the folder already holds the dataset")] = False,
 ) -> None:
@@ -49,12 +60,19 @@ def build_dataset(
     if name not in DATASETS:
         raise typer.BadParameter(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}", param_hint="NAME")
     out = out or Path("data") / name
-    if (out / "dataset.json").is_file() and not force:
+    built = (out / "dataset.json").is_file()
+    if built and (pretrained_out is None or (pretrained_out / "dataset.json").is_file()) and not force:
         typer.echo(f"{out} already holds {name} (use --force to rebuild)")
         return
     start = time.perf_counter()
     build_av_digits(
-        out, seed=seed, clips_per_digit=clips_per_digit, pairs_per_image=pairs_per_image, workers=workers
+        out,
+        seed=seed,
+        clips_per_digit=clips_per_digit,
+        pairs_per_image=pairs_per_image,
+        eval_pairs_per_image=eval_pairs_per_image,
+        workers=workers,
+        pretrained_out=pretrained_out,
     )
     info = json.loads((out / "dataset.json").read_text())
     typer.echo(f"built {name} in {time.perf_counter() - start:.1f} s → {out}: {json.dumps(info['splits'])}")
@@ -253,12 +271,56 @@ def eval_multimodal(
         typer.echo(f"wrote {output}")
 
 
+def fair_protocol(
+    config: Annotated[
+        list[Path], typer.Option("--config", help="protocol config JSON (benchmarks/acr/configs/*.json)")
+    ],
+    work_dir: Annotated[Path, typer.Option(help="runs folder (resumable: finished runs are reused)")] = Path(
+        "runs/acr-fair"
+    ),
+    workers: Annotated[int, typer.Option(min=1, help="parallel training processes (one thread each)")] = 2,
+    output: Annotated[
+        Path | None, typer.Option(help="write every configuration's results here (JSON)")
+    ] = None,
+) -> None:
+    """The fair ACR protocol: one grid selected on validation for every variant, ≥ 10 evaluation seeds,
+    paired per-seed statistics and confidence degeneration (``app/multimodal/protocol.py``)."""
+    configs = []
+    for path in config:
+        try:
+            configs.append(ProtocolConfig.model_validate_json(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise typer.BadParameter(f"{path}: {exc}", param_hint="--config") from exc
+    combined: dict[str, object] = {}
+    for protocol in configs:
+        try:
+            read_info(protocol.dataset)
+        except DatasetFormatError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--config") from exc
+        results = run_protocol(protocol, work_dir, workers=workers)
+        combined[protocol.name] = results
+        typer.echo(f"\n{protocol.name}: {results['runs_trained']} runs in {results['seconds']:.0f} s")
+        for split in protocol.splits:
+            typer.echo(f"\n{protocol.name} / {split}: ACR − CE (MSP), mean [95 % CI], seeds improving")
+            for metric, row in results["paired"][split].get("acr", {}).items():
+                if row["mean"] is not None:
+                    typer.echo(
+                        f"  {metric}: {row['mean']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}], "
+                        f"{row['improved']}/{row['n']}"
+                    )
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(combined, indent=1, default=str))
+        typer.echo(f"wrote {output}")
+
+
 def standalone_app() -> typer.Typer:
     """The commands as one Typer app (``python -m app.multimodal.cli ...``) until/besides ``trustserve``."""
     app = typer.Typer(no_args_is_help=True)
     app.add_typer(datasets_app, name="datasets")
     app.command("train-multimodal")(train_multimodal)
     app.command("eval-multimodal")(eval_multimodal)
+    app.command("fair-protocol")(fair_protocol)
     return app
 
 

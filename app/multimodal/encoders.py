@@ -4,7 +4,8 @@ Each encoder maps one modality's preprocessed input (batch first) to a pooled em
 (arXiv 2603.02200) uses large pretrained backbones; here the kinds are the ones that train on a CPU:
 
 - ``features``: pre-extracted vectors (B, D_in) → identity (``hidden_dims=[]``, ``embed_dim`` = D_in) or
-  an MLP.
+  an MLP adapter, optionally after a LayerNorm of the input (``input_norm``: frozen features of different
+  networks come at very different scales).
 - ``image_cnn``: images (B, C, H, W) → small CNN.
 - ``spectrogram_cnn``: log-mel spectrograms (B, n_mels, T) → the same small CNN on one channel.
 
@@ -51,13 +52,17 @@ def create_encoder(kind: str, input_shape: Sequence[int], embed_dim: int, **args
 class FeatureEncoder(nn.Module):
     """Identity or MLP over pre-extracted feature vectors (B, D_in) → (B, embed_dim)."""
 
-    def __init__(self, input_dim: int, embed_dim: int, hidden_dims: Sequence[int] = ()) -> None:
+    def __init__(
+        self, input_dim: int, embed_dim: int, hidden_dims: Sequence[int] = (), input_norm: bool = False
+    ) -> None:
         super().__init__()
-        if not hidden_dims and embed_dim == input_dim:
+        if not hidden_dims and embed_dim == input_dim and not input_norm:
             self.net: nn.Module = nn.Identity()
+        elif not hidden_dims and embed_dim == input_dim:
+            self.net = nn.LayerNorm(input_dim)
         else:
             dims = [input_dim, *hidden_dims]
-            layers: list[nn.Module] = []
+            layers: list[nn.Module] = [nn.LayerNorm(input_dim)] if input_norm else []
             for d_in, d_out in itertools.pairwise(dims):
                 layers += [nn.Linear(d_in, d_out), nn.ReLU()]
             layers += [nn.Linear(dims[-1], embed_dim), nn.ReLU()]
@@ -93,10 +98,12 @@ class SmallCNN(nn.Module):
 
 
 @register_encoder("features")
-def _features(input_shape: tuple[int, ...], embed_dim: int, hidden_dims: Sequence[int] = ()) -> nn.Module:
+def _features(
+    input_shape: tuple[int, ...], embed_dim: int, hidden_dims: Sequence[int] = (), input_norm: bool = False
+) -> nn.Module:
     if len(input_shape) != 1:
         raise ValueError(f"'features' expects a vector input shape (D,), got {input_shape}")
-    return FeatureEncoder(input_shape[0], embed_dim, hidden_dims)
+    return FeatureEncoder(input_shape[0], embed_dim, hidden_dims, input_norm)
 
 
 @register_encoder("image_cnn")

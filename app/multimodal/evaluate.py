@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 import torch
+from scipy import stats
+from scipy.special import softmax
 
 from app.multimodal.feature_dataset import MultimodalSplit
 from app.multimodal.model import LateFusionClassifier
@@ -39,6 +41,34 @@ def score_reports(logits: np.ndarray, labels: np.ndarray) -> dict[str, Report]:
     return {
         name: failure_detection_report(conf, correct, probabilities=name in PROBABILITY_SCORES)
         for name, conf in baseline_scores(logits).items()
+    }
+
+
+def degeneration_report(
+    fused_logits: np.ndarray, unimodal_logits: Mapping[str, np.ndarray], labels: np.ndarray
+) -> dict[str, float]:
+    """Confidence degeneration (ACR, arXiv 2603.02200): the fused MSP below the largest unimodal MSP.
+
+    MSPs over the C real classes (outlier column dropped, as served). ``rate``: share of samples that
+    degenerate; ``mean_gap``: mean over all samples of max(0, max_k MSP_k − MSP_fused) (ACL's quantity
+    with the max over branches); ``mean_gap_degenerate``: the gap averaged over degenerate samples only;
+    ``rate_on_errors`` / ``rate_on_correct``: the rate among misclassified / correct fused predictions.
+    """
+    fused = softmax(fused_logits, axis=1).max(axis=1)
+    branches = np.max([softmax(z, axis=1).max(axis=1) for z in unimodal_logits.values()], axis=0)
+    gap = np.maximum(0.0, branches - fused)
+    degenerate = branches > fused
+    wrong = fused_logits.argmax(axis=1) != labels
+
+    def share(mask: np.ndarray) -> float:
+        return float(degenerate[mask].mean()) if mask.any() else float("nan")
+
+    return {
+        "rate": float(degenerate.mean()),
+        "mean_gap": float(gap.mean()),
+        "mean_gap_degenerate": float(gap[degenerate].mean()) if degenerate.any() else 0.0,
+        "rate_on_errors": share(wrong),
+        "rate_on_correct": share(~wrong),
     }
 
 
@@ -95,6 +125,31 @@ def markdown_table(
     for name, aggs in rows.items():
         lines.append("| " + " | ".join([name] + [cell(aggs.get(m), m) for m in metrics]) + " |")
     return "\n".join(lines)
+
+
+def paired_difference(
+    baseline: Sequence[float | None], variant: Sequence[float | None], metric: str
+) -> dict[str, float | int | None]:
+    """Per-seed paired differences d_s = variant_s − baseline_s (seeds aligned by position).
+
+    Returns the mean difference, its 95 % Student-t interval (mean ± t_{0.975, n−1} · sd / √n), the
+    number of seeds ``n`` and how many improve (``improved``: d < 0 for lower-is-better metrics — ``metric``
+    in ``LOWER_IS_BETTER`` or ``"lower"`` — d > 0 otherwise). Seeds where either value is undefined are
+    dropped.
+    """
+    pairs = [(a, b) for a, b in zip(baseline, variant, strict=True) if a is not None and b is not None]
+    d = np.array([float(b) - float(a) for a, b in pairs])
+    lower = metric == "lower" or metric in LOWER_IS_BETTER
+    if d.size == 0:
+        return {"mean": None, "ci_low": None, "ci_high": None, "n": 0, "improved": 0}
+    half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else np.nan
+    return {
+        "mean": float(d.mean()),
+        "ci_low": float(d.mean() - half),
+        "ci_high": float(d.mean() + half),
+        "n": int(d.size),
+        "improved": int((d < 0).sum() if lower else (d > 0).sum()),
+    }
 
 
 def time_synthesis(

@@ -16,7 +16,14 @@ from app.multimodal.checkpoint import CalibrationInfo, CheckpointConfig, save_ch
 from app.multimodal.evaluate import Report, evaluate_model
 from app.multimodal.feature_dataset import DatasetInfo, load_split, read_info
 from app.multimodal.objective import LossConfig
-from app.multimodal.specs import FusionSpec, ImagePreprocessing, LogMelPreprocessing, ModalitySpec
+from app.multimodal.specs import (
+    FusionSpec,
+    ImagePreprocessing,
+    LogMelPreprocessing,
+    ModalitySpec,
+    PretrainedImagePreprocessing,
+    SpeechEmbeddingPreprocessing,
+)
 from app.multimodal.synthesis import effective_n_range
 from app.multimodal.train import TrainConfig, TrainResult, predict_logits, train_model
 from app.trust.calibration import CalibrationError, calibrate_target_risk
@@ -34,7 +41,31 @@ class ArchitectureOptions:
     spectrogram_channels: tuple[int, ...] = (8, 16, 32)
     feature_hidden_dims: tuple[int, ...] = ()
     feature_embed_dim: int | None = None  # None: identity on pre-extracted features
+    feature_input_norm: bool = False  # LayerNorm on pre-extracted features before the adapter
     dropout: float = 0.5
+
+
+def _feature_spec(
+    name: str,
+    shape: list[int],
+    options: ArchitectureOptions,
+    prep: PretrainedImagePreprocessing | SpeechEmbeddingPreprocessing | None,
+) -> ModalitySpec:
+    """A ``features`` encoder (identity or adapter) on a 1-D feature vector; ``prep`` says how files
+    become such vectors at serving time (a frozen pretrained extractor), None: vectors only."""
+    identity = not options.feature_hidden_dims and options.feature_embed_dim is None
+    embed = shape[0] if identity else (options.feature_embed_dim or options.embed_dim)
+    return ModalitySpec(
+        name=name,
+        encoder="features",
+        input_shape=shape,
+        embed_dim=embed,
+        encoder_args={
+            "hidden_dims": list(options.feature_hidden_dims),
+            **({"input_norm": True} if options.feature_input_norm else {}),
+        },
+        **({"preprocessing": prep} if prep is not None else {}),
+    )
 
 
 def default_fusion_spec(info: DatasetInfo, options: ArchitectureOptions, outlier_class: bool) -> FusionSpec:
@@ -61,20 +92,14 @@ def default_fusion_spec(info: DatasetInfo, options: ArchitectureOptions, outlier
                 encoder_args={"channels": list(options.spectrogram_channels)},
                 preprocessing=prep,
             )
+        elif isinstance(prep, PretrainedImagePreprocessing | SpeechEmbeddingPreprocessing):
+            spec = _feature_spec(name, modality.shape, options, prep)
         else:
             if len(modality.shape) != 1:
                 raise ValueError(
                     f"modality {name!r}: feature vectors must be 1-D, got shape {modality.shape}"
                 )
-            identity = not options.feature_hidden_dims and options.feature_embed_dim is None
-            embed = modality.shape[0] if identity else (options.feature_embed_dim or options.embed_dim)
-            spec = ModalitySpec(
-                name=name,
-                encoder="features",
-                input_shape=modality.shape,
-                embed_dim=embed,
-                encoder_args={"hidden_dims": list(options.feature_hidden_dims)},
-            )
+            spec = _feature_spec(name, modality.shape, options, None)
         modalities.append(spec)
     return FusionSpec(
         modalities=modalities,

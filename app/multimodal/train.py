@@ -96,6 +96,24 @@ def predict_logits(model: LateFusionClassifier, split: MultimodalSplit, batch_si
     return np.concatenate(chunks)
 
 
+@torch.no_grad()
+def predict_head_logits(
+    model: LateFusionClassifier, split: MultimodalSplit, batch_size: int = 256
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Class logits (outlier column dropped, eval mode, float64) of the fused head and of every unimodal
+    head: ((N, C), {modality: (N, C)})."""
+    was_training = model.training
+    model.eval()
+    fused, unimodal = [], {name: [] for name in model.modality_names}
+    for start in range(0, len(split), batch_size):
+        out = model(to_tensors(split, slice(start, start + batch_size)))
+        fused.append(model.class_logits(out.fused_logits).double().numpy())
+        for name, logits in out.unimodal_logits.items():
+            unimodal[name].append(model.class_logits(logits).double().numpy())
+    model.train(was_training)
+    return np.concatenate(fused), {name: np.concatenate(chunks) for name, chunks in unimodal.items()}
+
+
 def _validation_metrics(
     model: LateFusionClassifier, val: MultimodalSplit, batch_size: int
 ) -> dict[str, float]:
@@ -177,7 +195,8 @@ def train_model(
     title: str = "",
 ) -> TrainResult:
     """Train with ``loss`` on ``train``, keep the weights with the best validation accuracy (the later
-    epoch on ties, as the ACR reference's ``>=``), and return that model. Same seed and data → bit-identical weights on CPU."""
+    epoch on ties, as the ACR reference's ``>=``), and return that model. Same seed and data →
+    bit-identical weights on CPU."""
     if loss.needs_outlier_class and not spec.outlier_class:
         spec = spec.model_copy(update={"outlier_class": True})
     work_dir = Path(work_dir)
