@@ -1,24 +1,41 @@
 """Request payload → model input array, per the checkpoint's ``ModalitySpec.preprocessing``.
 
 Each function raises ``InputError`` with a client-readable message; the service maps it to a 4xx.
+Files for a modality served through a frozen pretrained extractor (``pretrained.py``) become a
+``RawInput`` (decoded image / fixed-length waveform); the service runs the extractor on them, batched.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from app.api.errors import APIError
 from app.engine.images import decode_image
-from app.multimodal.audio import AudioDecodeError, wav_bytes_to_features
-from app.multimodal.specs import ImagePreprocessing, LogMelPreprocessing, ModalitySpec
+from app.multimodal.audio import AudioDecodeError, decode_wav, wav_bytes_to_features
+from app.multimodal.pretrained import waveform_input
+from app.multimodal.specs import (
+    ImagePreprocessing,
+    LogMelPreprocessing,
+    ModalitySpec,
+    PretrainedImagePreprocessing,
+    SpeechEmbeddingPreprocessing,
+)
 
 
 class InputError(ValueError):
     """A modality payload that cannot be turned into the model's input."""
+
+
+@dataclass(frozen=True)
+class RawInput:
+    """A decoded file that still has to go through the modality's pretrained extractor."""
+
+    array: np.ndarray
 
 
 def vector_input(values: Sequence[float], spec: ModalitySpec) -> np.ndarray:
@@ -60,8 +77,18 @@ def audio_input(data: bytes, spec: ModalitySpec, prep: LogMelPreprocessing) -> n
         raise InputError(f"modality {spec.name!r}: {exc}") from exc
 
 
-def file_input(data: bytes, spec: ModalitySpec) -> np.ndarray:
-    """A file upload for ``spec`` → its model input (images and audio; vectors must come as JSON lists)."""
+def speech_waveform_input(data: bytes, spec: ModalitySpec, prep: SpeechEmbeddingPreprocessing) -> RawInput:
+    """Audio file bytes → the fixed-length 16 kHz waveform the speech_embedding extractor takes."""
+    try:
+        samples, rate = decode_wav(data)
+    except AudioDecodeError as exc:
+        raise InputError(f"modality {spec.name!r}: {exc}") from exc
+    return RawInput(waveform_input(samples, rate, prep))
+
+
+def file_input(data: bytes, spec: ModalitySpec) -> np.ndarray | RawInput:
+    """A file upload for ``spec`` → its model input (images and audio; vectors must come as JSON lists),
+    or a ``RawInput`` for the modality's pretrained extractor."""
     prep = spec.preprocessing
     if not data:
         raise InputError(f"modality {spec.name!r}: the uploaded file is empty")
@@ -69,6 +96,10 @@ def file_input(data: bytes, spec: ModalitySpec) -> np.ndarray:
         return image_input(data, spec, prep)
     if isinstance(prep, LogMelPreprocessing):
         return audio_input(data, spec, prep)
+    if isinstance(prep, PretrainedImagePreprocessing):
+        return RawInput(image_input(data, spec, prep.image))
+    if isinstance(prep, SpeechEmbeddingPreprocessing):
+        return speech_waveform_input(data, spec, prep)
     raise InputError(
         f"modality {spec.name!r} takes a feature vector of {math.prod(spec.input_shape)} numbers, not a file"
     )

@@ -29,13 +29,22 @@ from app.multimodal.checkpoint import (
     is_checkpoint_dir,
     load_checkpoint,
 )
-from app.multimodal.preprocessing import InputError, file_input, vector_input
-from app.multimodal.specs import ImagePreprocessing, LogMelPreprocessing, ModalitySpec
+from app.multimodal.preprocessing import InputError, RawInput, file_input, vector_input
+from app.multimodal.pretrained import extractor_for
+from app.multimodal.specs import (
+    EXTRACTED_KINDS,
+    ImagePreprocessing,
+    LogMelPreprocessing,
+    ModalitySpec,
+    PretrainedImagePreprocessing,
+    SpeechEmbeddingPreprocessing,
+)
 from app.trust.scores import baseline_scores
 
 log = logging.getLogger(__name__)
 
 ModalityPayload = Sequence[float] | bytes
+PreparedSample = dict[str, np.ndarray | RawInput]
 MAX_SEARCH_DEPTH = 3
 TRAINING_SUMMARY = ("loss", "best_epoch", "dataset")
 
@@ -57,7 +66,30 @@ def _accepted_forms(spec: ModalitySpec) -> list[str]:
         return ["image file (PNG, JPEG, ...)", "json vector"]
     if isinstance(spec.preprocessing, LogMelPreprocessing):
         return ["audio file (WAV, FLAC, OGG)", "json vector"]
+    if isinstance(spec.preprocessing, PretrainedImagePreprocessing):
+        return ["image file (PNG, JPEG, ...) → pretrained features", "json feature vector"]
+    if isinstance(spec.preprocessing, SpeechEmbeddingPreprocessing):
+        return ["audio file (WAV, FLAC, OGG) → pretrained features", "json feature vector"]
     return ["json vector"]
+
+
+def load_extractors(config: CheckpointConfig) -> None:
+    """Build (once per process) the pretrained extractors a checkpoint's modalities use, and check that
+    each produces the feature length the model expects; raises ``CheckpointError`` otherwise."""
+    for spec in config.fusion.modalities:
+        if spec.preprocessing.kind not in EXTRACTED_KINDS:
+            continue
+        try:
+            extractor = extractor_for(spec.preprocessing)  # type: ignore[arg-type]
+        except (ImportError, OSError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(
+                f"modality {spec.name!r}: cannot load its pretrained extractor: {exc}"
+            ) from exc
+        if [extractor.dim] != spec.input_shape:
+            raise CheckpointError(
+                f"modality {spec.name!r}: the extractor gives {extractor.dim} features, "
+                f"the model expects {spec.input_shape}"
+            )
 
 
 @dataclass
@@ -77,7 +109,7 @@ class MultimodalService:
 
     def __init__(self, checkpoints: Iterable[LoadedCheckpoint] = ()) -> None:
         self._models: dict[str, _Model] = {}
-        self._batchers: dict[str, DynamicBatcher[dict[str, np.ndarray], np.ndarray]] = {}
+        self._batchers: dict[str, DynamicBatcher[PreparedSample, np.ndarray]] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="multimodal")
         self._batching: dict[str, Any] = {"max_batch_size": 32, "max_wait_ms": 5.0, "max_queue_size": 256}
         self._request_timeout_s = 30.0
@@ -99,7 +131,9 @@ class MultimodalService:
                 continue
             for folder in find_checkpoint_dirs(Path(root)):
                 try:
-                    loaded.append(load_checkpoint(folder))
+                    checkpoint = load_checkpoint(folder)
+                    load_extractors(checkpoint.config)
+                    loaded.append(checkpoint)
                     log.info("loaded multimodal checkpoint %s", folder)
                 except CheckpointError as exc:
                     log.error("skipping broken multimodal checkpoint %s: %s", folder, exc)
@@ -151,8 +185,9 @@ class MultimodalService:
             )
         return self._models[name]
 
-    def prepare_inputs(self, model: str, inputs: Mapping[str, ModalityPayload]) -> dict[str, np.ndarray]:
-        """Check the modality names and turn each payload into its model input array (422 on bad input)."""
+    def prepare_inputs(self, model: str, inputs: Mapping[str, ModalityPayload]) -> PreparedSample:
+        """Check the modality names and turn each payload into its model input array (422 on bad input);
+        files of a pretrained-feature modality stay ``RawInput`` until the batched forward."""
         entry = self._model(model)
         expected = entry.config.fusion.modality_names
         unknown = sorted(set(inputs) - set(expected))
@@ -168,7 +203,7 @@ class MultimodalService:
                 code="invalid_modalities",
                 details={"expected": expected, "unknown": unknown, "missing": missing},
             )
-        arrays = {}
+        arrays: PreparedSample = {}
         for name in expected:
             spec, payload = entry.modality(name), inputs[name]
             try:
@@ -182,14 +217,26 @@ class MultimodalService:
                 ) from exc
         return arrays
 
-    def _forward(self, entry: _Model, samples: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    def _extract(self, entry: _Model, samples: list[PreparedSample]) -> dict[str, np.ndarray]:
+        """Stack each modality over the batch; ``RawInput`` files go through the modality's pretrained
+        extractor, all of the batch's files in one call."""
+        stacked = {}
+        for name in entry.config.fusion.modality_names:
+            values = [sample[name] for sample in samples]
+            raw = [i for i, value in enumerate(values) if isinstance(value, RawInput)]
+            if raw:
+                extractor = extractor_for(entry.modality(name).preprocessing)  # type: ignore[arg-type]
+                features = extractor(np.stack([values[i].array for i in raw]))  # type: ignore[union-attr]
+                for row, i in enumerate(raw):
+                    values[i] = features[row]
+            stacked[name] = np.stack(values).astype(np.float32, copy=False)  # type: ignore[arg-type]
+        return stacked
+
+    def _forward(self, entry: _Model, samples: list[PreparedSample]) -> list[np.ndarray]:
         """ONE forward pass for a batch of prepared samples -> fused class logits per sample."""
         net = entry.checkpoint.model
         with torch.inference_mode():
-            batch = {
-                name: torch.from_numpy(np.stack([sample[name] for sample in samples]))
-                for name in entry.config.fusion.modality_names
-            }
+            batch = {name: torch.from_numpy(array) for name, array in self._extract(entry, samples).items()}
             logits = net.class_logits(net(batch).fused_logits).double().numpy()
         return list(logits)
 
@@ -261,7 +308,7 @@ class MultimodalService:
         self._request_timeout_s = request_timeout_s
         self._on_batch = on_batch
 
-    def _batcher(self, model: str) -> DynamicBatcher[dict[str, np.ndarray], np.ndarray]:
+    def _batcher(self, model: str) -> DynamicBatcher[PreparedSample, np.ndarray]:
         entry = self._model(model)
         batcher = self._batchers.get(model)
         if batcher is None:

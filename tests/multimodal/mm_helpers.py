@@ -11,7 +11,14 @@ from PIL import Image
 from app.multimodal.checkpoint import CalibrationInfo, CheckpointConfig, save_checkpoint
 from app.multimodal.feature_dataset import MultimodalSplit, save_split, write_info
 from app.multimodal.model import LateFusionClassifier
-from app.multimodal.specs import FusionSpec, ImagePreprocessing, LogMelPreprocessing, ModalitySpec
+from app.multimodal.specs import (
+    FusionSpec,
+    ImagePreprocessing,
+    LogMelPreprocessing,
+    ModalitySpec,
+    PretrainedImagePreprocessing,
+    SpeechEmbeddingPreprocessing,
+)
 
 TINY_AUDIO = LogMelPreprocessing(n_fft=256, hop_length=128, n_mels=8, duration_s=0.25, f_max=4000.0)
 
@@ -87,3 +94,30 @@ def wav_bytes(seconds: float = 0.3, rate: int = 8000, freq: float = 440.0) -> by
     buffer = io.BytesIO()
     sf.write(buffer, (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate, format="WAV")
     return buffer.getvalue()
+
+
+TINY_PRETRAINED_IMAGE = PretrainedImagePreprocessing(
+    image=ImagePreprocessing(height=8, width=8), extractor="lite0", input_size=32
+)
+TINY_SPEECH = SpeechEmbeddingPreprocessing(duration_s=0.8)  # one 0.76 s window: 96 features
+
+
+def pretrained_feature_spec() -> FusionSpec:
+    """Image and audio through the frozen pretrained extractors, tiny adapters on their features."""
+    image = ModalitySpec(
+        name="image",
+        encoder="features",
+        input_shape=[1280],
+        embed_dim=8,
+        encoder_args={"hidden_dims": [], "input_norm": True},
+        preprocessing=TINY_PRETRAINED_IMAGE,
+    )
+    audio = ModalitySpec(
+        name="audio",
+        encoder="features",
+        input_shape=[96],
+        embed_dim=8,
+        encoder_args={"hidden_dims": [], "input_norm": True},
+        preprocessing=TINY_SPEECH,
+    )
+    return FusionSpec(modalities=[image, audio], num_classes=3, outlier_class=True)
