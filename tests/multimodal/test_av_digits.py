@@ -17,6 +17,7 @@ from app.multimodal.av_digits import (
     synthesise,
 )
 from app.multimodal.feature_dataset import load_split, read_info
+from app.multimodal.pretrained import extractor_for
 
 needs_espeak = pytest.mark.skipif(not espeak_available(), reason="espeak-ng not installed")
 
@@ -86,3 +87,32 @@ def test_full_build_is_valid_and_reproducible(tmp_path: Path) -> None:
     assert set(np.unique(corrupted.meta["meta_corruption"])) == set(range(len(CORRUPTIONS)))
     assert json.loads((first / "dataset.json").read_text())["seed"] == 3
     assert len(list((first / "samples").glob("*.wav"))) == 9
+
+
+@pytest.mark.slow
+@needs_espeak
+def test_pretrained_twin_holds_the_same_pairs_as_features(tmp_path: Path) -> None:
+    raw, features = tmp_path / "raw", tmp_path / "features"
+    build_av_digits(
+        raw,
+        seed=1,
+        clips_per_digit=5,
+        pairs_per_image=1,
+        eval_pairs_per_image=2,
+        progress=False,
+        pretrained_out=features,
+    )
+    raw_info, info = read_info(raw), read_info(features)
+    assert info.modalities["image"].shape == [1280] and info.modalities["audio"].shape == [672]
+    assert info.modalities["image"].preprocessing.kind == "pretrained_image"
+    assert info.modalities["audio"].preprocessing.kind == "speech_embedding"
+    for split in ("train", "val", "test", "test_corrupted"):
+        a, b = load_split(raw, split, raw_info), load_split(features, split, info)
+        assert np.array_equal(a.labels, b.labels) and a.meta.keys() == b.meta.keys()
+    test = load_split(raw, "test", raw_info)
+    assert len(test) == 2 * json.loads((raw / "dataset.json").read_text())["splits"]["test"]["images"]
+    # the stored image features are what the serving path computes from the same images
+    image = extractor_for(info.modalities["image"].preprocessing)  # type: ignore[arg-type]
+    np.testing.assert_allclose(
+        image(test.inputs["image"][:4]), load_split(features, "test", info).inputs["image"][:4], atol=1e-4
+    )
