@@ -121,6 +121,16 @@ def train_multimodal(
     mix_dims: Annotated[int, typer.Option(help="Feature Mixing: dimensions exchanged")] = 16,
     gamma_mix: Annotated[float, typer.Option(help="Feature Mixing: entropy-loss weight")] = 0.5,
     embed_dim: Annotated[int, typer.Option(help="embedding size of CNN encoders")] = 64,
+    feature_embed_dim: Annotated[
+        int | None, typer.Option(help="feature-vector modalities: adapter width (default: identity)")
+    ] = None,
+    feature_input_norm: Annotated[
+        bool, typer.Option(help="feature-vector modalities: LayerNorm before the adapter")
+    ] = False,
+    n_reference_dim: Annotated[
+        int | None,
+        typer.Option(help="MFS: --n-min/--n-max are given at this width and rescaled to the embeddings"),
+    ] = None,
     score: Annotated[str, typer.Option(help="confidence score the reject threshold applies to")] = "msp",
     target_risk: Annotated[float, typer.Option(help="calibration: max error rate among accepted")] = 0.05,
     delta: Annotated[float, typer.Option(help="calibration: failure probability of the guarantee")] = 0.05,
@@ -136,6 +146,10 @@ def train_multimodal(
     except DatasetFormatError as exc:
         raise typer.BadParameter(str(exc), param_hint="--dataset") from exc
     loss = _loss_config(variant, lambda_acl, lambda_mfs, n_min, n_max, mix_dims, gamma_mix)
+    try:
+        loss = LossConfig.model_validate({**loss.model_dump(), "n_reference_dim": n_reference_dim})
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--n-reference-dim") from exc
     train_config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, num_threads=threads
     )
@@ -146,7 +160,9 @@ def train_multimodal(
         name=name or out.name,
         loss=loss,
         train_config=train_config,
-        architecture=ArchitectureOptions(embed_dim=embed_dim),
+        architecture=ArchitectureOptions(
+            embed_dim=embed_dim, feature_embed_dim=feature_embed_dim, feature_input_norm=feature_input_norm
+        ),
         score=score,
         target_risk=target_risk,
         delta=delta,
