@@ -7,18 +7,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
 
 from app.api.errors import APIError
-from app.engine.images import decode_image
-from app.multimodal.audio import AudioDecodeError, wav_bytes_to_features
+from app.engine.images import ImageLimits, decode_image
+from app.multimodal.audio import AudioDecodeError, AudioLimits, wav_bytes_to_features
 from app.multimodal.specs import ImagePreprocessing, LogMelPreprocessing, ModalitySpec
 
 
 class InputError(ValueError):
     """A modality payload that cannot be turned into the model's input."""
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """Bounds on uploaded files (server settings): image size and audio rate / channels / duration."""
+
+    image: ImageLimits = field(default_factory=ImageLimits)
+    audio: AudioLimits = field(default_factory=AudioLimits)
 
 
 def vector_input(values: Sequence[float], spec: ModalitySpec) -> np.ndarray:
@@ -37,11 +46,14 @@ def vector_input(values: Sequence[float], spec: ModalitySpec) -> np.ndarray:
     return array.reshape(spec.input_shape)
 
 
-def image_input(data: bytes, spec: ModalitySpec, prep: ImagePreprocessing) -> np.ndarray:
-    """Image bytes → (C, H, W) float32 in [0, 1]: the server's safe decoding (limits, EXIF, odd modes),
-    then convert, box-resize, divide by 255, optional invert."""
+def image_input(
+    data: bytes, spec: ModalitySpec, prep: ImagePreprocessing, limits: ImageLimits | None = None
+) -> np.ndarray:
+    """Image bytes → (C, H, W) float32 in [0, 1]: the server's safe decoding (limits, EXIF, odd modes;
+    decoded no larger than twice the model's input), then convert, box-resize, divide by 255, invert."""
+    limits = replace(limits or ImageLimits(), target_side=max(prep.height, prep.width))
     try:
-        rgb = decode_image(data, name=f"modality {spec.name!r}")
+        rgb = decode_image(data, limits, name=f"modality {spec.name!r}")
     except APIError as exc:
         raise InputError(exc.message) from exc
     converted = rgb.convert("L") if prep.channels == 1 else rgb
@@ -52,23 +64,26 @@ def image_input(data: bytes, spec: ModalitySpec, prep: ImagePreprocessing) -> np
     return array[None] if prep.channels == 1 else array.transpose(2, 0, 1)
 
 
-def audio_input(data: bytes, spec: ModalitySpec, prep: LogMelPreprocessing) -> np.ndarray:
+def audio_input(
+    data: bytes, spec: ModalitySpec, prep: LogMelPreprocessing, limits: AudioLimits | None = None
+) -> np.ndarray:
     """Audio file bytes (WAV/FLAC/OGG) → (n_mels, frames) log-mel."""
     try:
-        return wav_bytes_to_features(data, prep)
+        return wav_bytes_to_features(data, prep, limits)
     except AudioDecodeError as exc:
         raise InputError(f"modality {spec.name!r}: {exc}") from exc
 
 
-def file_input(data: bytes, spec: ModalitySpec) -> np.ndarray:
+def file_input(data: bytes, spec: ModalitySpec, limits: InputLimits | None = None) -> np.ndarray:
     """A file upload for ``spec`` → its model input (images and audio; vectors must come as JSON lists)."""
     prep = spec.preprocessing
+    limits = limits or InputLimits()
     if not data:
         raise InputError(f"modality {spec.name!r}: the uploaded file is empty")
     if isinstance(prep, ImagePreprocessing):
-        return image_input(data, spec, prep)
+        return image_input(data, spec, prep, limits.image)
     if isinstance(prep, LogMelPreprocessing):
-        return audio_input(data, spec, prep)
+        return audio_input(data, spec, prep, limits.audio)
     raise InputError(
         f"modality {spec.name!r} takes a feature vector of {math.prod(spec.input_shape)} numbers, not a file"
     )
