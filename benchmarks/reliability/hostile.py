@@ -54,6 +54,8 @@ def _attacks(prepared: attacks.Prepared) -> list[tuple[str, str, Callable, float
         ("audio_8ch_silent_flac", "3", attacks.audio_8ch_flac, 120),
         ("text_flood_1000x32", "4", attacks.text_flood, 300),
         ("label_set_20000x32", "4", attacks.label_set_prompt_flood, 300),
+        ("longest_new_prompts_85x3", "budget", attacks.longest_new_prompts(85), 300),
+        ("classify_64_images", "budget", attacks.many_images(64), 300),
         ("png_6324sq_x3", "5", attacks.giant_pngs(3), 300),
         ("png_rgba_6324sq_x3", "5", attacks.giant_pngs(3, alpha=True), 300),
         ("png_6324sq_x16", "5", attacks.giant_pngs(16), 300),

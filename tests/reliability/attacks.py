@@ -90,6 +90,31 @@ def text_flood(client: httpx.Client) -> Iterator[int]:
     yield client.post("/v1/classify", json=hostile.text_flood(1000, 32)).status_code
 
 
+def longest_new_prompts(labels: int = 85) -> Run:
+    """Ad-hoc classify whose ``labels`` × the preset's templates are all new prompts of maximal label
+    length (200 characters): the most text work one classify may cause at the default limits."""
+
+    def run(client: httpx.Client) -> Iterator[int]:
+        body = {
+            "images": hostile.text_flood(2, 1)["images"],
+            "labels": [f"{i:05d} " + "long label words " * 11 + "x" * 7 for i in range(labels)],
+        }
+        assert all(len(label) == 200 for label in body["labels"])
+        yield client.post("/v1/classify", json=body).status_code
+
+    return run
+
+
+def many_images(count: int = 64, side: int = 320) -> Run:
+    """One classify with ``count`` ordinary photos-sized images (the per-request image limit)."""
+
+    def run(client: httpx.Client) -> Iterator[int]:
+        files = [("image", (f"{i}.png", hostile.noise_png(side, seed=i), "image/png")) for i in range(count)]
+        yield client.post("/v1/classify", files=files, data={"labels": '["a cat", "a dog"]'}).status_code
+
+    return run
+
+
 def label_set_prompt_flood(client: httpx.Client) -> Iterator[int]:
     body = hostile.text_flood(20_000, 32)
     yield client.post(

@@ -137,6 +137,11 @@ def large_jpeg(side: int = 6000) -> bytes:
     return encode(img, "JPEG", quality=30)
 
 
+@functools.lru_cache(maxsize=128)
+def noise_png(side: int, seed: int = 0) -> bytes:
+    return encode(noise((side, side), seed=seed), "PNG")
+
+
 def small_png() -> bytes:
     return encode(noise((32, 32)), "PNG")
 
