@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     max_labels: int = Field(1000, ge=1)
     max_label_length: int = Field(200, ge=1)
     max_new_prompts_per_request: int = Field(
-        256, ge=1, description="label × template prompts not yet in the text cache, per classify request"
+        64, ge=1, description="label × template prompts not yet in the text cache, per classify request"
     )
     max_new_prompts_per_write: int = Field(
         30_000, ge=1, description="label × template prompts a label-set create / add-classes may encode"

@@ -352,6 +352,7 @@ class ClassificationEngine:
                 "label set)",
             )
         if missing:
+            missing.sort(key=len)  # chunks of similar length: little padding in each model call
             work = self._encode_missing(missing, found)
             await (asyncio.wait_for(work, timeout_s) if timeout_s is not None else work)
         per_prompt = np.stack([found[p] for p in prompts]).reshape(len(labels), len(templates), -1)
