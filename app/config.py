@@ -56,7 +56,13 @@ class Settings(BaseSettings):
     )
 
     # batching and back-pressure
-    max_batch_size: int = Field(32, ge=1, le=4096)
+    max_batch_size: int = Field(
+        8,
+        ge=1,
+        le=4096,
+        description="images per model call: on CPU each call holds the model thread and ~20 MB of "
+        "activations per image (default model), so 8; raise it on a GPU (deploy/docker-compose.gpu.yml: 32)",
+    )
     max_wait_ms: float = Field(5.0, ge=0, le=10_000)
     max_queue_size: int = Field(256, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)

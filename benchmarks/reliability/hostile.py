@@ -55,6 +55,7 @@ def _attacks(prepared: attacks.Prepared) -> list[tuple[str, str, Callable, float
         ("label_set_20000x32", "4", attacks.label_set_prompt_flood, 300),
         ("longest_new_prompts_21x3", "budget", attacks.longest_new_prompts(21), 300),
         ("classify_64_images", "budget", attacks.many_images(64), 300),
+        ("png_rgba_6324sq_x1", "5", attacks.giant_pngs(1, alpha=True), 300),
         ("png_6324sq_x3", "5", attacks.giant_pngs(3), 300),
         ("png_rgba_6324sq_x3", "5", attacks.giant_pngs(3, alpha=True), 300),
         ("png_6324sq_x16", "5", attacks.giant_pngs(16), 300),
@@ -145,6 +146,27 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _cell(r: dict | None) -> str:
+    if r is None:
+        return "not run"
+    statuses = ", ".join(f"{n}× {k}" for k, n in sorted(r["statuses"].items()))
+    failed = len(r["probes_failed"])
+    died = "; **server died**" if not r["alive"] else ""
+    peak = "n/a" if r["peak_growth_mb"] != r["peak_growth_mb"] else f"{r['peak_growth_mb']:+.0f} MB"
+    held = "" if r["retained_mb"] != r["retained_mb"] else f" (held {r['retained_mb']:+.0f})"
+    probes = f"probes {r['probes_ok']} ok / {failed} failed, max {r['probe_max_s']} s"
+    return f"{statuses}{died}; {r['seconds']} s; peak RSS {peak}{held}; {probes}"
+
+
+def compare(before: list[dict], after: list[dict]) -> str:
+    """A Markdown table of the same attacks against two checkouts."""
+    old = {r["name"]: r for r in before}
+    lines = ["| # | request | before | after |", "|---|---|---|---|"]
+    for r in after:
+        lines.append(f"| {r['item']} | `{r['name']}` | {_cell(old.get(r['name']))} | {_cell(r)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -155,7 +177,12 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="a new server for every attack")
     parser.add_argument("--headroom-gb", type=float, default=4.0, help="RLIMIT_AS above the ready VmSize")
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"), help="two --json files")
     args = parser.parse_args()
+    if args.compare:
+        before, after = (json.loads(p.read_text()) for p in args.compare)
+        print(compare(before, after))
+        return
     print(f"code {args.code}, model {args.model}, load average {os.getloadavg()}", flush=True)
     rows = run(args)
     print(table(rows))

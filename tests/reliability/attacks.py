@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import selectors
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -177,8 +178,7 @@ def slow_bodies(connections: int, seconds: float) -> Run:
                         s.send(b"x")
                 files = [("image", ("p.png", hostile.small_png(), "image/png"))]
                 yield client.post("/v1/classify", files=files, data={"labels": '["a", "b"]'}).status_code
-            for s in socks:  # what each slow client got back: "slow:408" when the server cut it off
-                yield f"slow:{_first_status(s)}"
+            yield from (f"slow:{status}" for status in _first_statuses(socks))
         finally:
             for s in socks:
                 s.close()
@@ -186,14 +186,23 @@ def slow_bodies(connections: int, seconds: float) -> Run:
     return run
 
 
-def _first_status(sock: socket.socket) -> str:
-    sock.settimeout(3)
-    try:
-        line = sock.recv(64).split(b"\r\n", 1)[0].decode("latin-1")
-    except OSError:
-        return "no answer"
-    parts = line.split()
-    return parts[1] if len(parts) > 1 else "closed"
+def _first_statuses(socks: list[socket.socket], wait_s: float = 3.0) -> list[str]:
+    """What each slow client got back within ``wait_s`` (all together): the status of its first
+    response line ("408" when the server cut it off), "closed", or "no answer"."""
+    answers = dict.fromkeys(range(len(socks)), "no answer")
+    deadline = time.monotonic() + wait_s
+    with selectors.DefaultSelector() as selector:
+        for i, sock in enumerate(socks):
+            selector.register(sock, selectors.EVENT_READ, i)
+        while selector.get_map() and (left := deadline - time.monotonic()) > 0:
+            for key, _ in selector.select(left):
+                selector.unregister(key.fileobj)
+                try:
+                    parts = socks[key.data].recv(64).split(b"\r\n", 1)[0].decode("latin-1").split()
+                except OSError:
+                    parts = []
+                answers[key.data] = parts[1] if len(parts) > 1 else "closed"
+    return [answers[i] for i in range(len(socks))]
 
 
 # 7, 8 ---------------------------------------------------------------------------------------------
