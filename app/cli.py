@@ -40,6 +40,16 @@ def _mount_domain_commands() -> None:
 _mount_domain_commands()
 
 
+def uvicorn_options(settings: object) -> dict[str, object]:
+    """Connection settings uvicorn takes from ``Settings`` (idle keep-alive connections are closed after
+    ``keep_alive_timeout_s``; body limits are enforced by the app's middleware)."""
+    return {
+        "timeout_keep_alive": getattr(settings, "keep_alive_timeout_s", 5.0),
+        "timeout_graceful_shutdown": 10,
+        "log_config": None,
+    }
+
+
 @cli.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address (TRUSTSERVE_HOST)")] = None,
@@ -86,17 +96,10 @@ def serve(
             host=settings.host,
             port=settings.port,
             workers=workers,
-            log_config=None,
-            timeout_graceful_shutdown=10,
+            **uvicorn_options(settings),
         )
     else:
-        uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
-            timeout_graceful_shutdown=10,
-        )
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **uvicorn_options(settings))
 
 
 @models_cli.command("list")

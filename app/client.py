@@ -15,6 +15,7 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from PIL import Image
@@ -43,6 +44,14 @@ def _image_bytes(image: ImageInput) -> tuple[str, bytes]:
     buf = io.BytesIO()
     image.convert("RGB").save(buf, "PNG")
     return "image.png", buf.getvalue()
+
+
+def segment(value: str) -> str:
+    """``value`` as one URL path segment: every reserved character percent-encoded (``/`` too), and a
+    segment of dots (``.``, ``..``) encoded as ``%2E`` so no client or proxy resolves it as a relative
+    path (``remove_class("x", "../../y")`` must never become ``DELETE /v1/label-sets/y``)."""
+    encoded = quote(str(value), safe="")
+    return encoded.replace(".", "%2E") if set(encoded) == {"."} else encoded
 
 
 def _files(field: str, images: Sequence[ImageInput]) -> list[tuple[str, tuple[str, bytes, str]]]:
@@ -98,7 +107,7 @@ def _create_label_set_request(
 def _support_request(label_set: str, label: str, images: Sequence[ImageInput]) -> tuple[str, str, Json]:
     return (
         "POST",
-        f"/v1/label-sets/{label_set}/images",
+        f"/v1/label-sets/{segment(label_set)}/images",
         {"files": _files("images", images), "data": {"label": label}},
     )
 
@@ -107,12 +116,16 @@ def _calibrate_request(
     label_set: str, images: Sequence[ImageInput], labels: Sequence[str], options: Mapping[str, Any]
 ) -> tuple[str, str, Json]:
     data = {"labels": json.dumps(list(labels)), **{k: str(v) for k, v in options.items()}}
-    return "POST", f"/v1/label-sets/{label_set}/calibrate", {"files": _files("images", images), "data": data}
+    return (
+        "POST",
+        f"/v1/label-sets/{segment(label_set)}/calibrate",
+        {"files": _files("images", images), "data": data},
+    )
 
 
 def _predict_request(model: str, inputs: Mapping[str, Sequence[float]], top_k: int) -> tuple[str, str, Json]:
     body = {"inputs": {k: list(v) for k, v in inputs.items()}, "top_k": top_k}
-    return "POST", f"/v1/multimodal/{model}/predict", {"json": body}
+    return "POST", f"/v1/multimodal/{segment(model)}/predict", {"json": body}
 
 
 class _Endpoints:
@@ -182,10 +195,10 @@ class TrustServeClient:
         return self._call("GET", "/v1/label-sets")
 
     def get_label_set(self, label_set: str) -> Json:
-        return self._call("GET", f"/v1/label-sets/{label_set}")
+        return self._call("GET", f"/v1/label-sets/{segment(label_set)}")
 
     def delete_label_set(self, label_set: str) -> Json:
-        return self._call("DELETE", f"/v1/label-sets/{label_set}")
+        return self._call("DELETE", f"/v1/label-sets/{segment(label_set)}")
 
     def add_support_images(self, label_set: str, label: str, images: Sequence[ImageInput]) -> Json:
         return self._call(*_support_request(label_set, label, images))
@@ -196,13 +209,15 @@ class TrustServeClient:
         return self._call(*_calibrate_request(label_set, images, labels, options))
 
     def add_classes(self, label_set: str, labels: Sequence[str]) -> Json:
-        return self._call("POST", f"/v1/label-sets/{label_set}/classes", {"json": {"labels": list(labels)}})
+        return self._call(
+            "POST", f"/v1/label-sets/{segment(label_set)}/classes", {"json": {"labels": list(labels)}}
+        )
 
     def remove_class(self, label_set: str, label: str) -> Json:
-        return self._call("DELETE", f"/v1/label-sets/{label_set}/classes/{label}")
+        return self._call("DELETE", f"/v1/label-sets/{segment(label_set)}/classes/{segment(label)}")
 
     def export_label_set(self, label_set: str) -> bytes:
-        return self._call("GET", f"/v1/label-sets/{label_set}/export")
+        return self._call("GET", f"/v1/label-sets/{segment(label_set)}/export")
 
     def import_label_set(self, archive: bytes, new_id: str | None = None) -> Json:
         params = {"id": new_id} if new_id else {}
@@ -281,10 +296,10 @@ class AsyncTrustServeClient:
         return await self._call("GET", "/v1/label-sets")
 
     async def get_label_set(self, label_set: str) -> Json:
-        return await self._call("GET", f"/v1/label-sets/{label_set}")
+        return await self._call("GET", f"/v1/label-sets/{segment(label_set)}")
 
     async def delete_label_set(self, label_set: str) -> Json:
-        return await self._call("DELETE", f"/v1/label-sets/{label_set}")
+        return await self._call("DELETE", f"/v1/label-sets/{segment(label_set)}")
 
     async def add_support_images(self, label_set: str, label: str, images: Sequence[ImageInput]) -> Json:
         return await self._call(*_support_request(label_set, label, images))
@@ -296,14 +311,14 @@ class AsyncTrustServeClient:
 
     async def add_classes(self, label_set: str, labels: Sequence[str]) -> Json:
         return await self._call(
-            "POST", f"/v1/label-sets/{label_set}/classes", {"json": {"labels": list(labels)}}
+            "POST", f"/v1/label-sets/{segment(label_set)}/classes", {"json": {"labels": list(labels)}}
         )
 
     async def remove_class(self, label_set: str, label: str) -> Json:
-        return await self._call("DELETE", f"/v1/label-sets/{label_set}/classes/{label}")
+        return await self._call("DELETE", f"/v1/label-sets/{segment(label_set)}/classes/{segment(label)}")
 
     async def export_label_set(self, label_set: str) -> bytes:
-        return await self._call("GET", f"/v1/label-sets/{label_set}/export")
+        return await self._call("GET", f"/v1/label-sets/{segment(label_set)}/export")
 
     async def import_label_set(self, archive: bytes, new_id: str | None = None) -> Json:
         params = {"id": new_id} if new_id else {}

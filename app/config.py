@@ -56,26 +56,65 @@ class Settings(BaseSettings):
     )
 
     # batching and back-pressure
-    max_batch_size: int = Field(32, ge=1, le=4096)
+    max_batch_size: int = Field(
+        8,
+        ge=1,
+        le=4096,
+        description="images per model call: on CPU each call holds the model thread and ~20 MB of "
+        "activations per image (default model), so 8; raise it on a GPU (deploy/docker-compose.gpu.yml: 32)",
+    )
     max_wait_ms: float = Field(5.0, ge=0, le=10_000)
     max_queue_size: int = Field(256, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
     preprocess_workers: int = Field(2, ge=1, le=64)
     warmup: bool = True
 
-    # request limits
+    # request limits: every input that sizes work is bounded before the work starts (docs/RELIABILITY.md,
+    # "Resource budget")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_json_items: int = Field(
+        200_000, ge=100, description="values + containers in a JSON body, counted before it is parsed"
+    )
+    body_timeout_s: float = Field(
+        20.0, gt=0, description="time to send a request body, extended by 1 s per body_min_rate bytes"
+    )
+    body_min_rate: int = Field(
+        16_384, ge=1, description="bytes/s an upload must keep up after body_timeout_s"
+    )
+    max_buffered_body_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="request bodies being received at once, all clients (429)"
+    )
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="idle keep-alive connections are closed")
     max_image_pixels: int = Field(40_000_000, ge=1)
+    max_request_pixels: int = Field(
+        128_000_000, ge=1, description="pixels decoded per request, all images (JPEGs at their draft size)"
+    )
     max_image_side: int = Field(20_000, ge=1)
     min_image_side: int = Field(1, ge=1)
     max_images_per_request: int = Field(64, ge=1)
     max_labels: int = Field(1000, ge=1)
     max_label_length: int = Field(200, ge=1)
+    max_new_prompts_per_request: int = Field(
+        64, ge=1, description="label × template prompts not yet in the text cache, per classify request"
+    )
+    max_new_prompts_per_write: int = Field(
+        30_000, ge=1, description="label × template prompts a label-set create / add-classes may encode"
+    )
+    max_label_set_labels: int = Field(100_000, ge=2)
+    max_calibration_images: int = Field(20_000, ge=1)
+    max_audio_seconds: float = Field(60.0, gt=0, description="longest audio upload (multimodal predict)")
+    max_audio_channels: int = Field(8, ge=1)
     text_cache_size: int = Field(100_000, ge=0)
 
-    # auth and CORS
+    # auth, exposure and CORS
     api_keys: SecretStr | None = Field(None, description="comma list of key[:scope], scope read|admin")
     api_keys_file: Path | None = None
+    allow_unauthenticated: bool = Field(
+        False, description="accept admin writes without API keys on a non-loopback bind address"
+    )
+    public_docs: bool = Field(
+        False, description="/docs, /redoc, /openapi.json without a key when keys are on"
+    )
     cors_origins: list[str] = Field(default_factory=list)
 
     # logging

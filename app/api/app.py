@@ -17,16 +17,20 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
-from app.api.auth import ApiKeyAuth
+from app.api.auth import ApiKeyAuth, is_loopback_host
+from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
-from app.api.middleware import RequestContextMiddleware
+from app.api.middleware import BodyLimits, RequestContextMiddleware
 from app.api.routes import classify, health, label_sets, models, multimodal
 from app.config import Settings
 from app.engine.engine import ClassificationEngine
+from app.engine.images import ImageLimits
 from app.labelsets.postgres_store import PostgresStore
 from app.labelsets.service import LabelSetService
 from app.labelsets.store import DirectoryStore, LabelSetStore
 from app.labelsets.sync import LabelSetSync
+from app.multimodal.audio import AudioLimits
+from app.multimodal.preprocessing import InputLimits
 from app.multimodal.service import MultimodalService
 from app.observability.metrics import ServiceMetrics
 
@@ -61,6 +65,12 @@ async def _start_services(app: FastAPI, settings: Settings, engine: Classificati
         else:
             engine.metrics = state.metrics
         state.multimodal = await asyncio.to_thread(MultimodalService.from_dirs, multimodal_dirs(settings))
+        state.multimodal.input_limits = InputLimits(
+            image=ImageLimits(settings.max_image_pixels, settings.max_image_side, settings.min_image_side),
+            audio=AudioLimits(
+                max_seconds=settings.max_audio_seconds, max_channels=settings.max_audio_channels
+            ),
+        )
         state.multimodal.configure_batching(
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
@@ -122,13 +132,20 @@ def create_app(settings: Settings | None = None, *, engine: ClassificationEngine
         description="Zero-shot vision-language predictions with a TrustVLM confidence and calibrated "
         "accept/reject decisions; ACR multimodal classifiers.",
         lifespan=lifespan,
+        docs_url=None,  # app.api.docs adds them, behind the read scope unless public_docs
+        redoc_url=None,
+        openapi_url=None,
+        redirect_slashes=False,  # Starlette's redirect builds Location from the Host header
     )
     metrics = ServiceMetrics()
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.auth = ApiKeyAuth(
-        settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_keys_file
+        settings.api_keys.get_secret_value() if settings.api_keys else None,
+        settings.api_keys_file,
+        admin_without_keys=settings.allow_unauthenticated or is_loopback_host(settings.host),
     )
+    _log_exposure(settings, app.state.auth)
     app.state.engine = None
     app.state.label_sets = None
     app.state.label_sync = None
@@ -138,9 +155,28 @@ def create_app(settings: Settings | None = None, *, engine: ClassificationEngine
     install_error_handlers(app)
     for module in (health, models, classify, label_sets, multimodal):
         app.include_router(module.router)
+    install_docs(app, public=settings.public_docs)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
         )
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, limits=BodyLimits.from_settings(settings))
     return app
+
+
+def _log_exposure(settings: Settings, auth: ApiKeyAuth) -> None:
+    """Say at start-up who can change label sets (secure by default: docs/RELIABILITY.md)."""
+    if auth.enabled:
+        return
+    if auth.admin_locked:
+        log.warning(
+            "listening on %s without API keys: admin writes (create, import, delete, calibrate) are "
+            "refused; set TRUSTSERVE_API_KEYS, or TRUSTSERVE_ALLOW_UNAUTHENTICATED=true to accept them",
+            settings.host,
+        )
+    elif not is_loopback_host(settings.host):
+        log.warning(
+            "listening on %s without API keys and TRUSTSERVE_ALLOW_UNAUTHENTICATED=true: anyone who can "
+            "reach this address can change label sets",
+            settings.host,
+        )

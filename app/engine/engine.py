@@ -11,18 +11,21 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from typing import TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 
+from app.api.errors import APIError
 from app.config import Settings
 from app.engine.batcher import DynamicBatcher, QueueFullError
-from app.engine.images import ImageLimits, decode_image
+from app.engine.images import ImageLimits, decode_image, decoded_pixels
+from app.engine.prompts import render_prompt
 from app.engine.text_cache import TextEmbeddingCache
 from app.observability.metrics import ServiceMetrics
 from app.vlm.aux_base import SHARED_TOWER, AuxImageEncoder
@@ -33,14 +36,22 @@ log = logging.getLogger(__name__)
 
 _Pixels = tuple[torch.Tensor, torch.Tensor | None]
 _Encoded = tuple[np.ndarray, np.ndarray]
+T = TypeVar("T")
+R = TypeVar("R")
+
+TEXT_SLICE_S = 0.1  # aim of one text-encoding job on the model thread (image batches run in between)
+MAX_TEXT_CHUNK = 256
 
 
 @dataclass
 class EncodedImages:
-    """Joint-space embeddings (B, D), L2-normalised, and raw image-space features (B, F)."""
+    """Joint-space embeddings (B, D), L2-normalised, and raw image-space features (B, F); seconds spent
+    decoding + preprocessing and waiting for the model (for the answer's timing)."""
 
     embeddings: np.ndarray
     aux_features: np.ndarray
+    decode_s: float = 0.0
+    inference_s: float = 0.0
 
 
 class ClassificationEngine:
@@ -83,6 +94,10 @@ class ClassificationEngine:
             ),
         )
         self.requests_in_pipeline = 0
+        self.input_side = self._model_input_side()
+        self.feature_dim: int | None = None  # image-space feature width, known after start()
+        self._text_turns: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+        self._text_s_per_prompt = TEXT_SLICE_S / 16
         self.load_seconds = 0.0
         self.ready = False
         self._health_checked_at = 0.0
@@ -116,10 +131,11 @@ class ClassificationEngine:
         return engine
 
     async def start(self) -> None:
-        """Start the batcher; warm up every batch-size bucket so first requests are not slow."""
+        """Start the batcher; warm up every batch-size bucket so first requests are not slow (and learn
+        the image-space feature width, which label-set imports are checked against)."""
         self.batcher.start()
-        if self.settings.warmup:
-            await asyncio.get_running_loop().run_in_executor(self._model_thread, self._warm_up)
+        warm = self._warm_up if self.settings.warmup else partial(self._warm_up, sizes=[1], texts=False)
+        await asyncio.get_running_loop().run_in_executor(self._model_thread, warm)
         self._health_ok = True
         self._health_checked_at = time.monotonic()
         self.ready = True
@@ -143,22 +159,34 @@ class ClassificationEngine:
             return [*sizes, top]
         return sorted({1, min(top, 8)})
 
-    def _warm_up(self) -> None:
+    def _warm_up(self, sizes: list[int] | None = None, texts: bool = True) -> None:
         image = Image.new("RGB", (64, 64), (127, 127, 127))
         pixels = self._preprocess(image)
-        for size in self.warmup_batch_sizes():
-            self._encode_batch([pixels] * size)
-        self.backend.encode_texts(["a photo of a warm-up."])
+        for size in sizes or self.warmup_batch_sizes():
+            outputs = self._encode_batch([pixels] * size)
+        self.feature_dim = int(outputs[0][1].shape[0])
+        if texts:
+            self._encode_texts(["a photo of a warm-up."])
+
+    def _model_input_side(self) -> int:
+        """The longest side of the model's input tensor(s) (decoding needs no more than twice that)."""
+        pixels = self._preprocess(Image.new("RGB", (64, 48), (127, 127, 127)))
+        return max(int(max(p.shape[-2:])) for p in pixels if p is not None)
 
     # admission ---------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def admission(self) -> Iterator[None]:
-        """Bound the requests between arrival and answer (decode + queue + model) to max_queue_size.
-        Checked before the body is read, so an overloaded server answers 429 at once."""
+    def check_capacity(self) -> None:
+        """``QueueFullError`` when the pipeline is already full: checked before a body is read, so an
+        overloaded server answers 429 at once (without holding a slot while the body arrives)."""
         if self.requests_in_pipeline >= self.settings.max_queue_size:
             raise QueueFullError(
                 f"{self.model_id} pipeline", self.settings.max_queue_size, self.batcher.retry_after_s()
             )
+
+    @contextlib.contextmanager
+    def admission(self) -> Iterator[None]:
+        """Bound the requests between a complete body and the answer (decode + queue + model) to
+        max_queue_size. Entered once the body is in: a slow upload holds no slot."""
+        self.check_capacity()
         self.requests_in_pipeline += 1
         try:
             yield
@@ -210,59 +238,152 @@ class ClassificationEngine:
         self.metrics.stage_duration.labels("inference", self.model_id).observe(seconds)
         self.metrics.queue_depth.labels(self.model_id).set(self.batcher.queue_depth)
 
-    async def decode_images(self, files: list[bytes]) -> list[Image.Image]:
-        """Decode uploads in the pre-processing pool (off the event loop); 4xx APIError on bad ones."""
+    @property
+    def image_limits(self) -> ImageLimits:
         s = self.settings
-        limits = ImageLimits(s.max_image_pixels, s.max_image_side, s.min_image_side)
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
-        images = await asyncio.gather(
-            *(
-                loop.run_in_executor(
-                    self._preprocess_pool, partial(decode_image, data, limits, name=f"image[{i}]")
-                )
-                for i, data in enumerate(files)
-            )
-        )
-        self.metrics.stage_duration.labels("decode", self.model_id).observe(time.perf_counter() - started)
-        return list(images)
+        return ImageLimits(s.max_image_pixels, s.max_image_side, s.min_image_side, self.input_side)
 
-    async def preprocess(self, images: list[Image.Image]) -> list[_Pixels]:
-        loop = asyncio.get_running_loop()
+    def _decode_and_preprocess(self, upload: tuple[bytes, str]) -> _Pixels:
+        """One upload -> model input tensors, in a pre-processing thread; the decoded image (at most
+        2× the model's input side, see ``app.engine.images``) does not outlive this call."""
+        data, name = upload
         started = time.perf_counter()
-        out = await asyncio.gather(
-            *(loop.run_in_executor(self._preprocess_pool, self._preprocess, im) for im in images)
+        image = decode_image(data, self.image_limits, name=name)
+        decoded = time.perf_counter()
+        pixels = self._preprocess(image)
+        self.metrics.stage_duration.labels("decode", self.model_id).observe(decoded - started)
+        self.metrics.stage_duration.labels("preprocess", self.model_id).observe(time.perf_counter() - decoded)
+        return pixels
+
+    async def _in_pool(self, fn: Callable[[T], R], items: list[T]) -> list[R]:
+        """``fn`` over ``items`` in the pre-processing pool, at most ``preprocess_workers`` of this call's
+        items at a time (so other requests' images interleave); the rest is cancelled on the first error."""
+        loop = asyncio.get_running_loop()
+        window = asyncio.Semaphore(self.settings.preprocess_workers)
+
+        async def one(item: T) -> R:
+            async with window:
+                return await loop.run_in_executor(self._preprocess_pool, fn, item)
+
+        tasks = [asyncio.ensure_future(one(item)) for item in items]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def check_request_pixels(self, files: list[bytes], *, field: str = "image") -> None:
+        """413 before any decoding when the uploads would decode to more than ``max_request_pixels``
+        (summed over the request, JPEGs at their draft size; read from the headers)."""
+        limits = self.image_limits
+        counts = await self._in_pool(
+            lambda item: decoded_pixels(item[0], limits, name=item[1]),
+            [(data, f"{field}[{i}]") for i, data in enumerate(files)],
         )
-        self.metrics.stage_duration.labels("preprocess", self.model_id).observe(time.perf_counter() - started)
-        return list(out)
+        total, budget = sum(counts), self.settings.max_request_pixels
+        if total > budget:
+            raise APIError(
+                413,
+                "too_many_pixels",
+                f"the {len(files)} images decode to {total} pixels; the limit is {budget} per request "
+                "(send fewer or smaller images)",
+            )
+
+    async def encode_uploads(self, files: list[bytes], *, field: str = "image") -> EncodedImages:
+        """Uploaded image files -> embeddings: the request's pixel budget is checked from the headers,
+        then the images are decoded, preprocessed and embedded one batch at a time (never all decoded at
+        once; each batch goes through the batcher after the previous one, so other requests interleave)."""
+        if not files:
+            raise ValueError("encode_uploads needs at least one file")
+        await self.check_request_pixels(files, field=field)
+        uploads = [(data, f"{field}[{i}]") for i, data in enumerate(files)]
+        return await self._encode_chunks(uploads, self._decode_and_preprocess)
 
     async def encode_images(self, images: list[Image.Image]) -> EncodedImages:
-        """Preprocess in the pool, then embed through the dynamic batcher."""
+        """Preprocess decoded images in the pool, then embed them through the dynamic batcher (a batch at
+        a time)."""
         if not images:
             raise ValueError("encode_images needs at least one image")
-        pixels = await self.preprocess(images)
-        self.metrics.queue_depth.labels(self.model_id).set(self.batcher.queue_depth + len(pixels))
-        outputs = await self.batcher.submit_many(pixels, timeout_s=self.settings.request_timeout_s)
-        return EncodedImages(np.stack([e for e, _ in outputs]), np.stack([f for _, f in outputs]))
+        return await self._encode_chunks(list(images), self._preprocess)
+
+    async def _encode_chunks(self, items: list[T], prepare: Callable[[T], _Pixels]) -> EncodedImages:
+        chunk = self.settings.max_batch_size
+        embeddings: list[np.ndarray] = []
+        features: list[np.ndarray] = []
+        decode_s = inference_s = 0.0
+        for start in range(0, len(items), chunk):
+            t0 = time.perf_counter()
+            pixels = await self._in_pool(prepare, items[start : start + chunk])
+            t1 = time.perf_counter()
+            self.metrics.queue_depth.labels(self.model_id).set(self.batcher.queue_depth + len(pixels))
+            outputs = await self.batcher.submit_many(pixels, timeout_s=self.settings.request_timeout_s)
+            decode_s, inference_s = decode_s + t1 - t0, inference_s + time.perf_counter() - t1
+            embeddings += [e for e, _ in outputs]
+            features += [f for _, f in outputs]
+        return EncodedImages(np.stack(embeddings), np.stack(features), decode_s, inference_s)
 
     # texts ---------------------------------------------------------------------------------------
-    async def text_embeddings(self, labels: list[str], templates: list[str]) -> np.ndarray:
+    async def text_embeddings(
+        self,
+        labels: list[str],
+        templates: list[str],
+        *,
+        max_new_prompts: int | None = None,
+        timeout_s: float | None = None,
+    ) -> np.ndarray:
         """(C, D) class embeddings: mean over templates of normalised prompt embeddings, renormalised
-        (the prompt-ensembling recipe of Radford et al., 2021)."""
-        prompts = [t.format(label) for label in labels for t in templates]
+        (the prompt-ensembling recipe of Radford et al., 2021). Templates must pass
+        ``app.engine.prompts.split_template``.
+
+        Prompts missing from the cache are bounded (``max_new_prompts``, default the per-request setting;
+        422 before any is encoded) and encoded in chunks of about ``TEXT_SLICE_S`` on the model thread,
+        one chunk at a time across all requests, so image batches (and /readyz) run in between."""
+        limit = self.settings.max_new_prompts_per_request if max_new_prompts is None else max_new_prompts
+        prompts = [render_prompt(t, label) for label in labels for t in templates]
         found, missing = self.text_cache.get_many(self.model_id, prompts)
+        if len(missing) > limit:
+            raise APIError(
+                422,
+                "too_many_prompts",
+                f"{len(labels)} labels × {len(templates)} templates need {len(missing)} new prompt "
+                f"embeddings; the limit is {limit} per request (send fewer labels or templates, or use a "
+                "label set)",
+            )
         if missing:
-            loop = asyncio.get_running_loop()
-            vectors = await loop.run_in_executor(self._model_thread, self._encode_texts, missing)
-            self.text_cache.put_many(self.model_id, missing, vectors)
-            found.update(zip(missing, vectors, strict=True))
+            missing.sort(key=len)  # chunks of similar length: little padding in each model call
+            work = self._encode_missing(missing, found)
+            await (asyncio.wait_for(work, timeout_s) if timeout_s is not None else work)
         per_prompt = np.stack([found[p] for p in prompts]).reshape(len(labels), len(templates), -1)
         mean = per_prompt.mean(axis=1)
         return (mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(min=1e-12)).astype(np.float32)
 
+    def _text_turn(self) -> asyncio.Lock:
+        """One text chunk at a time on the model thread (per event loop; FIFO among requests)."""
+        loop = asyncio.get_running_loop()
+        if loop not in self._text_turns:
+            self._text_turns = {loop: asyncio.Lock()}
+        return self._text_turns[loop]
+
+    async def _encode_missing(self, missing: list[str], found: dict[str, np.ndarray]) -> None:
+        loop = asyncio.get_running_loop()
+        done = 0
+        while done < len(missing):
+            size = int(min(MAX_TEXT_CHUNK, max(1, TEXT_SLICE_S / self._text_s_per_prompt)))
+            chunk = missing[done : done + size]
+            async with self._text_turn():
+                started = time.perf_counter()
+                vectors = await loop.run_in_executor(self._model_thread, self._encode_texts, chunk)
+                seconds = time.perf_counter() - started
+            self.metrics.stage_duration.labels("text_inference", self.model_id).observe(seconds)
+            self._text_s_per_prompt = 0.5 * self._text_s_per_prompt + 0.5 * seconds / len(chunk)
+            self.text_cache.put_many(self.model_id, chunk, vectors)
+            found.update(zip(chunk, vectors, strict=True))
+            done += len(chunk)
+
     def _encode_texts(self, prompts: list[str]) -> np.ndarray:
-        chunks = [self.backend.encode_texts(prompts[i : i + 256]) for i in range(0, len(prompts), 256)]
-        return torch.cat(chunks).float().numpy()
+        return self.backend.encode_texts(prompts).float().numpy()
 
     def describe(self) -> dict[str, object]:
         """Facts for GET /v1/models."""

@@ -9,14 +9,16 @@ are normalised: CMYK, 16-bit and float grayscale, palette, alpha (composited on 
 from __future__ import annotations
 
 import io
+import math
 import struct
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from app.api.errors import APIError
+from app.engine.memory import release_freed_memory
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a half-grey picture
 Image.MAX_IMAGE_PIXELS = None  # we enforce our own, configurable limit from the header (see below)
@@ -26,23 +28,48 @@ ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF"}
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Per-image limits (from Settings)."""
+    """Per-image limits (from Settings) and the model's input side: an image is decoded just large enough
+    for it (``target_side``: JPEG draft decoding, then an integer box reduction), never kept full size."""
 
     max_pixels: int = 40_000_000
     max_side: int = 20_000
     min_side: int = 1
+    target_side: int | None = None
+
+
+# an image is decoded (and kept) at no less than this many times the model's input side
+OVERSAMPLE = 2
+STRIP_PIXELS = 1 << 20  # alpha images are reduced a strip of about this many pixels at a time
+RELEASE_AFTER_PIXELS = 4_000_000  # give freed heap memory back to the OS after decoding a larger image
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
+    """16-bit, 32-bit int and float grayscale -> 8-bit "L" (16-bit: value // 257; others: the observed
+    range stretched to 0..255)."""
+    if img.mode.startswith("I;16"):
+        arr = np.array(img)  # one copy, divided in place
+        np.floor_divide(arr, 257, out=arr)
+    else:  # 32-bit int or float: stretch the observed range
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB; alpha is composited on white, high-bit-depth data rescaled to 8 bits."""
     if img.mode in {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}:
-        arr = np.asarray(img, dtype=np.float64)
-        if img.mode.startswith("I;16"):
-            arr = arr / 257.0
-        else:  # 32-bit int or float: stretch the observed range
-            lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-            arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+        img = _high_bit_depth_to_l(img)
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
@@ -54,48 +81,125 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def decode_image(data: bytes, limits: ImageLimits | None = None, *, name: str = "image") -> Image.Image:
-    """Decode one uploaded image into an upright RGB image, or raise a 4xx APIError naming ``name``."""
+def _shrink(img: Image.Image, target_side: int | None) -> Image.Image:
+    """Box-reduce by the largest integer factor that keeps the shorter side ≥ OVERSAMPLE × target_side
+    (before any colour conversion, so conversions work on the small image)."""
+    if target_side is None:
+        return img
+    factor = min(img.size) // (OVERSAMPLE * target_side)
+    if factor < 2:
+        return img
+    if img.mode == "1":
+        img = img.convert("L")
+    elif img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode.startswith("I;16"):
+        img = _high_bit_depth_to_l(img)
+    if img.mode not in {"RGBA", "LA"}:
+        return img.reduce(factor)
+    # PIL reduces alpha images through a full-size premultiplied copy: reduce strips of rows instead
+    # (aligned on the factor, so the result is the same)
+    width, height = img.size
+    out = Image.new(img.mode, (-(-width // factor), -(-height // factor)))
+    rows = factor * max(1, STRIP_PIXELS // (width * factor))
+    for top in range(0, height, rows):
+        out.paste(img.crop((0, top, width, min(height, top + rows))).reduce(factor), (0, top // factor))
+    return out
+
+
+def _open_checked(data: bytes, limits: ImageLimits, name: str) -> Image.Image:
+    """Open (header only), check format and size, and set JPEG draft decoding for the model's input."""
+    img = Image.open(io.BytesIO(data))
+    fmt = img.format
+    if fmt not in ALLOWED_FORMATS:
+        raise APIError(
+            415,
+            "unsupported_image_format",
+            f"{name}: format {fmt} is not accepted; send JPEG, PNG, GIF, WebP, BMP or TIFF",
+        )
+    width, height = img.size
+    if width < limits.min_side or height < limits.min_side:
+        raise APIError(422, "image_too_small", f"{name}: {width}x{height} pixels is too small")
+    if width > limits.max_side or height > limits.max_side or width * height > limits.max_pixels:
+        raise APIError(
+            413,
+            "image_too_large",
+            f"{name}: {width}x{height} pixels exceeds the limit of {limits.max_pixels} pixels "
+            f"and {limits.max_side} pixels per side",
+        )
+    if fmt in {"JPEG", "MPO"} and limits.target_side is not None:
+        keep = OVERSAMPLE * limits.target_side / min(width, height)
+        if keep < 1:  # DCT-domain downscaling by 1/2, 1/4 or 1/8, to no less than the requested size
+            img.draft(img.mode, (math.ceil(width * keep), math.ceil(height * keep)))
+    return img
+
+
+def _refusal(exc: BaseException, name: str) -> APIError:
+    """The 4xx for an exception raised while reading an image."""
+    if isinstance(exc, UnidentifiedImageError):
+        return APIError(415, "not_an_image", f"{name}: the bytes are not an image in any supported format")
+    if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return APIError(413, "image_too_large", f"{name}: decompression bomb refused")
+    if isinstance(exc, MemoryError):
+        return APIError(413, "image_too_large", f"{name}: the image needs too much memory to decode")
+    return APIError(422, "corrupt_image", f"{name}: the image is truncated or corrupt ({type(exc).__name__})")
+
+
+_READ_ERRORS = (
+    UnidentifiedImageError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    TypeError,
+    struct.error,
+    MemoryError,
+)
+
+
+def decoded_pixels(data: bytes, limits: ImageLimits | None = None, *, name: str = "image") -> int:
+    """Pixels ``decode_image`` will decode for ``data`` (JPEG: at its draft size), read from the header
+    only; raises the same 4xx ``APIError`` as ``decode_image`` for a bad header."""
     limits = limits or ImageLimits()
     if not data:
         raise APIError(400, "empty_image", f"{name}: the file is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            fmt = img.format
-            if fmt not in ALLOWED_FORMATS:
-                raise APIError(
-                    415,
-                    "unsupported_image_format",
-                    f"{name}: format {fmt} is not accepted; send JPEG, PNG, GIF, WebP, BMP or TIFF",
-                )
-            width, height = img.size
-            if width < limits.min_side or height < limits.min_side:
-                raise APIError(422, "image_too_small", f"{name}: {width}x{height} pixels is too small")
-            if width > limits.max_side or height > limits.max_side or width * height > limits.max_pixels:
-                raise APIError(
-                    413,
-                    "image_too_large",
-                    f"{name}: {width}x{height} pixels exceeds the limit of {limits.max_pixels} pixels "
-                    f"and {limits.max_side} pixels per side",
-                )
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)  # animated GIF/WebP/multi-page TIFF: the first frame
-            img.load()
-            img = ImageOps.exif_transpose(img) or img
-            return _to_rgb(img)
+            img = _open_checked(data, limits, name)
+            return int(img.size[0] * img.size[1])
     except APIError:
         raise
-    except UnidentifiedImageError:
-        raise APIError(
-            415, "not_an_image", f"{name}: the bytes are not an image in any supported format"
-        ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise APIError(413, "image_too_large", f"{name}: decompression bomb refused") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error) as exc:
-        raise APIError(
-            422, "corrupt_image", f"{name}: the image is truncated or corrupt ({type(exc).__name__})"
-        ) from None
-    except MemoryError:
-        raise APIError(413, "image_too_large", f"{name}: the image needs too much memory to decode") from None
+    except _READ_ERRORS as exc:
+        raise _refusal(exc, name) from None
+
+
+def decode_image(data: bytes, limits: ImageLimits | None = None, *, name: str = "image") -> Image.Image:
+    """Decode one uploaded image into an upright RGB image, or raise a 4xx APIError naming ``name``.
+    With ``limits.target_side`` the result is only as large as the model needs (≥ 2× its input side)."""
+    limits = limits or ImageLimits()
+    if not data:
+        raise APIError(400, "empty_image", f"{name}: the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = _open_checked(data, limits, name)
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)  # animated GIF/WebP/multi-page TIFF: the first frame
+            orientation = img.getexif().get(_EXIF_ORIENTATION)
+            full_size = img.size[0] * img.size[1]
+            img.load()
+            img = _shrink(img, limits.target_side)
+            if orientation in _TRANSPOSE:
+                img = img.transpose(_TRANSPOSE[orientation])
+            img = _to_rgb(img)
+        if full_size >= RELEASE_AFTER_PIXELS:
+            release_freed_memory()
+        return img
+    except APIError:
+        raise
+    except _READ_ERRORS as exc:
+        raise _refusal(exc, name) from None

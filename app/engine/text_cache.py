@@ -21,7 +21,7 @@ class TextEmbeddingCache:
     def get_many(self, model: str, prompts: list[str]) -> tuple[dict[str, np.ndarray], list[str]]:
         """Cached vectors by prompt, and the prompts still missing (deduplicated, in order)."""
         found: dict[str, np.ndarray] = {}
-        missing: list[str] = []
+        missing: dict[str, None] = {}  # ordered set: O(1) membership (a list made this quadratic)
         with self._lock:
             for prompt in prompts:
                 key = (model, prompt)
@@ -31,9 +31,9 @@ class TextEmbeddingCache:
                     found[prompt] = vec
                     self.hits += 1
                 elif prompt not in found and prompt not in missing:
-                    missing.append(prompt)
+                    missing[prompt] = None
                     self.misses += 1
-        return found, missing
+        return found, list(missing)
 
     def put_many(self, model: str, prompts: list[str], vectors: np.ndarray) -> None:
         if self.capacity <= 0:

@@ -16,7 +16,13 @@ import tempfile
 import zlib
 from pathlib import Path
 
-from app.labelsets.store import CorruptEntryError, DirectoryStore, StoredLabelSet
+from app.labelsets.store import (
+    CorruptEntryError,
+    DirectoryStore,
+    StoredLabelSet,
+    parse_manifest,
+    record_from_manifest,
+)
 
 ARCHIVE_MEDIA_TYPE = "application/gzip"
 MAX_MEMBERS = 16
@@ -77,31 +83,59 @@ def gunzip_bounded(data: bytes, max_bytes: int, chunk_bytes: int = 1 << 20) -> b
     return b"".join(chunks)
 
 
+def tar_members(raw: bytes, max_members: int = MAX_MEMBERS) -> dict[str, bytes]:
+    """The regular files of an uncompressed tar, by name. Each 512-byte header is decoded on its own
+    (``tarfile.TarInfo.frombuf``) and checked before its data is touched: only plain regular files
+    (no pax or GNU extension headers, sparse files, links, devices, FIFOs or folders), names of the
+    label-set layout, sizes within the bytes actually present. Nothing is written to disk."""
+    view = memoryview(raw)
+    members: dict[str, bytes] = {}
+    pos = 0
+    while pos + tarfile.BLOCKSIZE <= len(raw):
+        block = bytes(view[pos : pos + tarfile.BLOCKSIZE])
+        if block == tarfile.NUL * tarfile.BLOCKSIZE:
+            break  # end-of-archive marker
+        try:
+            info = tarfile.TarInfo.frombuf(block, "utf-8", "strict")
+        except (tarfile.HeaderError, UnicodeDecodeError, ValueError) as exc:
+            raise ArchiveError(f"not a tar archive ({type(exc).__name__})") from None
+        name = info.name[:80]
+        if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+            raise ArchiveError(f"{name!r}: only plain files belong in an archive (tar type {info.type!r})")
+        if not _MEMBER.fullmatch(info.name) or info.name in members:
+            raise ArchiveError(f"unexpected archive entry {name!r}")
+        start, end = pos + tarfile.BLOCKSIZE, pos + tarfile.BLOCKSIZE + info.size
+        if info.size < 0 or end > len(raw):
+            raise ArchiveError(f"{name!r} declares {info.size} bytes; the archive holds fewer")
+        if len(members) == max_members:
+            raise ArchiveError(f"an archive holds at most {max_members} files")
+        members[info.name] = bytes(view[start:end])
+        pos = start + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    return members
+
+
 def read_archive(data: bytes, max_bytes: int = 64 * 2**20) -> StoredLabelSet:
-    """Validate and load an archive made by ``write_archive`` (checksums verified by the store code)."""
-    raw = gunzip_bounded(data, max_bytes)
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        try:
-            with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
-                members = tar.getmembers()
-                if not members or len(members) > MAX_MEMBERS:
-                    raise ArchiveError(f"an archive holds 2..{MAX_MEMBERS} files, found {len(members)}")
-                ids = {m.name.split("/", 1)[0] for m in members}
-                bad = [m.name for m in members if not (m.isfile() and _MEMBER.fullmatch(m.name))]
-                if bad or len(ids) != 1:
-                    raise ArchiveError(f"unexpected archive entries: {(bad or sorted(ids))[:5]}")
-                label_set_id = ids.pop()
-                folder = root / "label-sets" / label_set_id
-                folder.mkdir(parents=True)
-                for member in members:
-                    source = tar.extractfile(member)
-                    if source is None:
-                        raise ArchiveError(f"cannot read {member.name}")
-                    (folder / member.name.split("/", 1)[1]).write_bytes(source.read())
-        except tarfile.TarError as exc:
-            raise ArchiveError(f"not a tar archive ({exc})") from exc
-        try:
-            return DirectoryStore(root).load(label_set_id)
-        except CorruptEntryError as exc:
-            raise ArchiveError(exc.reason) from exc
+    """Validate and load an archive made by ``write_archive``: the manifest (and its checksum) is checked
+    by the store's own code, and every file it names must be a member of this archive — a manifest can
+    never make the server read anything else."""
+    members = tar_members(gunzip_bounded(data, max_bytes))
+    ids = {name.split("/", 1)[0] for name in members}
+    if len(ids) != 1:
+        raise ArchiveError(f"an archive holds one label-set folder, found {len(ids)}")
+    label_set_id = ids.pop()
+    manifest_bytes = members.pop(f"{label_set_id}/manifest.json", None)
+    if manifest_bytes is None:
+        raise ArchiveError("the archive has no manifest.json")
+
+    def read_member(name: str, size: int) -> bytes:
+        member = members.get(f"{label_set_id}/{name}")
+        if member is None:
+            raise ArchiveError(f"the manifest names {name!r}, which is not in the archive")
+        return member
+
+    try:
+        manifest = parse_manifest(label_set_id, manifest_bytes)
+        del manifest_bytes
+        return record_from_manifest(label_set_id, manifest, read_member)
+    except CorruptEntryError as exc:
+        raise ArchiveError(exc.reason) from None

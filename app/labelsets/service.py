@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from app.api.errors import APIError, conflict, not_found, unprocessable
-from app.api.validation import has_control_characters
+from app.api.validation import shown, validate_labels, validate_templates
 from app.config import Settings
 from app.engine.batcher import QueueFullError
 from app.engine.scoring import ScoredBatch, score_batch
@@ -65,8 +67,6 @@ CACHE_FEATURES = "cache_features"
 CACHE_SCORES = "cache_scores"
 PROTOTYPE_INDEX = "prototype_index"
 TEXT_INDEX = "text_index"
-
-ENCODE_CHUNK = 32
 
 
 @dataclass
@@ -135,11 +135,12 @@ class LabelSetService:
             hnsw_threshold=int(getattr(settings, "index_hnsw_threshold", IndexParams.hnsw_threshold))
         )
         self.text_index_min_classes = int(getattr(settings, "text_index_min_classes", 10_000))
-        self.max_labels = int(getattr(settings, "max_label_set_labels", 100_000))
-        self.max_calibration_images = int(getattr(settings, "max_calibration_images", 20_000))
+        self.max_labels = settings.max_label_set_labels
+        self.max_calibration_images = settings.max_calibration_images
         self._entries: dict[str, _Entry] = {}
         self._failed: dict[str, str] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        # a lock lives while someone holds or awaits it: unknown ids leave nothing behind
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._background: set[asyncio.Task[bool]] = set()
 
     # ---- loading and reading -------------------------------------------------------------------
@@ -151,6 +152,7 @@ class LabelSetService:
             try:
                 record = await asyncio.to_thread(self.store.load, label_set_id)
                 self._check_compatible(record.meta)
+                self._check_arrays(record)
                 view = await asyncio.to_thread(self._build_view, record)
             except (CorruptEntryError, APIError, ValueError) as exc:
                 reason = (
@@ -191,21 +193,109 @@ class LabelSetService:
             raise APIError(
                 503,
                 "label_set_unavailable",
-                f"label set {label_set_id!r} is stored but could not be loaded: "
+                f"label set {shown(label_set_id)} is stored but could not be loaded: "
                 f"{self._failed[label_set_id]}. Delete it or re-import it.",
             )
-        raise not_found(f"label set {label_set_id!r} does not exist", code="label_set_not_found")
+        raise not_found(f"label set {shown(label_set_id)} does not exist", code="label_set_not_found")
 
     def _lock(self, label_set_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(label_set_id, asyncio.Lock())
+        lock = self._locks.get(label_set_id)
+        if lock is None:
+            lock = self._locks[label_set_id] = asyncio.Lock()
+        return lock
+
+    def _check_importable(self, record: StoredLabelSet) -> None:
+        """The validation of create + add images + calibrate, applied to an imported record (422)."""
+        meta = record.meta
+        labels = self._validate_labels(meta.labels)
+        if labels != meta.labels:
+            raise unprocessable("labels must not start or end with blanks", code="invalid_labels")
+        if not meta.templates:
+            raise unprocessable("an imported label set needs its templates", code="invalid_templates")
+        validate_templates(list(meta.templates), [])
+        if len(meta.description) > 2000:
+            raise unprocessable("description holds at most 2000 characters", code="invalid_archive")
+        numbers = {
+            "alpha": (meta.alpha, 0.0, 100.0),
+            "visual_temperature": (meta.visual_temperature, 0.0, 10.0),
+        }
+        for name, (value, low, high) in numbers.items():
+            if not (math.isfinite(value) and low <= value <= high):
+                raise unprocessable(f"{name} must be in [{low}, {high}], got {value}", code="invalid_archive")
+        cal = meta.calibration
+        if cal is not None:
+            values = (cal.threshold, cal.target, cal.coverage, cal.risk, cal.alpha, cal.visual_temperature)
+            if not all(math.isfinite(v) for v in values) or cal.n < 1:
+                raise unprocessable("the calibration record holds non-finite numbers", code="invalid_archive")
+        try:
+            self._check_arrays(record)
+        except ValueError as exc:
+            raise unprocessable(f"invalid label-set arrays: {exc}", code="invalid_archive") from None
+
+    def _check_arrays(self, record: StoredLabelSet) -> None:
+        """``ValueError`` unless the arrays are exactly what this server's model would have stored for the
+        labels: names, dtypes, shapes, embedding and feature widths, finite values, counts ≥ 0, a bounded
+        adaptation cache. Run on import and when stored entries are loaded (a mismatch is then reported as
+        unavailable instead of failing every classify)."""
+        meta, arrays = record.meta, record.arrays
+        required, optional = {TEXT, SUMS, COUNTS}, {CACHE_CLASS, CACHE_FEATURES, CACHE_SCORES}
+        names = set(arrays)
+        if not required <= names or names - required - optional:
+            raise ValueError(
+                f"expected arrays {sorted(required)} (+ the adaptation cache), got {sorted(names)}"
+            )
+        c = len(meta.labels)
+        text, sums, counts = arrays[TEXT], arrays[SUMS], arrays[COUNTS]
+        dim = getattr(getattr(self.engine, "backend", None), "embedding_dim", None)
+        if (
+            text.dtype.kind != "f"
+            or text.ndim != 2
+            or text.shape[0] != c
+            or text.shape[1] != meta.embedding_dim
+        ):
+            raise ValueError(
+                f"text embeddings {text.dtype}{text.shape}, expected ({c}, {meta.embedding_dim})"
+            )
+        if dim is not None and text.shape[1] != int(dim):
+            raise ValueError(f"text embeddings have dimension {text.shape[1]}; this model's is {dim}")
+        if not np.isfinite(text).all() or not np.allclose(np.linalg.norm(text, axis=1), 1.0, atol=1e-3):
+            raise ValueError("text embeddings must be finite and L2-normalised")
+        if counts.dtype.kind not in "iu" or counts.shape != (c,) or (counts < 0).any():
+            raise ValueError(f"prototype counts {counts.dtype}{counts.shape} must be ({c},) integers ≥ 0")
+        feature_dim = getattr(self.engine, "feature_dim", None)
+        if sums.dtype.kind != "f" or sums.ndim != 2 or sums.shape[0] != c or not np.isfinite(sums).all():
+            raise ValueError(f"prototype sums {sums.dtype}{sums.shape} must be finite ({c}, F)")
+        if sums.shape[1] == 0:
+            if counts.any() or meta.feature_dim is not None:
+                raise ValueError("support counts without prototype sums")
+        elif sums.shape[1] != meta.feature_dim or (feature_dim is not None and sums.shape[1] != feature_dim):
+            raise ValueError(
+                f"prototype sums have width {sums.shape[1]}; this model's image space has {feature_dim}"
+            )
+        present = [name for name in optional if name in arrays]
+        if present:
+            if len(present) != len(optional) or sums.shape[1] == 0:
+                raise ValueError("an adaptation cache needs class, features and scores (and prototypes)")
+            cls, feats, scores = arrays[CACHE_CLASS], arrays[CACHE_FEATURES], arrays[CACHE_SCORES]
+            n = cls.shape[0] if cls.ndim == 1 else -1
+            if (
+                cls.dtype.kind not in "iu"
+                or n < 0
+                or n > c * meta.adaptation.max_per_class
+                or ((cls < 0) | (cls >= c)).any()
+                or feats.shape != (n, sums.shape[1])
+                or scores.shape != (n,)
+                or not (np.isfinite(feats).all() and np.isfinite(scores).all())
+            ):
+                raise ValueError("the adaptation cache does not match the labels and prototypes")
 
     def _check_compatible(self, meta: LabelSetMeta) -> None:
         if meta.model != self.engine.model_id or meta.aux_encoder != self.engine.aux_encoder_id:
             raise APIError(
                 409,
                 "label_set_model_mismatch",
-                f"label set {meta.id!r} was built with model {meta.model!r} / image space "
-                f"{meta.aux_encoder!r}; this server runs {self.engine.model_id!r} / "
+                f"label set {meta.id!r} was built with model {shown(meta.model)} / image space "
+                f"{shown(meta.aux_encoder)}; this server runs {self.engine.model_id!r} / "
                 f"{self.engine.aux_encoder_id!r}",
             )
 
@@ -313,20 +403,25 @@ class LabelSetService:
         )
         return StoredLabelSet(new_meta, {k: v.copy() for k, v in entry.record.arrays.items()})
 
-    def _validate_labels(self, labels: Sequence[str]) -> list[str]:
-        cleaned = [label.strip() for label in labels]
-        limit = self.settings.max_label_length
-        bad = [label for label in cleaned if not label or len(label) > limit or has_control_characters(label)]
-        if bad:
-            shown = [label if len(label) <= 40 else label[:40] + "…" for label in bad[:5]]
+    def _validate_labels(self, labels: Sequence[str], *, max_count: int | None = None) -> list[str]:
+        """The one label validator (``app.api.validation``): 1..max labels, each stripped, 1..max_label_length
+        characters, no control characters, usable as a URL path segment, unique up to case."""
+        return validate_labels(
+            list(labels),
+            max_count=self.max_labels if max_count is None else max_count,
+            max_length=self.settings.max_label_length,
+            min_count=1,
+        )
+
+    def _check_prompt_count(self, labels: int, templates: int) -> None:
+        """422 when a write would encode more than ``max_new_prompts_per_write`` prompts."""
+        limit = self.settings.max_new_prompts_per_write
+        if labels * templates > limit:
             raise unprocessable(
-                f"labels must be 1..{limit} characters without control characters; invalid: {shown}",
-                code="invalid_label",
+                f"{labels} labels × {templates} templates = {labels * templates} prompts to encode; a "
+                f"label-set write encodes at most {limit} (add the classes in several requests)",
+                code="too_many_prompts",
             )
-        if len(set(cleaned)) != len(cleaned):
-            dupes = sorted({label for label in cleaned if cleaned.count(label) > 1})
-            raise unprocessable(f"labels must be unique; repeated: {dupes[:10]}", code="duplicate_label")
-        return cleaned
 
     async def create(
         self,
@@ -345,24 +440,25 @@ class LabelSetService:
         """A new label set at version 1 with its text embeddings computed once; 409 when the id exists."""
         if not is_valid_slug(label_set_id):
             raise unprocessable(
-                f"label-set id {label_set_id!r} must match ^[a-z0-9][a-z0-9-_]{{0,63}}$", code="invalid_id"
+                f"label-set id {shown(label_set_id)} must match ^[a-z0-9][a-z0-9-_]{{0,63}}$",
+                code="invalid_id",
             )
         for asked, have, what in ((model, self.engine.model_id, "model"),
                                   (aux_encoder, self.engine.aux_encoder_id, "aux_encoder")):  # fmt: skip
             if asked is not None and asked != have:
-                raise unprocessable(f"this server runs {what} {have!r}, not {asked!r}", code="model_mismatch")
+                raise unprocessable(
+                    f"this server runs {what} {have!r}, not {shown(asked)}", code="model_mismatch"
+                )
         cleaned = self._validate_labels(labels)
-        if not 1 <= len(cleaned) <= self.max_labels:
-            raise unprocessable(f"a label set needs 1..{self.max_labels} labels, got {len(cleaned)}")
         preset = self.engine.preset
-        templates = list(templates) if templates else list(preset.templates)
-        bad_templates = [t for t in templates if "{}" not in t]
-        if bad_templates:
-            raise unprocessable(f"templates need a '{{}}' slot for the label: {bad_templates[:3]}")
+        templates = validate_templates(list(templates) if templates else None, preset.templates)
+        self._check_prompt_count(len(cleaned), len(templates))
         async with self._lock(label_set_id):
             if label_set_id in self._entries:
-                raise conflict(f"label set {label_set_id!r} already exists", code="label_set_exists")
-            text = await self.engine.text_embeddings(cleaned, templates)
+                raise conflict(f"label set {shown(label_set_id)} already exists", code="label_set_exists")
+            text = await self.engine.text_embeddings(
+                cleaned, templates, max_new_prompts=self.settings.max_new_prompts_per_write
+            )
             meta = LabelSetMeta(
                 id=label_set_id,
                 description=description,
@@ -390,14 +486,14 @@ class LabelSetService:
         """Remove a label set (also one that failed to load)."""
         async with self._lock(label_set_id):
             if label_set_id not in self._entries and label_set_id not in self._failed:
-                raise not_found(f"label set {label_set_id!r} does not exist", code="label_set_not_found")
+                raise not_found(f"label set {shown(label_set_id)} does not exist", code="label_set_not_found")
             if expected_version is not None and label_set_id in self._entries:
                 self._next(self._entries[label_set_id], expected_version)  # raises 409 when stale
             try:
                 await asyncio.to_thread(self.store.delete, label_set_id, expected_version)
             except LabelSetNotFoundError as exc:
                 raise not_found(
-                    f"label set {label_set_id!r} does not exist", code="label_set_not_found"
+                    f"label set {shown(label_set_id)} does not exist", code="label_set_not_found"
                 ) from exc
             except VersionConflictError as exc:
                 raise conflict(str(exc), code="version_conflict") from exc
@@ -444,13 +540,20 @@ class LabelSetService:
         async with self._lock(label_set_id):
             entry = self._entry(label_set_id)
             meta = entry.record.meta
-            new = self._validate_labels(labels)
-            clash = sorted(set(new) & set(meta.labels))
+            new = self._validate_labels(labels, max_count=max(1, self.max_labels - len(meta.labels)))
+            existing = {label.casefold() for label in meta.labels}
+            clash = sorted(label for label in new if label.casefold() in existing)
             if clash:
-                raise conflict(f"labels already in {label_set_id!r}: {clash[:10]}", code="label_exists")
+                raise conflict(
+                    f"labels already in {shown(label_set_id)} (up to case): {[shown(c) for c in clash[:10]]}",
+                    code="label_exists",
+                )
             if len(meta.labels) + len(new) > self.max_labels:
                 raise unprocessable(f"a label set holds at most {self.max_labels} labels")
-            text = await self.engine.text_embeddings(new, list(meta.templates))
+            self._check_prompt_count(len(new), len(meta.templates))
+            text = await self.engine.text_embeddings(
+                new, list(meta.templates), max_new_prompts=self.settings.max_new_prompts_per_write
+            )
             record = self._next(entry, expected_version, labels=[*meta.labels, *new], calibration=None)
             arrays = record.arrays
             arrays[TEXT] = np.concatenate([arrays[TEXT], text.astype(np.float32)])
@@ -466,7 +569,9 @@ class LabelSetService:
             entry = self._entry(label_set_id)
             meta = entry.record.meta
             if label not in meta.labels:
-                raise not_found(f"label set {label_set_id!r} has no class {label!r}", code="class_not_found")
+                raise not_found(
+                    f"label set {shown(label_set_id)} has no class {shown(label)}", code="class_not_found"
+                )
             if len(meta.labels) == 1:
                 raise unprocessable("cannot remove the last class; delete the label set instead")
             idx = meta.labels.index(label)
@@ -483,28 +588,27 @@ class LabelSetService:
                 arrays[CACHE_CLASS] = np.where(cls > idx, cls - 1, cls)
             return await self._commit(record, meta.version)
 
-    async def encode(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
-        """(embeddings, aux features) for many images, fed to the engine in chunks."""
-        embeddings, features = [], []
-        chunk = max(1, min(ENCODE_CHUNK, self.settings.max_batch_size))
-        for start in range(0, len(images), chunk):
-            try:
-                encoded = await self.engine.encode_images(list(images[start : start + chunk]))
-            except QueueFullError as exc:
-                raise APIError(
-                    429,
-                    "overloaded",
-                    f"the model queue is full; retry later ({exc})",
-                    headers={"Retry-After": "5"},
-                ) from None
-            except TimeoutError:
-                raise APIError(
-                    503, "timeout", "encoding the images timed out (server busy); retry later",
-                    headers={"Retry-After": "5"},
-                ) from None  # fmt: skip
-            embeddings.append(encoded.embeddings)
-            features.append(encoded.aux_features)
-        return np.concatenate(embeddings), np.concatenate(features)
+    async def encode(self, images: Sequence[Image.Image] | Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings, aux features) for decoded images or uploaded files (the engine decodes files a batch
+        at a time, after checking the request's pixel budget)."""
+        try:
+            if all(isinstance(image, bytes) for image in images):
+                encoded = await self.engine.encode_uploads(list(images))  # type: ignore[arg-type]
+            else:
+                encoded = await self.engine.encode_images(list(images))  # type: ignore[arg-type]
+        except QueueFullError as exc:
+            raise APIError(
+                429,
+                "overloaded",
+                f"the model queue is full; retry later ({exc})",
+                headers={"Retry-After": "5"},
+            ) from None
+        except TimeoutError:
+            raise APIError(
+                503, "timeout", "encoding the images timed out (server busy); retry later",
+                headers={"Retry-After": "5"},
+            ) from None  # fmt: skip
+        return encoded.embeddings, encoded.aux_features
 
     def _class_indices(self, meta: LabelSetMeta, labels: Sequence[str]) -> np.ndarray:
         """Label names (or their decimal indices) -> class indices; 422 listing unknown ones."""
@@ -518,8 +622,9 @@ class LabelSetService:
             else:
                 unknown.append(label)
         if unknown:
+            listed = [shown(u) for u in sorted(set(unknown))[:10]]
             raise unprocessable(
-                f"unknown class(es) for label set {meta.id!r}: {sorted(set(unknown))[:10]}; "
+                f"unknown class(es) for label set {meta.id!r}: {listed}; "
                 f"known: {meta.labels[:20]}{' …' if len(meta.labels) > 20 else ''}",
                 code="unknown_class",
             )
@@ -568,7 +673,7 @@ class LabelSetService:
         self,
         label_set_id: str,
         labels: Sequence[str],
-        images: Sequence[Image.Image],
+        images: Sequence[Image.Image] | Sequence[bytes],
         request: CalibrationRequest,
         expected_version: int | None = None,
     ) -> LabelSetView:
@@ -576,36 +681,25 @@ class LabelSetService:
 
         With ``tune``, a seeded stratified half of the images tunes α / T_v (best AURC) and the threshold is
         chosen on the other half only, so the guarantee is not spent on data that also chose α.
+
+        The images are encoded outside the label-set lock (their embeddings depend only on the model); the
+        threshold is then chosen under the lock on the version it is stored with, so concurrent writers
+        never make calibration fail (a client that gave ``expected_version`` still gets 409 when stale).
         """
-        meta = self.get_meta(label_set_id)
         if len(labels) != len(images):
             raise unprocessable(
                 f"got {len(images)} images but {len(labels)} labels; give one label per image"
             )
         if len(images) > self.max_calibration_images:
             raise unprocessable(f"at most {self.max_calibration_images} calibration images per request")
-        classes = self._class_indices(meta, labels)
-        score = request.score or meta.trust_score
-        view = self.get_view(label_set_id)
-        if score != "msp" and not view.has_prototype.all():
-            missing = [meta.labels[i] for i in np.flatnonzero(~view.has_prototype)]
-            raise unprocessable(
-                f"score {score!r} needs a prototype for every class; add support images for {missing[:10]} "
-                "first, or calibrate score 'msp'",
-                code="missing_prototypes",
-            )
-        threshold_idx, tuning_idx = _split(classes, request.tune and score != "msp", request.seed)
-        self._check_size(request, len(threshold_idx), len(images))
+        self._calibration_plan(self._entry(label_set_id), labels, request, len(images))  # fail fast
         embeddings, features = await self.encode(images)
         async with self._lock(label_set_id):
             entry = self._entry(label_set_id)
+            classes, score, threshold_idx, tuning_idx = self._calibration_plan(
+                entry, labels, request, len(images)
+            )
             view = entry.view
-            if view.version != meta.version:
-                raise conflict(
-                    f"label set {label_set_id!r} changed while calibrating "
-                    f"(now version {view.version}); retry",
-                    code="version_conflict",
-                )
             alpha, temperature = view.alpha, view.visual_temperature
             if tuning_idx.size:
                 base = self._score(view, embeddings[tuning_idx], features[tuning_idx], alpha, temperature)
@@ -650,6 +744,25 @@ class LabelSetService:
             )
             record.meta.trust_score = score
             return await self._commit(record, entry.record.meta.version)
+
+    def _calibration_plan(
+        self, entry: _Entry, labels: Sequence[str], request: CalibrationRequest, n_images: int
+    ) -> tuple[np.ndarray, TrustScoreName, np.ndarray, np.ndarray]:
+        """(classes, score, threshold indices, tuning indices) for the label set's current version; 422
+        for unknown classes, missing prototypes or too few images."""
+        meta, view = entry.record.meta, entry.view
+        classes = self._class_indices(meta, labels)
+        score = request.score or meta.trust_score
+        if score != "msp" and not view.has_prototype.all():
+            missing = [meta.labels[i] for i in np.flatnonzero(~view.has_prototype)]
+            raise unprocessable(
+                f"score {score!r} needs a prototype for every class; add support images for {missing[:10]} "
+                "first, or calibrate score 'msp'",
+                code="missing_prototypes",
+            )
+        threshold_idx, tuning_idx = _split(classes, request.tune and score != "msp", request.seed)
+        self._check_size(request, len(threshold_idx), n_images)
+        return classes, score, threshold_idx, tuning_idx
 
     def _check_size(self, request: CalibrationRequest, n_threshold: int, n_total: int) -> None:
         if request.rule == "target_risk":
@@ -818,6 +931,7 @@ class LabelSetService:
                 return  # already serving exactly this version (our own write)
             try:
                 self._check_compatible(record.meta)
+                self._check_arrays(record)
                 view = await asyncio.to_thread(self._build_view, record)
             except (APIError, ValueError) as exc:
                 self._entries.pop(label_set_id, None)
@@ -834,16 +948,19 @@ class LabelSetService:
 
     async def import_record(self, record: StoredLabelSet, new_id: str | None = None) -> LabelSetView:
         """Register an exported label set here (as version 1, under ``new_id`` if given); 409 when the id
-        exists, 409 when it was built with another model."""
+        exists, 409 when it was built with another model, 422 for anything create + add-images would have
+        refused (``_check_importable``). Stored indexes are not trusted: they are rebuilt."""
         label_set_id = new_id or record.meta.id
         if not is_valid_slug(label_set_id):
-            raise unprocessable(f"label-set id {label_set_id!r} is not a valid slug", code="invalid_id")
+            raise unprocessable(f"label-set id {shown(label_set_id)} is not a valid slug", code="invalid_id")
         self._check_compatible(record.meta)
+        self._check_importable(record)
+        record = StoredLabelSet(record.meta, record.arrays, {})  # FAISS blobs are rebuilt, never parsed
         fresh = as_first_version(record, label_set_id)
         fresh.meta.updated_at = utc_now()
         async with self._lock(label_set_id):
             if label_set_id in self._entries:
-                raise conflict(f"label set {label_set_id!r} already exists", code="label_set_exists")
+                raise conflict(f"label set {shown(label_set_id)} already exists", code="label_set_exists")
             return await self._commit(fresh, expected_version=0)
 
 

@@ -26,10 +26,12 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +44,10 @@ from app.labelsets.models import LabelSetMeta, is_valid_slug
 
 MANIFEST_FORMAT = "trustserve.labelset/1"
 STORE_FORMAT = {"format": "trustserve.labelset-store", "version": 1}
+# a manifest names data files of its own folder only: no separators, no dots but the suffix ones
+DATA_FILE = re.compile(r"^v\d{8}\.[a-z_]{1,32}\.(safetensors|bin)$")
+MAX_DATA_FILE_BYTES = 4 * 2**30
+MAX_MANIFEST_BYTES = 64 * 2**20
 
 
 class StoreError(Exception):
@@ -142,6 +148,87 @@ def atomic_write_bytes(path: Path, data: bytes, *, sync_dir: bool = True) -> Non
         _fsync_dir(path.parent)
 
 
+def parse_manifest(label_set_id: str, raw: bytes) -> dict:
+    """A manifest's JSON after checking its own checksum and format (``CorruptEntryError`` otherwise)."""
+    try:
+        manifest = json.loads(raw)
+        body = {k: v for k, v in manifest.items() if k != "checksum"}
+    except (ValueError, AttributeError, RecursionError) as exc:
+        raise CorruptEntryError(
+            label_set_id, f"manifest.json is not valid JSON ({type(exc).__name__})"
+        ) from None
+    if manifest.get("checksum") != _sha256(_canonical(body)):
+        raise CorruptEntryError(label_set_id, "manifest.json checksum mismatch (edited or torn write)")
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise CorruptEntryError(label_set_id, f"unknown manifest format {str(manifest.get('format'))[:40]!r}")
+    return manifest
+
+
+def record_from_manifest(
+    label_set_id: str, manifest: dict, read_file: Callable[[str, int], bytes]
+) -> StoredLabelSet:
+    """The label set a checked manifest describes. ``read_file(name, size)`` returns the bytes of one of
+    the entry's own data files (a plain file name matching ``DATA_FILE``, never a path); each is checked
+    against its size and sha256 from the manifest."""
+    try:
+        meta = LabelSetMeta.model_validate(manifest["meta"])
+    except (KeyError, TypeError, ValidationError) as exc:
+        raise CorruptEntryError(label_set_id, f"invalid metadata ({str(exc)[:300]})") from None
+    if meta.id != label_set_id or meta.version != manifest.get("version"):
+        raise CorruptEntryError(label_set_id, "manifest id/version do not match the folder")
+    files = manifest.get("files", {})
+    if not isinstance(files, dict) or len(files) > 16:
+        raise CorruptEntryError(label_set_id, "manifest file list is not a small mapping")
+    contents: dict[str, bytes] = {}
+    for name, entry in files.items():
+        try:
+            path, size, digest = entry["path"], entry["bytes"], entry["sha256"]
+        except (KeyError, TypeError):
+            raise CorruptEntryError(
+                label_set_id, "manifest file entries need path, bytes and sha256"
+            ) from None
+        if not (
+            isinstance(path, str)
+            and DATA_FILE.fullmatch(path)
+            and isinstance(name, str)
+            and re.fullmatch(r"[a-z_]{1,32}", name)
+            and type(size) is int
+            and 0 <= size <= MAX_DATA_FILE_BYTES
+            and isinstance(digest, str)
+        ):
+            raise CorruptEntryError(label_set_id, f"invalid manifest entry for data file {str(name)[:40]!r}")
+        data = read_file(path, size)
+        if len(data) != size or _sha256(data) != digest:
+            raise CorruptEntryError(label_set_id, f"checksum mismatch in {path}")
+        contents[name] = data
+    if "arrays" not in contents:
+        raise CorruptEntryError(label_set_id, "manifest lists no arrays file")
+    try:
+        arrays = dict(load_safetensors(contents.pop("arrays")))
+    except Exception as exc:  # safetensors raises its own error types
+        raise CorruptEntryError(label_set_id, f"arrays file unreadable ({str(exc)[:200]})") from None
+    return StoredLabelSet(meta=meta, arrays=arrays, blobs=contents)
+
+
+def read_regular_file(path: Path, max_bytes: int) -> bytes | None:
+    """The bytes of ``path`` if it is a regular file (no symlink followed, a FIFO or device never opened
+    for blocking reads) of at most ``max_bytes``; None when it does not exist; ``OSError`` otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{path.name} is not a regular file")
+        if info.st_size > max_bytes:
+            raise OSError(f"{path.name} is larger than {max_bytes} bytes")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+
+
 class DirectoryStore(LabelSetStore):
     """Embedded store: a directory on local disk (``TRUSTSERVE_STORE_DIR``)."""
 
@@ -174,34 +261,43 @@ class DirectoryStore(LabelSetStore):
         return self._sets / label_set_id
 
     @contextlib.contextmanager
-    def _locked(self, label_set_id: str) -> Iterator[None]:
-        with open(self._locks / f"{label_set_id}.lock", "a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    def _locked(self, label_set_id: str, *, remove: bool = False) -> Iterator[None]:
+        """An exclusive fcntl lock on ``locks/<id>.lock``. The lock file is taken only when it is still
+        the file at that path (a delete removes it while holding it, so no lock file outlives its label
+        set and no two writers can hold different files)."""
+        path = self._locks / f"{label_set_id}.lock"
+        while True:
+            fh = open(path, "a+b")  # noqa: SIM115 (closed below)
             try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+                try:
+                    current = os.stat(path).st_ino
+                except FileNotFoundError:
+                    current = -1
+                if current == os.fstat(fh.fileno()).st_ino:
+                    break
+            except BaseException:
+                fh.close()
+                raise
+            fh.close()  # removed (or replaced) while we waited: take the new file
+        try:
+            yield
+        finally:
+            if remove:
+                path.unlink(missing_ok=True)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            fh.close()
 
     def _remove_deleted_leftovers(self) -> None:
         for path in self._sets.glob(".deleted-*"):
             shutil.rmtree(path, ignore_errors=True)
 
     def _read_manifest(self, label_set_id: str) -> dict | None:
-        path = self._dir(label_set_id) / "manifest.json"
         try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        try:
-            manifest = json.loads(raw)
-            body = {k: v for k, v in manifest.items() if k != "checksum"}
-        except (ValueError, AttributeError) as exc:
-            raise CorruptEntryError(label_set_id, f"manifest.json is not valid JSON ({exc})") from exc
-        if manifest.get("checksum") != _sha256(_canonical(body)):
-            raise CorruptEntryError(label_set_id, "manifest.json checksum mismatch (edited or torn write)")
-        if manifest.get("format") != MANIFEST_FORMAT:
-            raise CorruptEntryError(label_set_id, f"unknown manifest format {manifest.get('format')!r}")
-        return manifest
+            raw = read_regular_file(self._dir(label_set_id) / "manifest.json", MAX_MANIFEST_BYTES)
+        except OSError as exc:
+            raise CorruptEntryError(label_set_id, f"manifest.json unreadable ({exc})") from None
+        return None if raw is None else parse_manifest(label_set_id, raw)
 
     def _cleanup_unreferenced(self, folder: Path, keep: set[str]) -> None:
         for path in folder.iterdir():
@@ -227,29 +323,17 @@ class DirectoryStore(LabelSetStore):
         manifest = self._read_manifest(label_set_id)
         if manifest is None:
             raise CorruptEntryError(label_set_id, "no manifest.json: the creating write never committed")
-        try:
-            meta = LabelSetMeta.model_validate(manifest["meta"])
-        except (KeyError, ValidationError) as exc:
-            raise CorruptEntryError(label_set_id, f"invalid metadata ({exc})") from exc
-        if meta.id != label_set_id or meta.version != manifest.get("version"):
-            raise CorruptEntryError(label_set_id, "manifest id/version do not match the folder")
-        contents: dict[str, bytes] = {}
-        for name, entry in manifest.get("files", {}).items():
-            path = folder / entry["path"]
+
+        def read_file(name: str, size: int) -> bytes:
             try:
-                data = path.read_bytes()
-            except FileNotFoundError as exc:
-                raise CorruptEntryError(label_set_id, f"missing data file {entry['path']}") from exc
-            if len(data) != entry["bytes"] or _sha256(data) != entry["sha256"]:
-                raise CorruptEntryError(label_set_id, f"checksum mismatch in {entry['path']}")
-            contents[name] = data
-        if "arrays" not in contents:
-            raise CorruptEntryError(label_set_id, "manifest lists no arrays file")
-        try:
-            arrays = dict(load_safetensors(contents.pop("arrays")))
-        except Exception as exc:  # safetensors raises its own error types
-            raise CorruptEntryError(label_set_id, f"arrays file unreadable ({exc})") from exc
-        return StoredLabelSet(meta=meta, arrays=arrays, blobs=contents)
+                data = read_regular_file(folder / name, size)
+            except OSError as exc:
+                raise CorruptEntryError(label_set_id, f"data file {name} unreadable ({exc})") from None
+            if data is None:
+                raise CorruptEntryError(label_set_id, f"missing data file {name}")
+            return data
+
+        return record_from_manifest(label_set_id, manifest, read_file)
 
     def save(self, record: StoredLabelSet, expected_version: int) -> None:
         label_set_id = record.meta.id
@@ -293,7 +377,9 @@ class DirectoryStore(LabelSetStore):
 
     def delete(self, label_set_id: str, expected_version: int | None = None) -> None:
         folder = self._dir(label_set_id)
-        with self._locked(label_set_id):
+        if not folder.is_dir():
+            raise LabelSetNotFoundError(label_set_id)
+        with self._locked(label_set_id, remove=True):
             if not folder.is_dir():
                 raise LabelSetNotFoundError(label_set_id)
             if expected_version is not None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import math
+import re
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -23,7 +25,26 @@ LOG_EPS = 1e-6
 
 
 class AudioDecodeError(ValueError):
-    """The bytes are not a readable audio file (or hold no samples)."""
+    """The bytes are not a readable audio file (or hold no samples, or break ``AudioLimits``)."""
+
+
+@dataclass(frozen=True)
+class AudioLimits:
+    """What an uploaded audio file may hold, checked from its header before any sample is decoded."""
+
+    max_seconds: float = 60.0
+    max_channels: int = 8
+    min_rate: int = 1_000  # below this, resampling to the model's rate would multiply the samples
+    max_rate: int = 192_000
+
+
+READ_BLOCK_FRAMES = 1 << 16
+_OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>:?\s*")
+
+
+def _reason(exc: Exception) -> str:
+    """libsndfile's message without the Python object it was given (``<_io.BytesIO object at 0x…>``)."""
+    return _OBJECT_REPR.sub("", str(exc)).strip().rstrip(".")[:200] or type(exc).__name__
 
 
 def hz_to_mel(freq: np.ndarray | float) -> np.ndarray:
@@ -48,18 +69,41 @@ def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, f_min: float, f_ma
     return torch.from_numpy(np.maximum(0.0, np.minimum(rising, falling))).float()
 
 
-def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
-    """Decode WAV/FLAC/OGG bytes with libsndfile → (mono float32 samples, sample rate)."""
+def decode_wav(data: bytes, limits: AudioLimits | None = None) -> tuple[np.ndarray, int]:
+    """Decode WAV/FLAC/OGG bytes with libsndfile → (mono float32 samples, sample rate).
+
+    Rate, channels and duration are checked from the header first (``AudioLimits``); the samples are then
+    read a block at a time and mixed down to mono, so memory is the mono signal, never all channels."""
+    limits = limits or AudioLimits()
     try:
-        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(data)) as audio:
+            rate, channels, frames = int(audio.samplerate), int(audio.channels), int(audio.frames)
+            if not limits.min_rate <= rate <= limits.max_rate:
+                raise AudioDecodeError(
+                    f"sample rate {rate} Hz is outside {limits.min_rate}..{limits.max_rate} Hz"
+                )
+            if not 1 <= channels <= limits.max_channels:
+                raise AudioDecodeError(f"{channels} channels; at most {limits.max_channels} are accepted")
+            max_frames = int(limits.max_seconds * rate)
+            if frames > max_frames:
+                raise AudioDecodeError(
+                    f"the audio lasts {frames / rate:.1f} s; at most {limits.max_seconds:g} s are accepted"
+                )
+            mono = np.empty(max(frames, 0), np.float32)
+            filled = 0
+            for block in audio.blocks(READ_BLOCK_FRAMES, dtype="float32", always_2d=True, frames=frames):
+                mono[filled : filled + block.shape[0]] = block.mean(axis=1)
+                filled += block.shape[0]
+    except AudioDecodeError:
+        raise
     except Exception as exc:  # libsndfile raises its own error types (and RuntimeError) for bad files
-        raise AudioDecodeError(f"unreadable audio file: {exc}") from exc
-    if samples.shape[0] == 0:
+        raise AudioDecodeError(f"unreadable audio file ({_reason(exc)})") from None
+    mono = mono[:filled]
+    if mono.size == 0:
         raise AudioDecodeError("the audio file holds no samples")
-    mono = samples.mean(axis=1)
     if not np.isfinite(mono).all():
         raise AudioDecodeError("the audio file contains NaN or infinite samples")
-    return mono, int(rate)
+    return mono, rate
 
 
 def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
@@ -114,7 +158,9 @@ def waveform_to_features(samples: np.ndarray, rate: int, spec: LogMelPreprocessi
     return log_mel(wave, spec)
 
 
-def wav_bytes_to_features(data: bytes, spec: LogMelPreprocessing) -> np.ndarray:
+def wav_bytes_to_features(
+    data: bytes, spec: LogMelPreprocessing, limits: AudioLimits | None = None
+) -> np.ndarray:
     """Decode an audio file and run ``waveform_to_features`` (raises ``AudioDecodeError``)."""
-    samples, rate = decode_wav(data)
+    samples, rate = decode_wav(data, limits)
     return waveform_to_features(samples, rate, spec)

@@ -29,7 +29,7 @@ from app.multimodal.checkpoint import (
     is_checkpoint_dir,
     load_checkpoint,
 )
-from app.multimodal.preprocessing import InputError, RawInput, file_input, vector_input
+from app.multimodal.preprocessing import InputError, InputLimits, RawInput, file_input, vector_input
 from app.multimodal.pretrained import extractor_for
 from app.multimodal.specs import (
     EXTRACTED_KINDS,
@@ -111,9 +111,13 @@ class MultimodalService:
         self._models: dict[str, _Model] = {}
         self._batchers: dict[str, DynamicBatcher[PreparedSample, np.ndarray]] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="multimodal")
+        # decoding uploads (images up to the pixel limit, audio): a small pool, so concurrent requests
+        # cannot decode more than two files at once
+        self._preprocess_pool = ThreadPoolExecutor(2, thread_name_prefix="multimodal-preprocess")
         self._batching: dict[str, Any] = {"max_batch_size": 32, "max_wait_ms": 5.0, "max_queue_size": 256}
         self._request_timeout_s = 30.0
         self._on_batch: Callable[[str, int, float], None] | None = None
+        self.input_limits = InputLimits()  # the server sets its own (Settings) at start-up
         for ckpt in checkpoints:
             name = ckpt.config.name
             if name in self._models:
@@ -181,7 +185,7 @@ class MultimodalService:
     def _model(self, name: str) -> _Model:
         if name not in self._models:
             raise not_found(
-                f"unknown multimodal model {name!r}; loaded: {self.names}", code="model_not_found"
+                f"unknown multimodal model {name[:64]!r}; loaded: {self.names}", code="model_not_found"
             )
         return self._models[name]
 
@@ -208,7 +212,7 @@ class MultimodalService:
             spec, payload = entry.modality(name), inputs[name]
             try:
                 if isinstance(payload, bytes | bytearray):
-                    arrays[name] = file_input(bytes(payload), spec)
+                    arrays[name] = file_input(bytes(payload), spec, self.input_limits)
                 else:
                     arrays[name] = vector_input(payload, spec)
             except InputError as exc:
@@ -330,7 +334,8 @@ class MultimodalService:
         Raises ``QueueFullError`` when the model's queue is full (the route answers 429)."""
         _check_top_k(top_k)
         t0 = time.perf_counter()
-        arrays = await asyncio.to_thread(self.prepare_inputs, model, inputs)
+        loop = asyncio.get_running_loop()
+        arrays = await loop.run_in_executor(self._preprocess_pool, self.prepare_inputs, model, inputs)
         t1 = time.perf_counter()
         [logits] = await self._batcher(model).submit_many([arrays], timeout_s=self._request_timeout_s)
         t2 = time.perf_counter()
@@ -342,6 +347,7 @@ class MultimodalService:
         for batcher in self._batchers.values():
             await batcher.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._preprocess_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _check_top_k(top_k: int) -> None:

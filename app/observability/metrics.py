@@ -80,6 +80,19 @@ class ServiceMetrics:
         )
         self.label_sets = Gauge("trustserve_label_sets", "label sets loaded in memory", registry=r)
 
+    def forget_label_set(self, label_set_id: str) -> None:
+        """Remove every series of a deleted label set (so /metrics does not keep it forever)."""
+        for metric in (self.images_classified, self.trust_score, self.decisions):
+            names = metric._labelnames  # the label names given at construction
+            series = {
+                tuple(sample.labels[n] for n in names)
+                for family in metric.collect()
+                for sample in family.samples
+                if sample.labels.get("label_set") == label_set_id
+            }
+            for values in series:
+                metric.remove(*values)
+
     def render(self) -> bytes:
         """Prometheus text exposition format."""
         return generate_latest(self.registry)

@@ -131,3 +131,70 @@ def test_unknown_route_and_method_are_json_errors(client) -> None:  # type: igno
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     r = client.get("/v1/classify")
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(
+    ("host", "keys", "opt_in", "status"),
+    [
+        ("0.0.0.0", None, False, 403),  # public bind, no keys: changes refused by default
+        ("0.0.0.0", None, True, 201),  # ... unless the operator opted in
+        ("::", None, False, 403),
+        ("127.0.0.1", None, False, 201),  # loopback: a local user's own server
+        ("localhost", None, False, 201),
+        ("0.0.0.0", KEYS, False, 201),  # keys: the admin key decides
+    ],
+)
+def test_admin_writes_are_secure_by_default(app_factory, caplog, host, keys, opt_in, status) -> None:  # type: ignore[no-untyped-def]
+    client = app_factory(host=host, api_keys=keys, allow_unauthenticated=opt_in)
+    headers = {"Authorization": "Bearer admin-key-456"} if keys else {}
+    r = client.post("/v1/label-sets", json={"id": "animals", "labels": ["cat", "dog"]}, headers=headers)
+    assert r.status_code == status, r.text
+    if status == 403:
+        assert r.json()["error"]["code"] == "admin_writes_disabled"
+        assert "TRUSTSERVE_API_KEYS" in r.json()["error"]["message"]
+        assert any("admin writes" in rec.getMessage() for rec in caplog.records)  # said at start-up
+        read = {"X-API-Key": "reader-key-123"} if keys else {}
+        assert _classify(client, read).status_code == 200  # classification stays open
+
+
+@pytest.mark.parametrize(("public", "status"), [(False, 401), (True, 200)])
+def test_api_docs_follow_the_keys_unless_public(app_factory, public, status) -> None:  # type: ignore[no-untyped-def]
+    client = app_factory(api_keys=KEYS, public_docs=public)
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert client.get(path).status_code == status, path
+        assert client.get(path, headers={"X-API-Key": "reader-key-123"}).status_code == 200, path
+    assert (
+        "/v1/classify" in client.get("/openapi.json", headers={"X-API-Key": "reader-key-123"}).json()["paths"]
+    )
+
+
+def test_a_trailing_slash_is_not_redirected_to_the_host_header(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.get("/v1/label-sets/", headers={"Host": "evil.example"}, follow_redirects=False)
+    assert r.status_code == 404 and "location" not in r.headers
+
+
+def test_logged_paths_and_echoed_ids_are_short(client, caplog) -> None:  # type: ignore[no-untyped-def]
+    long_id = "x" * 60_000
+    caplog.set_level("INFO", logger="trustserve.access")
+    r = client.delete(f"/v1/label-sets/{long_id}")
+    assert r.status_code == 404 and len(r.content) < 400
+    [line] = [
+        rec.getMessage()
+        for rec in caplog.records
+        if rec.name == "trustserve.access" and "DELETE" in rec.getMessage()
+    ]
+    assert len(line) < 400 and "60015 chars" in line
+
+
+def test_json_bodies_are_bounded_by_their_element_count(app_factory) -> None:  # type: ignore[no-untyped-def]
+    client = app_factory(max_json_items=1000)
+    r = client.post(
+        "/v1/classify",
+        content=b'{"labels": [' + b'"a",' * 2000 + b'"b"]}',
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 413 and r.json()["error"]["code"] == "json_too_complex"
+    r = client.post("/v1/label-sets", json={"id": "ok", "labels": [f"l{i}" for i in range(100)]})
+    assert r.status_code == 201
+    r = client.post("/v1/label-sets", json={"id": "flood", "labels": [f"l{i}" for i in range(2000)]})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "json_too_complex"  # FastAPI-parsed too

@@ -79,7 +79,7 @@ def test_errors_unknown_duplicate_bad_class(tmp_path: Path, tiny_engine) -> None
         assert err.value.status == 422
         with pytest.raises(APIError) as err:
             await service.create("dupes", ["a", "a"])
-        assert err.value.status == 422 and "repeated" in err.value.message
+        assert err.value.status == 422 and "duplicates" in err.value.message
         with pytest.raises(APIError) as err:
             await service.add_support_images("colours", ["purple"], [colour_image("red")])
         assert err.value.status == 422 and "purple" in err.value.message
@@ -283,5 +283,85 @@ def test_large_label_sets_get_text_and_hnsw_indexes(tmp_path: Path, tiny_engine)
         await reloaded.load_all()
         again = reloaded.get_view("many")
         assert again.index.kind == "hnsw" and again.text_index is not None
+
+    asyncio.run(scenario())
+
+
+def test_unknown_ids_leave_no_lock_behind(tmp_path: Path, tiny_engine) -> None:
+    async def scenario() -> None:
+        service = await service_for(tmp_path, tiny_engine)
+        for i in range(50):
+            with pytest.raises(APIError) as err:
+                await service.delete(f"nope-{i}-" + "x" * 5000)
+            assert err.value.status == 404 and len(err.value.message) < 200
+            with pytest.raises(APIError):
+                await service.update(f"nope-{i}", description="x")
+        assert len(service._locks) == 0
+
+    asyncio.run(scenario())
+
+
+def test_calibration_is_not_starved_by_concurrent_writers(tmp_path: Path, tiny_engine) -> None:
+    """Writers change the label set while calibration images are encoded: calibration still commits, on
+    the version it is stored with (it no longer fails with 'changed while calibrating')."""
+
+    async def scenario() -> None:
+        service = await _populated(tmp_path, tiny_engine, shots=2)
+        labels = [LABELS[i % 3] for i in range(90)]
+        images = [colour_image(label, seed=700 + i) for i, label in enumerate(labels)]
+        request = CalibrationRequest(rule="target_coverage", target_coverage=0.8)
+        stop = asyncio.Event()
+
+        async def writer() -> int:
+            writes = 0
+            while not stop.is_set():
+                await service.update("colours", description=f"edit {writes}")
+                writes += 1
+                await asyncio.sleep(0)
+            return writes
+
+        for _ in range(3):
+            task = asyncio.create_task(writer())
+            view = await service.calibrate("colours", labels, images, request)
+            stop.set()
+            assert await task > 0
+            stop.clear()
+            assert view.calibration is not None and view.calibration.label_set_version == view.version
+            assert service.get_view("colours").calibration is not None  # a description keeps it
+
+    asyncio.run(scenario())
+
+
+def test_stored_entry_with_a_foreign_embedding_width_is_unavailable_not_a_500(
+    tmp_path: Path, tiny_engine
+) -> None:
+    async def scenario() -> None:
+        await _populated(tmp_path, tiny_engine, shots=1)
+        store = DirectoryStore(tmp_path)
+        record = store.load("colours")
+        record.arrays["text_embeddings"] = record.arrays["text_embeddings"][:, :-1].copy()
+        record.meta = record.meta.model_copy(
+            update={"version": 3, "embedding_dim": record.meta.embedding_dim - 1}
+        )
+        store.save(record, expected_version=2)
+        fresh = LabelSetService(DirectoryStore(tmp_path), tiny_engine, make_settings(tmp_path))
+        report = await fresh.load_all()
+        assert "colours" in report.failed and "dimension" in report.failed["colours"]
+        with pytest.raises(APIError) as err:
+            fresh.get_view("colours")
+        assert err.value.status == 503
+
+    asyncio.run(scenario())
+
+
+def test_added_classes_may_not_repeat_existing_ones_up_to_case(tmp_path: Path, tiny_engine) -> None:
+    async def scenario() -> None:
+        service = await _populated(tmp_path, tiny_engine, shots=1)
+        with pytest.raises(APIError) as err:
+            await service.add_classes("colours", ["RED"])
+        assert err.value.status == 409
+        with pytest.raises(APIError) as err:
+            await service.add_classes("colours", ["../../victim"])
+        assert err.value.status == 422
 
     asyncio.run(scenario())

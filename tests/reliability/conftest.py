@@ -82,6 +82,7 @@ def live_server(tiny_models_dir: Path, multimodal_dir: Path, tmp_path_factory: p
         "TRUSTSERVE_MAX_QUEUE_SIZE": "32",
         "TRUSTSERVE_MAX_BATCH_SIZE": "16",
         "TRUSTSERVE_LOG_LEVEL": "DEBUG",
+        "TRUSTSERVE_BODY_TIMEOUT_S": "2",  # slow-body test: a dribbling upload is cut off after ~2 s
     }
     server = tiny_server(tiny_models_dir, root / "store", log_path=root / "server.log", env=env)
     with server:

@@ -26,7 +26,9 @@ FAILED_EXAMPLES: dict[str, int] = {}  # operation -> examples that failed a chec
 
 @pytest.fixture(scope="module")
 def live_schema(live_server):  # type: ignore[no-untyped-def]
-    yield schemathesis.openapi.from_url(f"{live_server.url}/openapi.json")
+    # the API docs need a key when keys are configured (TRUSTSERVE_PUBLIC_DOCS is off)
+    auth = {"Authorization": f"Bearer {LIVE_ADMIN_KEY}"}
+    yield schemathesis.openapi.from_url(f"{live_server.url}/openapi.json", headers=auth)
     folder = os.environ.get("TRUSTSERVE_RELIABILITY_REPORT")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)

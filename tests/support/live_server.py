@@ -31,8 +31,10 @@ class LiveServer:
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
         port: int | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.port = port or free_port()
+        self.cwd = cwd or REPO_ROOT
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [*command, "--port", str(self.port)]
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRUSTSERVE_LOG_JSON": "true", **(env or {})}
@@ -46,7 +48,7 @@ class LiveServer:
         self.started_at = time.monotonic()
         self.process = subprocess.Popen(
             self.command,
-            cwd=REPO_ROOT,
+            cwd=self.cwd,
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -22,12 +22,17 @@ def main() -> None:
     torch.manual_seed(0)  # the same random weights in every replica
 
     from app.api.app import create_app
+    from app.cli import uvicorn_options
     from app.config import Settings
     from app.observability.logging import configure_logging
 
-    settings = Settings(models_dir=args.models_dir, **({} if _env_has("MODEL") else {"model": TINY_PRESET}))
+    settings = Settings(
+        models_dir=args.models_dir,
+        host=args.host,
+        **({} if _env_has("MODEL") else {"model": TINY_PRESET}),
+    )
     configure_logging(settings.log_level, settings.log_json)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, **uvicorn_options(settings))
 
 
 def _env_has(name: str) -> bool:

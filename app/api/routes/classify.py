@@ -275,17 +275,26 @@ def build_results(
     },
 )
 async def classify(request: Request, engine: EngineDep, settings: SettingsDep) -> ClassifyResponse:
+    started = time.perf_counter()
     try:
-        with engine.admission():  # refuse at once when saturated, before reading the upload
-            return await _classify(request, engine, settings)
+        engine.check_capacity()  # refuse at once when saturated, before reading the upload
+        body, files = await parse_classify_request(request, settings)
+        with engine.admission():  # counted once the body is in: a slow upload holds no slot
+            return await _classify(request, engine, settings, body, files, started)
     except QueueFullError as exc:
         engine.metrics.overload_rejections.labels(engine.model_id).inc()
         raise overloaded(str(exc), exc.retry_after_s) from None
 
 
-async def _classify(request: Request, engine: ClassificationEngine, settings: Settings) -> ClassifyResponse:
-    started = time.perf_counter()
-    body, files = await parse_classify_request(request, settings)
+async def _classify(
+    request: Request,
+    engine: ClassificationEngine,
+    settings: Settings,
+    body: ClassifyRequest,
+    files: list[bytes],
+    started: float,
+) -> ClassifyResponse:
+    t_parsed = time.perf_counter()
     view = None
     label_sets = None
     if body.label_set is not None:
@@ -305,19 +314,18 @@ async def _classify(request: Request, engine: ClassificationEngine, settings: Se
             raise APIError(422, "invalid_request", "templates are fixed by the label set; omit them")
         text = view.text_embeddings
     else:
-        labels = validate_labels(body.labels or [], settings)
+        labels = validate_labels(
+            body.labels or [], max_count=settings.max_labels, max_length=settings.max_label_length
+        )
         templates = validate_templates(body.templates, engine.preset.templates)
-    t_decode = time.perf_counter()
-    images = await engine.decode_images(files)
-    t_encode = time.perf_counter()
     try:
         if view is None:
+            text_work = engine.text_embeddings(labels, templates, timeout_s=settings.request_timeout_s)
             encoded, text = await unless_disconnected(
-                request,
-                asyncio.gather(engine.encode_images(images), engine.text_embeddings(labels, templates)),
+                request, asyncio.gather(engine.encode_uploads(files), text_work)
             )
         else:
-            encoded = await unless_disconnected(request, engine.encode_images(images))
+            encoded = await unless_disconnected(request, engine.encode_uploads(files))
     except TimeoutError:
         raise APIError(
             503,
@@ -362,9 +370,9 @@ async def _classify(request: Request, engine: ClassificationEngine, settings: Se
         label_set=LabelSetRef(id=view.id, version=view.version) if view is not None else None,
         results=results,
         timing_ms={
-            "parse": round((t_decode - started) * 1000, 3),
-            "decode": round((t_encode - t_decode) * 1000, 3),
-            "inference": round((t_score - t_encode) * 1000, 3),
+            "parse": round((t_parsed - started) * 1000, 3),
+            "decode": round(encoded.decode_s * 1000, 3),
+            "inference": round((t_score - t_parsed - encoded.decode_s) * 1000, 3),
             "scoring": round((done - t_score) * 1000, 3),
             "total": round((done - started) * 1000, 3),
         },

@@ -4,11 +4,11 @@ FAISS index, calibrated reject rule). Writes need the admin scope; every write a
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from PIL import Image
 from starlette.datastructures import FormData, UploadFile
 
 from app.api.deps import LabelSetsDep, get_engine, require_admin, require_read
@@ -84,14 +84,17 @@ async def _read_form(request: Request, max_files: int) -> FormData:
         raise APIError(415, "unsupported_media_type", "send multipart/form-data with image files")
     try:
         return await request.form(max_files=max_files + 1, max_fields=max_files + 32)
+    except APIError:  # a body limit (size, time) broken while reading
+        raise
     except Exception as exc:  # malformed multipart, too many parts
         raise APIError(400, "invalid_multipart", f"could not parse the multipart body: {exc}") from None
 
 
 async def _labelled_images(
-    request: Request, form: FormData, max_files: int, allowed_fields: set[str]
-) -> tuple[list[str], list[Image.Image], dict[str, str]]:
-    """Files from ``images``/``image`` with one label each; other text fields returned by name."""
+    form: FormData, max_files: int, allowed_fields: set[str]
+) -> tuple[list[str], list[bytes], dict[str, str]]:
+    """Files from ``images``/``image`` with one label each (still encoded: the engine decodes them a batch
+    at a time); other text fields returned by name."""
     files: list[bytes] = []
     for key in ("images", "image"):
         for item in form.getlist(key):
@@ -129,8 +132,7 @@ async def _labelled_images(
             f"got {len(files)} images but {len(labels)} labels: give one label per image (or one 'label')",
             code="label_count_mismatch",
         )
-    images = await get_engine(request).decode_images(files)
-    return labels, images, {k: v[-1] for k, v in texts.items() if k in allowed_fields}
+    return labels, files, {k: v[-1] for k, v in texts.items() if k in allowed_fields}
 
 
 @router.post(
@@ -193,7 +195,7 @@ async def import_label_set(
     else:
         data = await request.body()
     try:
-        record = read_archive(data)
+        record = await asyncio.to_thread(read_archive, data)  # inflate + checksums off the event loop
     except ArchiveError as exc:
         raise unprocessable(f"invalid label-set archive: {exc}", code="invalid_archive") from None
     view = await service.import_record(record, id)
@@ -219,9 +221,13 @@ async def update_label_set(
 
 @router.delete("/{label_set_id}", status_code=204, dependencies=ADMIN, summary="Delete a label set")
 async def delete_label_set(
-    label_set_id: str, service: LabelSetsDep, version: int | None = Depends(expected_version)
+    label_set_id: str,
+    request: Request,
+    service: LabelSetsDep,
+    version: int | None = Depends(expected_version),
 ) -> Response:
     await service.delete(label_set_id, expected_version=version)
+    request.app.state.metrics.forget_label_set(label_set_id)
     return Response(status_code=204)
 
 
@@ -259,7 +265,8 @@ async def add_support_images(
     service.get_view(label_set_id)  # 404 before reading a large body
     max_files = request.app.state.settings.max_images_per_request
     form = await _read_form(request, max_files)
-    labels, images, _ = await _labelled_images(request, form, max_files, set())
+    get_engine(request)
+    labels, images, _ = await _labelled_images(form, max_files, set())
     had_calibration = service.get_view(label_set_id).calibration is not None
     view, added = await service.add_support_images(label_set_id, labels, images, expected_version=version)
     return SupportImagesOut(
@@ -294,9 +301,8 @@ async def calibrate(
     service.get_view(label_set_id)
     max_files = service.max_calibration_images
     form = await _read_form(request, max_files)
-    labels, images, fields = await _labelled_images(
-        request, form, max_files, set(_CALIBRATE_FORM) - set(_IMAGES_FORM)
-    )
+    get_engine(request)
+    labels, images, fields = await _labelled_images(form, max_files, set(_CALIBRATE_FORM) - set(_IMAGES_FORM))
     rule = fields.get("rule") or ("target_coverage" if "target_coverage" in fields else "target_risk")
     if rule not in ("target_risk", "target_coverage"):
         raise unprocessable("rule must be target_risk or target_coverage", code="invalid_rule")

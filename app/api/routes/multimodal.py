@@ -23,11 +23,13 @@ from app.api.schemas_multimodal import (
     MultimodalPrediction,
     MultimodalPredictRequest,
 )
+from app.api.validation import shown
 from app.engine.batcher import QueueFullError
 from app.multimodal.service import ModalityPayload, MultimodalService
 
 router = APIRouter(prefix="/v1/multimodal", tags=["multimodal"])
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")  # the latter: vectors only
+MAX_FORM_PARTS = 32  # modalities + top_k (a model has a handful of modalities)
 
 _MULTIPART_SCHEMA = {
     "type": "object",
@@ -64,7 +66,9 @@ def _parse_top_k(value: Any) -> int:
     try:
         top_k = int(value)
     except (TypeError, ValueError) as exc:
-        raise unprocessable(f"top_k must be an integer, got {value!r}", code="invalid_top_k") from exc
+        raise unprocessable(
+            f"top_k must be an integer, got {shown(str(value))}", code="invalid_top_k"
+        ) from exc
     if not 1 <= top_k <= 1000:
         raise unprocessable(f"top_k must be in [1, 1000], got {top_k}", code="invalid_top_k")
     return top_k
@@ -89,7 +93,7 @@ def _is_number(value: Any) -> bool:
 
 
 async def _multipart_inputs(request: Request) -> tuple[dict[str, ModalityPayload], int]:
-    form = await request.form()
+    form = await request.form(max_files=MAX_FORM_PARTS, max_fields=MAX_FORM_PARTS)
     inputs: dict[str, ModalityPayload] = {}
     top_k = 5
     for key, value in form.multi_items():
@@ -97,7 +101,7 @@ async def _multipart_inputs(request: Request) -> tuple[dict[str, ModalityPayload
             top_k = _parse_top_k(value)
             continue
         if key in inputs:
-            raise unprocessable(f"modality {key!r} was given more than once", code="duplicate_modality")
+            raise unprocessable(f"modality {shown(key)} was given more than once", code="duplicate_modality")
         if isinstance(value, UploadFile):
             inputs[key] = await value.read()
             continue
@@ -105,14 +109,14 @@ async def _multipart_inputs(request: Request) -> tuple[dict[str, ModalityPayload
             vector = json.loads(value)
         except (json.JSONDecodeError, RecursionError) as exc:
             raise unprocessable(
-                f"form field {key!r} must be a file upload or a JSON list of numbers",
+                f"form field {shown(key)} must be a file upload or a JSON list of numbers",
                 code="invalid_modality_input",
             ) from exc
         if not isinstance(vector, list) or not all(
             isinstance(v, int | float) and not isinstance(v, bool) for v in vector
         ):
             raise unprocessable(
-                f"form field {key!r} must be a JSON list of numbers", code="invalid_modality_input"
+                f"form field {shown(key)} must be a JSON list of numbers", code="invalid_modality_input"
             )
         inputs[key] = vector
     return inputs, top_k
@@ -136,7 +140,7 @@ async def predict(model: str, request: Request) -> dict[str, Any]:
         raise APIError(
             415,
             "unsupported_media_type",
-            f"send application/json or multipart/form-data, not {content_type or 'no content type'!r}",
+            f"send application/json or multipart/form-data, not {shown(content_type or 'no content type')}",
         )
     try:
         return await unless_disconnected(request, service.predict_batched(model, inputs, top_k))
