@@ -53,9 +53,9 @@ cleanup() {
     podman volume ls -q --filter "label=io.podman.compose.project=$project" | xargs -r podman volume rm -f >/dev/null 2>&1
     podman network ls -q --filter "label=io.podman.compose.project=$project" | xargs -r podman network rm -f >/dev/null 2>&1
   done
-  podman ps -aq --filter "name=^$RUN_ID" | xargs -r podman rm -f -v -t 5 >/dev/null 2>&1
+  podman ps -aq --filter "name=^$RUN_ID-" | xargs -r podman rm -f -v -t 5 >/dev/null 2>&1
   local left
-  left=$(podman ps -a --format '{{.Names}}' | grep -E "^$RUN_ID" || true)
+  left=$(podman ps -a --format '{{.Names}}' | grep -E "^$RUN_ID-" || true)
   [ -z "$left" ] || { echo "containers left behind: $left" >&2; status=1; }
   rm -rf "$WORK"
   if [ "$status" -ne 0 ]; then echo "containers: FAILED (exit $status)" >&2; fi
@@ -66,7 +66,7 @@ trap 'exit 130' INT TERM
 
 show_logs() {  # the last lines of every container of this run, when a check failed
   local name
-  for name in $(podman ps -a --format '{{.Names}}' | grep -E "^$RUN_ID" || true); do
+  for name in $(podman ps -a --format '{{.Names}}' | grep -E "^$RUN_ID-" || true); do
     echo "--- podman logs $name (last 40 lines)" >&2
     podman logs --tail 40 "$name" >&2 2>&1 || true
   done
@@ -88,9 +88,9 @@ install_packages() {
 
 # --- 2. base images -------------------------------------------------------------------------------------
 build_debian_image() {
-  # minbase Debian from the mirror apt already uses; kept between runs (TRUSTSERVE_CI_REFRESH_BASE=1
+  # minbase Debian from the mirror apt already uses; kept between runs (CI_REFRESH_DEBIAN_BASE=1
   # makes a new one)
-  if podman image exists "$DEBIAN_IMAGE" && [ -z "${TRUSTSERVE_CI_REFRESH_BASE:-}" ]; then
+  if podman image exists "$DEBIAN_IMAGE" && [ -z "${CI_REFRESH_DEBIAN_BASE:-}" ]; then
     record "debian base image" "cached"
     return
   fi
@@ -146,7 +146,7 @@ build_project_image() {
     "$PROJECT_IMAGE" 2>/dev/null || true)
   before=$(podman image inspect --format '{{.Id}}' "$PROJECT_IMAGE" 2>/dev/null || true)
   start=$(now)
-  if [ "$built_from" = "$inputs" ] && [ -z "${TRUSTSERVE_CI_REBUILD:-}" ]; then
+  if [ "$built_from" = "$inputs" ] && [ -z "${CI_REBUILD_IMAGE:-}" ]; then
     record "$PROJECT_IMAGE build" "skipped: inputs unchanged"
   else
     # the stages the runtime image copies from are tagged too (localhost/trustserve-<stage>), so pruning
