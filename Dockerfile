@@ -1,38 +1,57 @@
 # syntax=docker/dockerfile:1
 # trustserve container image (docs/DEPLOY.md). Stages:
-#   builder  virtual environment in /opt/venv: PyTorch from TORCH_INDEX_URL (CPU wheels by default), then trustserve
-#   test     builder + dev tools + the repository; `docker build --target test .` runs the unit tests
-#   baked    runtime + one preset's weights fetched at build time, for air-gapped sites (--target baked)
-#   runtime  the default: slim Debian Python, non-root, healthcheck on /readyz, presets and store on volumes
+#   deps          virtual environment in /opt/venv: PyTorch from TORCH_INDEX_URL (CPU wheels by default), then
+#                 the dependencies in pyproject.toml (a layer that survives code changes)
+#   builder       the trustserve wheel (/wheels) and its files laid out for /opt/venv (/app-root)
+#   test          deps + dev tools + the repository; `docker build --target test .` runs the unit tests
+#   runtime-user  the non-root account and the folders it owns
+#   runtime-base  what the runtime images share: Debian Python, the venv, the package, the presets
+#   bake          runtime-base loading one preset at build time (downloads go to /opt/trustserve/baked)
+#   baked         runtime + those weights, for air-gapped sites (--target baked)
+#   runtime       the default: non-root, healthcheck on /readyz, presets and store on volumes
+# The runtime images are assembled by COPY only, no RUN: nothing mounted into a build's RUN steps (a site's
+# pip configuration, CA bundle or local package index, .ci/containers.sh) can leave even an empty mount
+# point in them, and a code change rebuilds a layer of a few MB, not the multi-GB environment. A serving
+# image without torch (exported ONNX / OpenVINO models) will be a second deps stage without torch, an export
+# stage on `deps`, and a runtime assembled the same way.
 # CUDA image: --build-arg TORCH_VARIANT=cu128. PyTorch's CUDA wheels carry the CUDA runtime; the host needs
 # the NVIDIA driver and the NVIDIA Container Toolkit (deploy/docker-compose.gpu.yml).
+# Needs BuildKit (Docker 23+) or podman/buildah: pip's download cache is a build cache mount, never a layer.
+# Sites without a registry: PYTHON_IMAGE from deploy/debian/python.Containerfile (docs/DEPLOY.md).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG APP_UID=10001
 
 # ---------------------------------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS builder
+FROM ${PYTHON_IMAGE} AS deps
 ARG TORCH_VARIANT=cpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
 # keep equal to the pins in pyproject.toml (tests/deploy/test_dockerfile.py checks)
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
-ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
-RUN python -m venv /opt/venv \
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    python -m venv /opt/venv \
     && pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 WORKDIR /src
-# dependencies first (a layer that survives code changes), then the package itself
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
-COPY app ./app
-RUN pip install --no-deps .
 
 # ---------------------------------------------------------------------------------------------------------
-FROM builder AS test
+FROM deps AS builder
+COPY app ./app
+# /app-root holds only the package's files, at the paths a pip install into /opt/venv gives them
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    pip wheel --no-deps --wheel-dir /wheels . \
+    && pip install --no-deps --root /app-root /wheels/trustserve-*.whl
+
+# ---------------------------------------------------------------------------------------------------------
+FROM deps AS test
 ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # the system packages .ci/run installs, less PostgreSQL (its tests skip without a database server)
 # hadolint ignore=DL3008
@@ -40,14 +59,22 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends dataset-fashion-mnist espeak-ng sox prometheus \
     && rm -rf /var/lib/apt/lists/*
 COPY . /src
-RUN pip install -e '.[dev,datasets]' \
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    pip install -e '.[dev,datasets]' \
     && pip install --no-deps 'animal-mnist==0.4'
 # the README's test command (the same line ends .ci/run)
 RUN python3 -m pytest -q
 
 # ---------------------------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime-user
+ARG APP_UID
+RUN groupadd --system --gid "${APP_UID}" trustserve \
+    && useradd --system --uid "${APP_UID}" --gid trustserve --home-dir /var/lib/trustserve --shell /usr/sbin/nologin trustserve \
+    && mkdir -p /var/lib/trustserve/store /opt/trustserve/cache /opt/trustserve/baked
+
+# ---------------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime-base
-ARG APP_UID=10001
+ARG APP_UID
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -58,11 +85,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     TRUSTSERVE_PORT=8000 \
     TRUSTSERVE_MODELS_DIR=/opt/trustserve/models \
     TRUSTSERVE_STORE_DIR=/var/lib/trustserve/store
-RUN groupadd --system --gid "${APP_UID}" trustserve \
-    && useradd --system --uid "${APP_UID}" --gid trustserve --home-dir /var/lib/trustserve --shell /usr/sbin/nologin trustserve \
-    && mkdir -p /var/lib/trustserve/store /opt/trustserve/cache \
-    && chown -R trustserve:trustserve /var/lib/trustserve /opt/trustserve/cache
-COPY --from=builder /opt/venv /opt/venv
+COPY --from=runtime-user /etc/passwd /etc/group /etc/
+COPY --from=runtime-user --chown=${APP_UID}:${APP_UID} /var/lib/trustserve /var/lib/trustserve
+COPY --from=runtime-user --chown=${APP_UID}:${APP_UID} /opt/trustserve/cache /opt/trustserve/cache
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=builder /app-root/ /
 COPY models /opt/trustserve/models
 # numeric, so Kubernetes' runAsNonRoot can verify it
 USER ${APP_UID}:${APP_UID}
@@ -74,20 +101,27 @@ ENTRYPOINT ["trustserve"]
 CMD ["serve"]
 
 # ---------------------------------------------------------------------------------------------------------
-FROM runtime-base AS baked
+FROM runtime-base AS bake
 # a preset name from models/ (add your YAML there before building). Its downloads and caches go to a
 # folder of their own, so a writable cache volume mounted over /opt/trustserve/cache (deploy/k8s) does
 # not hide them.
 ARG BAKE_MODEL=offline-conse
-ARG APP_UID=10001
+ARG APP_UID
 ENV XDG_CACHE_HOME=/opt/trustserve/baked \
     HF_HOME=/opt/trustserve/baked/huggingface \
     TORCH_HOME=/opt/trustserve/baked/torch
-USER 0
-RUN mkdir -p /opt/trustserve/baked && chown "${APP_UID}:${APP_UID}" /opt/trustserve/baked
-USER ${APP_UID}:${APP_UID}
+COPY --from=runtime-user --chown=${APP_UID}:${APP_UID} /opt/trustserve/baked /opt/trustserve/baked
 COPY deploy/docker/bake_model.py /opt/trustserve/bake_model.py
 RUN python /opt/trustserve/bake_model.py "${BAKE_MODEL}"
+
+# ---------------------------------------------------------------------------------------------------------
+FROM runtime-base AS baked
+ARG BAKE_MODEL=offline-conse
+ARG APP_UID
+ENV XDG_CACHE_HOME=/opt/trustserve/baked \
+    HF_HOME=/opt/trustserve/baked/huggingface \
+    TORCH_HOME=/opt/trustserve/baked/torch
+COPY --from=bake --chown=${APP_UID}:${APP_UID} /opt/trustserve/baked /opt/trustserve/baked
 ENV TRUSTSERVE_MODEL=${BAKE_MODEL} \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1

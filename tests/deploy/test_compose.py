@@ -1,7 +1,8 @@
 """deploy/docker-compose.yml (+ the GPU override) parse as Compose files, reference only files that exist,
 and agree with each other and with the server: Prometheus scrapes the service Grafana's datasource reads,
 Grafana provisions the dashboard from where it is mounted, and the server settings are real settings.
-No Docker engine runs here, so nothing is started."""
+Nothing is started here; .ci/containers.sh starts the stacks for real with podman-compose, so the files
+must mean the same to podman-compose 1.0.3 (Debian bookworm) as to docker compose."""
 
 from __future__ import annotations
 
@@ -33,6 +34,39 @@ ALL_COMPOSE_FILES = sorted(DEPLOY.glob("docker-compose*.yml"))
 DOCKERFILE_STAGES = set(
     re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", (REPO_ROOT / "Dockerfile").read_text(), re.M | re.I)
 )
+
+
+# podman-compose 1.0.3's interpolation (podman_compose.py, var_re): a default must not be empty, and
+# `${VAR-x}` behaves like `${VAR:-x}` only for unset variables
+_PODMAN_COMPOSE_VARIABLE = re.compile(
+    r"\$(?:(?P<escaped>\$)|(?P<named>[_a-zA-Z][_a-zA-Z0-9]*)|(?:\{(?P<braced>[_a-zA-Z][_a-zA-Z0-9]*)"
+    r"(?:(?::?-(?P<default>[^}]+))|(?::?\?(?P<err>[^}]+)))?\}))"
+)
+# services pulled from a registry, and the image variable .ci/containers.sh points at a deploy/debian build
+REGISTRY_IMAGES = {"prometheus": "PROMETHEUS_IMAGE", "postgres": "POSTGRES_IMAGE", "nginx": "NGINX_IMAGE"}
+NOT_PACKAGED = {"grafana"}  # neither Debian nor any reachable registry has it: the CI stack runs without it
+
+
+def interpolate_podman_compose(value: Any, env: dict[str, str]) -> Any:
+    """podman-compose 1.0.3's substitution, applied to every string of the parsed file, as it does."""
+    if isinstance(value, dict):
+        return {k: interpolate_podman_compose(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate_podman_compose(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def convert(match: re.Match[str]) -> str:
+        if match["escaped"] is not None:
+            return "$"
+        name = match["named"] or match["braced"]
+        return env[name] if name in env else match["default"] or ""
+
+    return _PODMAN_COMPOSE_VARIABLE.sub(convert, value)
+
+
+def compose_variables(path: Path) -> set[str]:
+    return set(re.findall(r"\$\{(\w+)", path.read_text()))
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +200,41 @@ def test_gpu_override_reserves_an_nvidia_gpu_and_builds_cuda(compose: dict[str, 
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert re.fullmatch(r"cu\d+", server["build"]["args"]["TORCH_VARIANT"])
     assert server["environment"]["TRUSTSERVE_DEVICE"] == "cuda"
+
+
+@pytest.mark.parametrize("path", ALL_COMPOSE_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("variables", ["unset", "set"])
+def test_podman_compose_reads_what_docker_compose_reads(path: Path, variables: str) -> None:
+    """The same services, images, settings and ports under both tools, with the variables unset and set
+    (an empty default such as ``${TRUSTSERVE_API_KEYS:-}`` reached the server literally under podman-compose
+    and crash-looped it)."""
+    env = {name: f"value-of-{name}" for name in compose_variables(path)} if variables == "set" else {}
+    raw = yaml.safe_load(path.read_text())
+    assert interpolate_podman_compose(raw, env) == load_compose(path, env)
+
+
+@pytest.mark.parametrize("path", ALL_COMPOSE_FILES, ids=lambda p: p.name)
+def test_registry_images_can_be_replaced_by_debian_builds(path: Path) -> None:
+    """Each image that would come from a registry is ``${VAR:-official image}``; .ci/containers.sh sets VAR
+    to an image built from deploy/debian (sites without a registry do the same, docs/DEPLOY.md)."""
+    ci_script = (REPO_ROOT / ".ci/containers.sh").read_text()
+    for name, service in yaml.safe_load(path.read_text())["services"].items():
+        if "build" in service or name in NOT_PACKAGED:
+            continue
+        variable = REGISTRY_IMAGES[name]
+        assert re.fullmatch(rf"\$\{{{variable}:-[^}}]+\}}", service["image"]), f"{name}: {service['image']}"
+        assert f"export {variable}" in ci_script or f" {variable}" in ci_script, variable
+        [image] = re.findall(rf"^{variable}=(\S+)$", ci_script, re.M)
+        built_from = image.split("/")[-1].split(":")[0].removeprefix("debian-")
+        assert (REPO_ROOT / f"deploy/debian/{built_from}.Containerfile").is_file(), image
+
+
+def test_replicas_are_reachable_one_by_one() -> None:
+    """Each replica is published on loopback, so a client (and CI) can write through one and read through
+    the other; the balancer is the only port on every address."""
+    replicas = load_compose(DEPLOY / "docker-compose.replicas.yml")["services"]
+    ports = {name: s.get("ports", []) for name, s in replicas.items() if name.startswith("trustserve-")}
+    assert len(ports) == 2
+    published = [p for service_ports in ports.values() for p in service_ports]
+    assert all(p.startswith("127.0.0.1:") and p.endswith(":8000") for p in published), published
+    assert len(set(published)) == len(published)
