@@ -1,7 +1,8 @@
 """transformers backend: CLIP (Radford et al., 2021) and SigLIP (Zhai et al., 2023) dual encoders.
 
 The model class is chosen from ``config.model_type`` of a Hub id or a local ``save_pretrained`` folder;
-the tokenizer and image processor come from the same place.
+the tokenizer and image processor come from the same place and are exported once (``tokenizer.json`` and
+the processor's resize/crop/normalise settings), so serving needs neither transformers' models nor torch.
 
 Logits are ``logit_scale * cos(image, text) + logit_bias``. CLIP has no bias (``logit_bias = 0``). SigLIP
 was trained with a per-pair sigmoid loss, so its calibrated probability that one label matches is
@@ -12,23 +13,131 @@ SigLIP, with a fixed scale of 100 (the ``siglip-base`` preset sets ``logit_scale
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 from PIL import Image
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoTokenizer,
-    CLIPModel,
-    PreTrainedModel,
-    SiglipModel,
+
+from app.runtime.executors import TowerExecutor
+from app.runtime.towers import RuntimeContext
+from app.runtime.types import TowerReport
+from app.vlm.base import (
+    BackendCapabilities,
+    ImageEncoding,
+    encode_in_chunks,
+    l2_normalize,
+    register_backend,
 )
+from app.vlm.preprocessing import ImagePreprocessor
+from app.vlm.tokenization import PROBE_TEXTS, HFTokenizer
+from app.vlm.towers import image_tower_source, text_tower_source, weights_identity
 
-from app.vlm.base import ImageEncoding, register_backend
+MODEL_TYPES = ("clip", "siglip")
+ASSETS_FILE = "transformers.json"
+TOKENIZER_FILE = "tokenizer.json"
+_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
 
-MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {"clip": CLIPModel, "siglip": SiglipModel}
+
+def processor_preprocessor(config: dict[str, Any]) -> ImagePreprocessor:
+    """A transformers image processor's settings (``to_dict()``) as an :class:`ImagePreprocessor`."""
+    size = config.get("size") or {}
+    if "shortest_edge" in size:
+        resize, mode = int(size["shortest_edge"]), "shortest"
+    elif size.get("height") == size.get("width") and size.get("height"):
+        resize, mode = int(size["height"]), "squash"
+    else:
+        raise ValueError(f"unsupported image processor size {size!r}")
+    crop = config.get("crop_size") or {}
+    rescale = float(config.get("rescale_factor", 1 / 255)) if config.get("do_rescale", True) else 1.0
+    if abs(rescale - 1 / 255) > 1e-9:
+        raise ValueError(f"unsupported image processor rescale factor {rescale}")
+    normalize = config.get("do_normalize", True)
+    return ImagePreprocessor(
+        resize=resize,
+        resize_mode=mode,
+        crop=int(crop["height"]) if config.get("do_center_crop") and crop else None,
+        interpolation=_RESAMPLE.get(int(config.get("resample", 3)), "bicubic"),
+        mean=tuple(config["image_mean"]) if normalize else (0.0, 0.0, 0.0),
+        std=tuple(config["image_std"]) if normalize else (1.0, 1.0, 1.0),
+    )
+
+
+def _hub_kwargs(revision: str | None, cache_dir: str | None, local_files_only: bool) -> dict[str, Any]:
+    return {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only}
+
+
+def load_dual_encoder(model_id: str, hub: dict[str, Any]) -> Any:
+    """The CLIPModel / SiglipModel in eval mode (fp32, CPU)."""
+    from transformers import AutoConfig, CLIPModel, SiglipModel
+
+    config = AutoConfig.from_pretrained(model_id, **hub)
+    classes = {"clip": CLIPModel, "siglip": SiglipModel}
+    if config.model_type not in classes:
+        raise ValueError(
+            f"{model_id!r} is a {config.model_type!r} model; "
+            f"the transformers backend serves {sorted(classes)}"
+        )
+    return classes[config.model_type].from_pretrained(model_id, **hub).eval()
+
+
+def write_transformers_assets(model_id: str, hub: dict[str, Any], model: Any, folder: Path) -> dict[str, Any]:
+    """Tokenizer (checked against transformers' own on probe texts), processor settings and scalars."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    model_type = model.config.model_type
+    tokenizer = AutoTokenizer.from_pretrained(model_id, **hub)
+    if not tokenizer.is_fast:
+        tokenizer = AutoTokenizer.from_pretrained(model_id, use_fast=True, **hub)
+    if not tokenizer.is_fast:
+        raise ValueError(f"{model_id!r}: its tokenizer has no fast (tokenizers) form to export")
+    tokenizer.backend_tokenizer.save(str(folder / TOKENIZER_FILE))
+    # SigLIP pools the last token, so it needs the fixed-length padding it was trained with (and no mask).
+    padding = "max_length" if model_type == "siglip" else "longest"
+    max_length = int(model.config.text_config.max_position_embeddings)
+    inputs = ("input_ids",) if model_type == "siglip" else ("input_ids", "attention_mask")
+    settings = {
+        "max_length": max_length,
+        "padding": padding,
+        "pad_id": int(tokenizer.pad_token_id),
+        "pad_token": str(tokenizer.pad_token),
+        "input_names": list(inputs),
+    }
+    ours = HFTokenizer(folder / TOKENIZER_FILE, **{**settings, "input_names": inputs})(list(PROBE_TEXTS))
+    theirs = tokenizer(list(PROBE_TEXTS), padding=padding, truncation=True, max_length=max_length)
+    if not np.array_equal(ours["input_ids"], np.array(theirs["input_ids"])):
+        raise ValueError(f"{model_id!r}: the exported tokenizer differs from transformers' on probe texts")
+    processor = AutoImageProcessor.from_pretrained(model_id, **hub)
+    bias = getattr(model, "logit_bias", None)
+    assets = {
+        "model_type": model_type,
+        "tokenizer": settings,
+        "preprocess": processor_preprocessor(processor.to_dict()).model_dump(),
+        "logit_scale": float(model.logit_scale.detach().float().exp().item()),
+        "logit_bias": 0.0 if bias is None else float(bias.detach().float().item()),
+    }
+    (folder / ASSETS_FILE).write_text(json.dumps(assets))
+    return {"model_id": model_id}
+
+
+def image_tower_module(model: Any) -> Any:
+    from app.runtime.torch_executor import CallableTower
+
+    return CallableTower(model, lambda m, pixels: m.get_image_features(pixel_values=pixels).pooler_output)
+
+
+def text_tower_module(model: Any, with_mask: bool) -> Any:
+    from app.runtime.torch_executor import CallableTower
+
+    if with_mask:
+        return CallableTower(
+            model,
+            lambda m, ids, mask: m.get_text_features(input_ids=ids, attention_mask=mask).pooler_output,
+        )
+    # SigLIP was trained without a text attention mask (padding tokens are attended); match that.
+    return CallableTower(model, lambda m, ids: m.get_text_features(input_ids=ids).pooler_output)
 
 
 class TransformersDualEncoderBackend:
@@ -40,73 +149,47 @@ class TransformersDualEncoderBackend:
 
     def __init__(
         self,
-        model: PreTrainedModel,
-        tokenizer: Any,
-        image_processor: Any,
+        image_tower: TowerExecutor,
+        text_tower: TowerExecutor,
+        preprocessor: ImagePreprocessor,
+        tokenizer: HFTokenizer,
         *,
         name: str,
-        device: torch.device,
-        dtype: torch.dtype,
+        model_type: str,
+        logit_scale: float,
+        logit_bias: float,
         text_batch_size: int = 256,
+        towers: dict[str, TowerReport] | None = None,
     ) -> None:
-        self.name = name
-        self.device = device
-        self.dtype = dtype
-        self.model_type: str = model.config.model_type
-        self._model = model
-        self._tokenizer = tokenizer
-        self._image_processor = image_processor
+        self.name, self.model_type = name, model_type
+        self._image, self._text = image_tower, text_tower
+        self.preprocessor, self._tokenizer = preprocessor, tokenizer
+        self.logit_scale, self.logit_bias = float(logit_scale), float(logit_bias)
         self.text_batch_size = text_batch_size
-        self.logit_scale: float = float(model.logit_scale.detach().float().exp().item())
-        bias = getattr(model, "logit_bias", None)
-        self.logit_bias: float = 0.0 if bias is None else float(bias.detach().float().item())
-        # SigLIP pools the last token, so it needs the fixed-length padding it was trained with.
-        self._text_padding = "max_length" if self.model_type == "siglip" else "longest"
+        self.towers = towers or {}
         self.embedding_dim: int = int(self._encode_text_chunk([""]).shape[1])
 
-    @property
-    def _max_text_length(self) -> int:
-        return int(self._model.config.text_config.max_position_embeddings)
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """One PIL image -> (3, H, W) float32 with the checkpoint's image-processor settings."""
+        return self.preprocessor(image)
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """One PIL image -> (3, H, W) float32 with the checkpoint's own image processor."""
-        batch = self._image_processor(images=image.convert("RGB"), return_tensors="pt")
-        return batch["pixel_values"][0].float()
-
-    @torch.inference_mode()
-    def encode_images(self, pixels: torch.Tensor) -> ImageEncoding:
+    def encode_images(self, pixels: np.ndarray) -> ImageEncoding:
         """(B, 3, H, W) -> normalised embeddings and the raw embeddings they came from."""
-        pixels = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
-        raw = self._model.get_image_features(pixel_values=pixels).pooler_output.float()
-        embeddings = torch.nn.functional.normalize(raw, dim=-1)
-        return ImageEncoding(embeddings=embeddings.cpu(), features=raw.cpu())
+        [raw] = self._image.run({"pixels": pixels})
+        return ImageEncoding(embeddings=l2_normalize(raw), features=raw)
 
-    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts -> (N, D) normalised embeddings, ``text_batch_size`` at a time."""
-        if not texts:
-            return torch.empty(0, self.embedding_dim)
-        step = self.text_batch_size
-        return torch.cat([self._encode_text_chunk(texts[i : i + step]) for i in range(0, len(texts), step)])
+        return encode_in_chunks(self._encode_text_chunk, texts, self.text_batch_size, self.embedding_dim)
 
-    @torch.inference_mode()
-    def _encode_text_chunk(self, texts: Sequence[str]) -> torch.Tensor:
-        tokens = self._tokenizer(
-            list(texts),
-            padding=self._text_padding,
-            truncation=True,
-            max_length=self._max_text_length,
-            return_tensors="pt",
-        ).to(self.device)
-        # SigLIP was trained without a text attention mask (padding tokens are attended); match that.
-        mask = None if self.model_type == "siglip" else tokens.get("attention_mask")
-        raw = self._model.get_text_features(input_ids=tokens["input_ids"], attention_mask=mask)
-        return torch.nn.functional.normalize(raw.pooler_output.float(), dim=-1).cpu()
+    def _encode_text_chunk(self, texts: Sequence[str]) -> np.ndarray:
+        [raw] = self._text.run(self._tokenizer(list(texts)))
+        return l2_normalize(raw)
 
 
-@register_backend("transformers")
+@register_backend("transformers", BackendCapabilities(logit_bias=True))
 def create_transformers_backend(
-    device: torch.device,
-    dtype: torch.dtype,
+    context: RuntimeContext,
     model_id: str,
     revision: str | None = None,
     cache_dir: str | None = None,
@@ -114,25 +197,58 @@ def create_transformers_backend(
     text_batch_size: int = 256,
 ) -> TransformersDualEncoderBackend:
     """Factory for presets with ``backend: transformers``; ``model_id`` is a Hub id or a local folder."""
-    hub_kwargs: dict[str, Any] = {
-        "revision": revision,
-        "cache_dir": cache_dir,
-        "local_files_only": local_files_only,
-    }
-    config = AutoConfig.from_pretrained(model_id, **hub_kwargs)
-    if config.model_type not in MODEL_CLASSES:
-        raise ValueError(
-            f"{model_id!r} is a {config.model_type!r} model; "
-            f"the transformers backend serves {sorted(MODEL_CLASSES)}"
-        )
-    model = MODEL_CLASSES[config.model_type].from_pretrained(model_id, dtype=dtype, **hub_kwargs)
-    model = model.to(device).eval()
+    hub = _hub_kwargs(revision, cache_dir, local_files_only)
+    local = Path(model_id).expanduser()
+    weights = (
+        weights_identity(context.cache, local)
+        if local.is_dir()
+        else f"published:{model_id}@{revision or 'main'}"
+    )
+    identity = {"backend": "transformers", "weights": weights}
+    model: list[Any] = []
+
+    def loaded() -> Any:
+        if not model:
+            model.append(load_dual_encoder(model_id, hub))
+        return model[0]
+
+    entry = context.assets(
+        "transformers", identity, lambda folder: write_transformers_assets(model_id, hub, loaded(), folder)
+    )
+    assets = json.loads(entry.file(ASSETS_FILE).read_text())
+    settings = assets["tokenizer"]
+    tokenizer = HFTokenizer(
+        entry.file(TOKENIZER_FILE), **{**settings, "input_names": tuple(settings["input_names"])}
+    )
+    preprocessor = ImagePreprocessor(**assets["preprocess"])
+    image = image_tower_source(
+        model=context.model,
+        tower="image",
+        identity=identity,
+        preprocessor=preprocessor,
+        build_module=lambda: image_tower_module(loaded()),
+        outputs=("features",),
+        transformer=True,
+    )
+    text = text_tower_source(
+        model=context.model,
+        identity=identity,
+        tokenizer=tokenizer,
+        build_module=lambda: text_tower_module(loaded(), "attention_mask" in settings["input_names"]),
+        outputs=("embeddings",),
+        sequence_length=settings["max_length"] if settings["padding"] == "max_length" else None,
+    )
+    image_executor = context.tower(image)
+    text_executor = context.tower(text)
     return TransformersDualEncoderBackend(
-        model,
-        AutoTokenizer.from_pretrained(model_id, **hub_kwargs),
-        AutoImageProcessor.from_pretrained(model_id, **hub_kwargs),
+        image_executor,
+        text_executor,
+        preprocessor,
+        tokenizer,
         name=f"transformers:{model_id}",
-        device=device,
-        dtype=dtype,
+        model_type=assets["model_type"],
+        logit_scale=assets["logit_scale"],
+        logit_bias=assets["logit_bias"],
         text_batch_size=text_batch_size,
+        towers=context.reports,
     )
