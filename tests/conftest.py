@@ -14,7 +14,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # so reusing them across runs is safe; kept apart from a user's own cache. Subprocess servers inherit it.
 os.environ.setdefault(
     "TRUSTSERVE_EXPORT_CACHE_DIR",
-    os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "trustserve", "export-tests"),
+    os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "trustserve", "export-tests"
+    ),
 )
 
 import io

@@ -99,7 +99,15 @@ class OpenVinoExecutor:
 
     runtime: Runtime = "openvino"
 
-    def __init__(self, model_xml: Path, *, precision: Precision, device: str, threads: int) -> None:
+    def __init__(
+        self,
+        model_xml: Path,
+        *,
+        input_names: tuple[str, ...],
+        precision: Precision,
+        device: str,
+        threads: int,
+    ) -> None:
         try:
             import openvino as ov
         except ImportError as exc:
@@ -116,11 +124,19 @@ class OpenVinoExecutor:
         core = ov.Core()
         self._compiled = core.compile_model(core.read_model(str(model_xml)), "CPU", config)
         self._request = self._compiled.create_infer_request()
-        self._input_names = [port.any_name for port in self._compiled.inputs]
+        # an input port may carry several tensor names (e.g. a Cast folded into it): pick ours
+        self._input_names = [_port_name(port.get_names(), input_names) for port in self._compiled.inputs]
         self._lock = threading.Lock()
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        feed = {name: np.ascontiguousarray(inputs[name]) for name in self._input_names}
+        feed = [np.ascontiguousarray(inputs[name]) for name in self._input_names]
         with self._lock:
             result = self._request.infer(feed)
             return _as_outputs([np.array(result[port]) for port in self._compiled.outputs])
+
+
+def _port_name(names: set[str], wanted: tuple[str, ...]) -> str:
+    for name in wanted:
+        if name in names:
+            return name
+    raise ValueError(f"model input {sorted(names)} is none of the tower's inputs {list(wanted)}")

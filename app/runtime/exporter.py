@@ -73,8 +73,8 @@ def quantize_openvino_int8(
     import openvino as ov
 
     model = ov.Core().read_model(str(xml_in))
-    names = [port.any_name for port in model.inputs]
-    dataset = nncf.Dataset([{n: np.ascontiguousarray(item[n]) for n in names} for item in calibration])
+    names = list(calibration[0])  # the tower's inputs, in the model's (ONNX) input order
+    dataset = nncf.Dataset([[np.ascontiguousarray(item[n]) for n in names] for item in calibration])
     with _quiet():
         quantized = nncf.quantize(
             model,

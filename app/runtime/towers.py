@@ -335,13 +335,19 @@ class RuntimeContext:
             "build_seconds": round(time.perf_counter() - started, 2),
         }
 
-    def _executor(self, entry: CacheEntry, runtime: Runtime, precision: Precision) -> TowerExecutor:
+    def _executor(
+        self, source: TowerSource, entry: CacheEntry, runtime: Runtime, precision: Precision
+    ) -> TowerExecutor:
         if runtime == "onnxruntime":
             return OnnxRuntimeExecutor(
                 entry.file("model.onnx"), precision=precision, device=self.device, threads=self.threads
             )
         return OpenVinoExecutor(
-            entry.file("model.xml"), precision=precision, device=self.device, threads=self.threads
+            entry.file("model.xml"),
+            input_names=tuple(t.name for t in source.spec.inputs),
+            precision=precision,
+            device=self.device,
+            threads=self.threads,
         )
 
     def _reference(self, source: TowerSource) -> list[np.ndarray]:
@@ -367,7 +373,7 @@ class RuntimeContext:
         entry, built = self.cache.get_or_build(
             key, fields, lambda d: self._build(source, runtime, precision, d)
         )
-        executor = self._executor(entry, runtime, precision)
+        executor = self._executor(source, entry, runtime, precision)
         check_name = f"parity-{precision}-{self.device.split(':')[0]}"
         check = entry.read_check(check_name)
         if check is None:

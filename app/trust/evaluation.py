@@ -156,7 +156,9 @@ class LoadedModel:
             int8_calibration_dir=calibration_dir,
         )
         loaded = load_models(preset, settings)
-        towers = ",".join(f"{t}={r.runtime}/{r.precision}" for t, r in sorted(loaded.towers.items()))
+        towers = ",".join(
+            f"{t}={r.runtime}/{r.precision}/{r.dtype}" for t, r in sorted(loaded.towers.items())
+        )
         return cls(preset, loaded.backend, loaded.aux_encoder, towers)
 
     def class_embeddings(self, class_names: Sequence[str]) -> np.ndarray:

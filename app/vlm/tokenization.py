@@ -105,3 +105,33 @@ class ClipBpeTokenizer:
             ids[-1] = self.eot_id
             out[row, : len(ids)] = ids
         return {"text": out}
+
+
+class TransformersTokenizer:
+    """Fallback for tokenizers with no ``tokenizers`` form (e.g. SigLIP's SentencePiece): transformers'
+    own tokenizer saved with the exports. Importing transformers imports torch, so a model that needs this
+    is not torch-free when served."""
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        max_length: int,
+        padding: Literal["longest", "max_length"],
+        input_names: tuple[str, ...] = ("input_ids", "attention_mask"),
+        **_: object,
+    ) -> None:
+        from transformers import AutoTokenizer
+
+        self._tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.max_length, self.padding, self.input_names = max_length, padding, input_names
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        tokens = self._tokenizer(
+            list(texts),
+            padding=self.padding,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="np",
+        )
+        return {name: np.asarray(tokens[name], dtype=np.int64) for name in self.input_names}

@@ -32,12 +32,13 @@ from app.vlm.base import (
     register_backend,
 )
 from app.vlm.preprocessing import ImagePreprocessor
-from app.vlm.tokenization import PROBE_TEXTS, HFTokenizer
+from app.vlm.tokenization import PROBE_TEXTS, HFTokenizer, TransformersTokenizer
 from app.vlm.towers import image_tower_source, text_tower_source, weights_identity
 
 MODEL_TYPES = ("clip", "siglip")
 ASSETS_FILE = "transformers.json"
 TOKENIZER_FILE = "tokenizer.json"
+SLOW_TOKENIZER_DIR = "tokenizer"
 _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
 
 
@@ -89,11 +90,10 @@ def write_transformers_assets(model_id: str, hub: dict[str, Any], model: Any, fo
 
     model_type = model.config.model_type
     tokenizer = AutoTokenizer.from_pretrained(model_id, **hub)
-    if not tokenizer.is_fast:
-        tokenizer = AutoTokenizer.from_pretrained(model_id, use_fast=True, **hub)
-    if not tokenizer.is_fast:
-        raise ValueError(f"{model_id!r}: its tokenizer has no fast (tokenizers) form to export")
-    tokenizer.backend_tokenizer.save(str(folder / TOKENIZER_FILE))
+    if tokenizer.is_fast:
+        tokenizer.backend_tokenizer.save(str(folder / TOKENIZER_FILE))
+    else:  # e.g. SigLIP's SentencePiece: served by transformers (not torch-free)
+        tokenizer.save_pretrained(folder / SLOW_TOKENIZER_DIR)
     # SigLIP pools the last token, so it needs the fixed-length padding it was trained with (and no mask).
     padding = "max_length" if model_type == "siglip" else "longest"
     max_length = int(model.config.text_config.max_position_embeddings)
@@ -104,8 +104,9 @@ def write_transformers_assets(model_id: str, hub: dict[str, Any], model: Any, fo
         "pad_id": int(tokenizer.pad_token_id),
         "pad_token": str(tokenizer.pad_token),
         "input_names": list(inputs),
+        "fast": bool(tokenizer.is_fast),
     }
-    ours = HFTokenizer(folder / TOKENIZER_FILE, **{**settings, "input_names": inputs})(list(PROBE_TEXTS))
+    ours = make_tokenizer(folder, {**settings, "fast": tokenizer.is_fast})(list(PROBE_TEXTS))
     theirs = tokenizer(list(PROBE_TEXTS), padding=padding, truncation=True, max_length=max_length)
     if not np.array_equal(ours["input_ids"], np.array(theirs["input_ids"])):
         raise ValueError(f"{model_id!r}: the exported tokenizer differs from transformers' on probe texts")
@@ -120,6 +121,15 @@ def write_transformers_assets(model_id: str, hub: dict[str, Any], model: Any, fo
     }
     (folder / ASSETS_FILE).write_text(json.dumps(assets))
     return {"model_id": model_id}
+
+
+def make_tokenizer(folder: Path, settings: dict[str, Any]) -> HFTokenizer | TransformersTokenizer:
+    """The exported tokenizer: ``tokenizers`` (torch-free) when the model has a fast one."""
+    kwargs = {k: v for k, v in settings.items() if k != "fast"}
+    kwargs["input_names"] = tuple(settings["input_names"])
+    if settings["fast"]:
+        return HFTokenizer(folder / TOKENIZER_FILE, **kwargs)
+    return TransformersTokenizer(folder / SLOW_TOKENIZER_DIR, **kwargs)
 
 
 def image_tower_module(model: Any) -> Any:
@@ -152,7 +162,7 @@ class TransformersDualEncoderBackend:
         image_tower: TowerExecutor,
         text_tower: TowerExecutor,
         preprocessor: ImagePreprocessor,
-        tokenizer: HFTokenizer,
+        tokenizer: HFTokenizer | TransformersTokenizer,
         *,
         name: str,
         model_type: str,
@@ -217,9 +227,7 @@ def create_transformers_backend(
     )
     assets = json.loads(entry.file(ASSETS_FILE).read_text())
     settings = assets["tokenizer"]
-    tokenizer = HFTokenizer(
-        entry.file(TOKENIZER_FILE), **{**settings, "input_names": tuple(settings["input_names"])}
-    )
+    tokenizer = make_tokenizer(entry.path, settings)
     preprocessor = ImagePreprocessor(**assets["preprocess"])
     image = image_tower_source(
         model=context.model,
