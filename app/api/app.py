@@ -29,6 +29,8 @@ from app.labelsets.store import DirectoryStore, LabelSetStore
 from app.labelsets.sync import LabelSetSync
 from app.multimodal.service import MultimodalService
 from app.observability.metrics import ServiceMetrics
+from app.runtime.cache import ExportCache
+from app.vlm.loading import runtime_request
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,12 @@ async def _start_services(app: FastAPI, settings: Settings, engine: Classificati
             engine = await asyncio.to_thread(ClassificationEngine.load, settings, state.metrics)
         else:
             engine.metrics = state.metrics
-        state.multimodal = await asyncio.to_thread(MultimodalService.from_dirs, multimodal_dirs(settings))
+        state.multimodal = await asyncio.to_thread(
+            MultimodalService.from_dirs,
+            multimodal_dirs(settings),
+            runtime_request(settings),
+            ExportCache(settings.export_cache_dir),
+        )
         state.multimodal.configure_batching(
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,

@@ -17,20 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from scipy.special import softmax
 
 from app.api.errors import APIError, not_found, unprocessable
 from app.engine.batcher import DynamicBatcher
-from app.multimodal.checkpoint import (
-    CheckpointConfig,
-    CheckpointError,
-    LoadedCheckpoint,
-    is_checkpoint_dir,
-    load_checkpoint,
-)
-from app.multimodal.preprocessing import InputError, file_input, vector_input
+from app.multimodal.checkpoint import CheckpointConfig, CheckpointError, is_checkpoint_dir
+from app.multimodal.runtime import ServedCheckpoint, load_served_checkpoint
 from app.multimodal.specs import ImagePreprocessing, LogMelPreprocessing, ModalitySpec
+from app.runtime.cache import ExportCache
+from app.runtime.towers import RuntimeContext
+from app.runtime.types import RuntimeRequest, UnsupportedSettingError
 from app.trust.scores import baseline_scores
 
 log = logging.getLogger(__name__)
@@ -62,7 +58,7 @@ def _accepted_forms(spec: ModalitySpec) -> list[str]:
 
 @dataclass
 class _Model:
-    checkpoint: LoadedCheckpoint
+    checkpoint: ServedCheckpoint
 
     @property
     def config(self) -> CheckpointConfig:
@@ -75,7 +71,7 @@ class _Model:
 class MultimodalService:
     """The loaded multimodal models, keyed by checkpoint name."""
 
-    def __init__(self, checkpoints: Iterable[LoadedCheckpoint] = ()) -> None:
+    def __init__(self, checkpoints: Iterable[ServedCheckpoint] = ()) -> None:
         self._models: dict[str, _Model] = {}
         self._batchers: dict[str, DynamicBatcher[dict[str, np.ndarray], np.ndarray]] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="multimodal")
@@ -90,19 +86,35 @@ class MultimodalService:
             self._models[name] = _Model(ckpt)
 
     @classmethod
-    def from_dirs(cls, dirs: Iterable[Path | None]) -> MultimodalService:
-        """Load every checkpoint folder under ``dirs`` (missing dirs ignored); broken ones are logged and
-        skipped so one bad folder never keeps the server from starting."""
+    def from_dirs(
+        cls,
+        dirs: Iterable[Path | None],
+        runtime: RuntimeRequest | None = None,
+        cache: ExportCache | None = None,
+    ) -> MultimodalService:
+        """Load every checkpoint folder under ``dirs`` (missing dirs ignored) on ``runtime`` (default: the
+        torch reference); broken ones are logged and skipped so one bad folder never keeps the server
+        from starting."""
+        request = runtime or RuntimeRequest(runtime="torch", device="cpu")
         loaded = []
         for root in dirs:
             if root is None or not Path(root).exists():
                 continue
             for folder in find_checkpoint_dirs(Path(root)):
+                context = RuntimeContext(request, cache or ExportCache(), f"multimodal-{folder.name}")
                 try:
-                    loaded.append(load_checkpoint(folder))
-                    log.info("loaded multimodal checkpoint %s", folder)
-                except CheckpointError as exc:
+                    served = load_served_checkpoint(folder, context)
+                    loaded.append(served)
+                    log.info(
+                        "loaded multimodal checkpoint %s on %s %s",
+                        folder,
+                        served.report.runtime,
+                        served.report.precision,
+                    )
+                except (CheckpointError, UnsupportedSettingError) as exc:
                     log.error("skipping broken multimodal checkpoint %s: %s", folder, exc)
+                finally:
+                    context.close()
         return cls(loaded)
 
     @property
@@ -168,6 +180,8 @@ class MultimodalService:
                 code="invalid_modalities",
                 details={"expected": expected, "unknown": unknown, "missing": missing},
             )
+        from app.multimodal.preprocessing import InputError, file_input, vector_input  # imports torch (audio)
+
         arrays = {}
         for name in expected:
             spec, payload = entry.modality(name), inputs[name]
@@ -184,14 +198,11 @@ class MultimodalService:
 
     def _forward(self, entry: _Model, samples: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
         """ONE forward pass for a batch of prepared samples -> fused class logits per sample."""
-        net = entry.checkpoint.model
-        with torch.inference_mode():
-            batch = {
-                name: torch.from_numpy(np.stack([sample[name] for sample in samples]))
-                for name in entry.config.fusion.modality_names
-            }
-            logits = net.class_logits(net(batch).fused_logits).double().numpy()
-        return list(logits)
+        batch = {
+            name: np.stack([sample[name] for sample in samples]).astype(np.float32, copy=False)
+            for name in entry.config.fusion.modality_names
+        }
+        return list(entry.checkpoint.class_logits(batch).astype(np.float64))
 
     def _answer(
         self, model: str, logits: np.ndarray, top_k: int, timing_ms: dict[str, float]

@@ -18,14 +18,15 @@ from app.vlm.presets import ModelPreset
 log = logging.getLogger(__name__)
 
 
-def runtime_request(settings: Settings, preset: ModelPreset) -> RuntimeRequest:
+def runtime_request(settings: Settings, preset: ModelPreset | None = None) -> RuntimeRequest:
     """Settings set explicitly (environment, config file, arguments) win over the preset's ``runtime`` /
     ``precision``, which win over the defaults."""
     explicit = settings.model_fields_set
-    runtime = settings.runtime if "runtime" in explicit or preset.runtime is None else preset.runtime
-    precision = (
-        settings.precision if "precision" in explicit or preset.precision is None else preset.precision
-    )
+    runtime, precision = settings.runtime, settings.precision
+    if preset is not None and preset.runtime is not None and "runtime" not in explicit:
+        runtime = preset.runtime
+    if preset is not None and preset.precision is not None and "precision" not in explicit:
+        precision = preset.precision
     return RuntimeRequest(
         runtime=runtime,
         precision=precision,
