@@ -127,7 +127,9 @@ def _calibration_dir(root: Path, count: int = 12) -> Path:
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_int8_quantizes_on_the_users_images(tmp_path: Path, runtime: str) -> None:
-    context = make_context(tmp_path, runtime, precision="int8", calibration_dir=str(_calibration_dir(tmp_path)))
+    context = make_context(
+        tmp_path, runtime, precision="int8", calibration_dir=str(_calibration_dir(tmp_path))
+    )
     executor = context.tower(source())
     [out] = executor.run(source().probe_inputs(4))
     report = context.reports["image"]
@@ -152,7 +154,9 @@ def test_bf16_runs_on_openvino(tmp_path: Path) -> None:
 def test_text_towers_stay_fp32(tmp_path: Path) -> None:
     text = source()
     text.precisions = ("fp32",)
-    context = make_context(tmp_path, "openvino", precision="int8", calibration_dir=str(_calibration_dir(tmp_path)))
+    context = make_context(
+        tmp_path, "openvino", precision="int8", calibration_dir=str(_calibration_dir(tmp_path))
+    )
     context.tower(text)
     assert context.reports["image"].precision == "fp32"
 
