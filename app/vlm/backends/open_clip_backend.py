@@ -13,25 +13,20 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from app.runtime.executors import TowerExecutor
 from app.runtime.towers import RuntimeContext
-from app.runtime.types import TowerReport
 from app.vlm.base import (
     BackendCapabilities,
-    ImageEncoding,
-    encode_in_chunks,
-    l2_normalize,
     register_backend,
 )
+from app.vlm.dual_encoder import DualEncoderBackend
 from app.vlm.preprocessing import ImagePreprocessor
 from app.vlm.tokenization import PROBE_TEXTS, ClipBpeTokenizer
 from app.vlm.towers import image_tower_source, text_tower_source, weights_identity
@@ -212,50 +207,8 @@ def text_tower_module(model: Any) -> Any:
     return CallableTower(model, lambda m, text: m.encode_text(text, normalize=False))
 
 
-class OpenClipBackend:
-    """A :class:`~app.vlm.base.VLMBackend` over an open_clip model's two towers.
-
-    ``features`` in :class:`ImageEncoding` are the image tower's output before L2 normalisation
-    (``encode_image(normalize=False)``), so TrustVLM's ``vlm`` image space costs no second forward.
-    """
-
-    def __init__(
-        self,
-        image_tower: TowerExecutor,
-        text_tower: TowerExecutor,
-        preprocessor: ImagePreprocessor,
-        tokenizer: Callable[[Sequence[str]], dict[str, np.ndarray]],
-        *,
-        name: str,
-        logit_scale: float,
-        logit_bias: float = 0.0,
-        text_batch_size: int = 256,
-        towers: dict[str, TowerReport] | None = None,
-    ) -> None:
-        self.name = name
-        self._image, self._text = image_tower, text_tower
-        self.preprocessor, self._tokenizer = preprocessor, tokenizer
-        self.text_batch_size = text_batch_size
-        self.logit_scale, self.logit_bias = float(logit_scale), float(logit_bias)
-        self.towers = towers or {}
-        self.embedding_dim: int = int(self._encode_text_chunk([""]).shape[1])
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        """One PIL image -> (3, H, W) float32 with the checkpoint's resize/crop/normalisation."""
-        return self.preprocessor(image)
-
-    def encode_images(self, pixels: np.ndarray) -> ImageEncoding:
-        """(B, 3, H, W) -> normalised embeddings and the raw (pre-normalisation) image-tower output."""
-        [raw] = self._image.run({"pixels": pixels})
-        return ImageEncoding(embeddings=l2_normalize(raw), features=raw)
-
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Texts -> (N, D) normalised embeddings; tokenised and encoded ``text_batch_size`` at a time."""
-        return encode_in_chunks(self._encode_text_chunk, texts, self.text_batch_size, self.embedding_dim)
-
-    def _encode_text_chunk(self, texts: Sequence[str]) -> np.ndarray:
-        [raw] = self._text.run(self._tokenizer(list(texts)))
-        return l2_normalize(raw)
+class OpenClipBackend(DualEncoderBackend):
+    """The :class:`~app.vlm.dual_encoder.DualEncoderBackend` over an open_clip model's two towers."""
 
 
 def open_clip_image_source(

@@ -14,23 +14,17 @@ SigLIP, with a fixed scale of 100 (the ``siglip-base`` preset sets ``logit_scale
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from app.runtime.executors import TowerExecutor
 from app.runtime.towers import RuntimeContext
-from app.runtime.types import TowerReport
 from app.vlm.base import (
     BackendCapabilities,
-    ImageEncoding,
-    encode_in_chunks,
-    l2_normalize,
     register_backend,
 )
+from app.vlm.dual_encoder import DualEncoderBackend
 from app.vlm.preprocessing import ImagePreprocessor
 from app.vlm.tokenization import PROBE_TEXTS, HFTokenizer, TransformersTokenizer
 from app.vlm.towers import image_tower_source, text_tower_source, weights_identity
@@ -150,51 +144,10 @@ def text_tower_module(model: Any, with_mask: bool) -> Any:
     return CallableTower(model, lambda m, ids: m.get_text_features(input_ids=ids).pooler_output)
 
 
-class TransformersDualEncoderBackend:
-    """A :class:`~app.vlm.base.VLMBackend` over a transformers ``CLIPModel`` or ``SiglipModel``.
-
-    ``features`` in :class:`ImageEncoding` are the image embeddings before L2 normalisation (CLIP: after
-    the visual projection; SigLIP: the attention-pooling head's output).
-    """
-
-    def __init__(
-        self,
-        image_tower: TowerExecutor,
-        text_tower: TowerExecutor,
-        preprocessor: ImagePreprocessor,
-        tokenizer: HFTokenizer | TransformersTokenizer,
-        *,
-        name: str,
-        model_type: str,
-        logit_scale: float,
-        logit_bias: float,
-        text_batch_size: int = 256,
-        towers: dict[str, TowerReport] | None = None,
-    ) -> None:
-        self.name, self.model_type = name, model_type
-        self._image, self._text = image_tower, text_tower
-        self.preprocessor, self._tokenizer = preprocessor, tokenizer
-        self.logit_scale, self.logit_bias = float(logit_scale), float(logit_bias)
-        self.text_batch_size = text_batch_size
-        self.towers = towers or {}
-        self.embedding_dim: int = int(self._encode_text_chunk([""]).shape[1])
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        """One PIL image -> (3, H, W) float32 with the checkpoint's image-processor settings."""
-        return self.preprocessor(image)
-
-    def encode_images(self, pixels: np.ndarray) -> ImageEncoding:
-        """(B, 3, H, W) -> normalised embeddings and the raw embeddings they came from."""
-        [raw] = self._image.run({"pixels": pixels})
-        return ImageEncoding(embeddings=l2_normalize(raw), features=raw)
-
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Texts -> (N, D) normalised embeddings, ``text_batch_size`` at a time."""
-        return encode_in_chunks(self._encode_text_chunk, texts, self.text_batch_size, self.embedding_dim)
-
-    def _encode_text_chunk(self, texts: Sequence[str]) -> np.ndarray:
-        [raw] = self._text.run(self._tokenizer(list(texts)))
-        return l2_normalize(raw)
+class TransformersDualEncoderBackend(DualEncoderBackend):
+    """The :class:`~app.vlm.dual_encoder.DualEncoderBackend` over a transformers ``CLIPModel`` or
+    ``SiglipModel`` (``features``: CLIP's image embeddings after the visual projection, SigLIP's
+    attention-pooling head output, both before L2 normalisation)."""
 
 
 @register_backend("transformers", BackendCapabilities(logit_bias=True))
