@@ -61,3 +61,11 @@ def load_models(preset: ModelPreset, settings: Settings) -> LoadedModels:
     finally:
         context.close()
     return LoadedModels(backend, aux, request, dict(context.reports), context.device)
+
+
+def load_preset(name: str, **settings: object) -> LoadedModels:
+    """``load_models`` for a preset by name with settings given as keywords (scripts, benchmarks)."""
+    from app.vlm.presets import get_preset
+
+    resolved = Settings(model=name, **settings)  # type: ignore[arg-type]
+    return load_models(get_preset(resolved.model, resolved.models_dir), resolved)

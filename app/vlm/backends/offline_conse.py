@@ -339,3 +339,24 @@ def create_offline_backend(
         top_k_classes=top_k_classes,
         logit_scale=logit_scale,
     )
+
+
+def torch_reference(
+    variant: str, text_model_dir: Path | None = None
+) -> tuple[ImagePreprocessor, TowerExecutor, SentenceEncoder]:
+    """The offline model's parts on the torch reference runtime (tuning and benchmark scripts):
+    preprocessing, the classifier tower (pixels -> probs, features) and the sentence encoder."""
+    import torch
+
+    from app.runtime.torch_executor import TorchExecutor
+
+    cpu, size = torch.device("cpu"), VARIANTS[variant].image_size
+    text_dir = text_model_dir or minilm_dir()
+    tokenizer = sentence_tokenizer(text_dir / "tokenizer.json")
+    text = TorchExecutor(sentence_tower(text_dir), tokenizer.input_names, device=cpu, dtype=torch.float32)
+    image = TorchExecutor(
+        classifier_tower(load_classifier(variant)), ("pixels",), device=cpu, dtype=torch.float32
+    )
+    [probe] = text.run(tokenizer(["probe"]))
+    preprocessor = ImagePreprocessor(resize=size, crop=size, mean=PIXEL_MEAN, std=PIXEL_STD)
+    return preprocessor, image, SentenceEncoder(tokenizer, text, int(probe.shape[1]))
