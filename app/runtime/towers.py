@@ -8,8 +8,8 @@ runtime never imports torch.
 
 Parity (against torch fp32 on probe inputs): fp32 must be exact enough to be invisible, max |Δ| ≤ 1e-4 ·
 max(1, max |reference|) on every output; bf16 and int8 trade exactness for speed and only have to keep every
-output row's cosine to the reference ≥ 0.99 (bf16) / 0.95 (int8) — their effect on answers is measured by
-``benchmarks/runtime`` (top-1 agreement, TrustVLM AUROC).
+output row's cosine to the reference ≥ 0.95 (bf16) / 0.9 (int8) — a check that the conversion works; their
+effect on answers is measured by ``benchmarks/runtime/quality.py`` (top-1 agreement, TrustVLM AUROC).
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ RUNTIME_PRECISIONS: dict[Runtime, frozenset[Precision]] = {
     "openvino": frozenset({"fp32", "bf16", "int8"}),
 }
 FP32_TOLERANCE = 1e-4
-MIN_COSINE: dict[Precision, float] = {"fp32": 1.0, "bf16": 0.99, "int8": 0.95}
+# Reduced precisions only have to show a working conversion (outputs pointing the same way); what they
+# cost in answers is measured, not assumed: benchmarks/runtime/quality.py (top-1 agreement, AUROC).
+MIN_COSINE: dict[Precision, float] = {"fp32": 1.0, "bf16": 0.95, "int8": 0.9}
 PARITY_BATCH = 4
 SPEED_BATCH = 8
 MAX_CALIBRATION_IMAGES = 300
@@ -119,6 +121,13 @@ def parity(reference: list[np.ndarray], outputs: list[np.ndarray], precision: Pr
     if precision != "fp32":
         passed = worst_cos >= MIN_COSINE[precision]
     return {"passed": bool(passed), "max_abs": max_abs, "min_cosine": worst_cos}
+
+
+def passes(check: dict[str, Any], precision: Precision) -> bool:
+    """The parity rule applied to stored numbers (``max_abs`` is already relative to max |reference|)."""
+    if precision == "fp32":
+        return float(check.get("max_abs", float("inf"))) <= FP32_TOLERANCE
+    return float(check.get("min_cosine", -1.0)) >= MIN_COSINE[precision]
 
 
 def measure_speed(executor: TowerExecutor, inputs: dict[str, np.ndarray], budget_s: float = 3.0) -> float:
@@ -387,6 +396,8 @@ class RuntimeContext:
                     "%s/%s on %s: parity not verified here (no torch)", source.model, source.tower, runtime
                 )
                 check = {"passed": True, "verified": False}
+        elif check.get("verified", True):  # stored numbers are judged by today's rule
+            check = {**check, "passed": passes(check, precision)}
         if not check["passed"]:
             raise UnsupportedSettingError(
                 f"{source.model}/{source.tower} on {runtime} {precision} fails the parity check against "
