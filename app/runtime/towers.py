@@ -154,7 +154,7 @@ class RuntimeContext:
         self.threads = effective_threads(request.threads)
         self.reports: dict[str, TowerReport] = {}
         self._sources: list[TowerSource] = []
-        self._references: dict[int, list[np.ndarray]] = {}
+        self._references: dict[tuple[int, bool], list[np.ndarray]] = {}
         self._onnx: dict[int, Path] = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="trustserve-export-")
         self._check_request()
@@ -360,8 +360,17 @@ class RuntimeContext:
             threads=self.threads,
         )
 
-    def _reference(self, source: TowerSource) -> list[np.ndarray]:
-        if id(source) not in self._references:
+    def parity_inputs(self, source: TowerSource, precision: Precision) -> dict[str, np.ndarray]:
+        """What a conversion is checked on: the deterministic probes, or for int8 the first calibration
+        images (the data the user declared representative; the quantizer was fitted for it)."""
+        if precision == "int8" and source.calibration_inputs is not None:
+            items = source.calibration_inputs(self._calibration_files()[:PARITY_BATCH])
+            return {name: np.concatenate([item[name] for item in items]) for name in items[0]}
+        return source.probe_inputs(PARITY_BATCH)
+
+    def _reference(self, source: TowerSource, precision: Precision = "fp32") -> list[np.ndarray]:
+        key = (id(source), precision == "int8")
+        if key not in self._references:
             import torch
 
             from app.runtime.torch_executor import TorchExecutor
@@ -372,8 +381,8 @@ class RuntimeContext:
                 device=torch.device("cpu"),
                 dtype=torch.float32,
             )
-            self._references[id(source)] = executor.run(source.probe_inputs(PARITY_BATCH))
-        return self._references[id(source)]
+            self._references[key] = executor.run(self.parity_inputs(source, precision))
+        return self._references[key]
 
     def _exported(
         self, source: TowerSource, runtime: Runtime, precision: Precision
@@ -385,12 +394,13 @@ class RuntimeContext:
         )
         executor = self._executor(source, entry, runtime, precision)
         check_name = f"parity-{precision}-{self.device.split(':')[0]}"
+        if precision == "int8":
+            check_name += "-on-calibration-images"
         check = entry.read_check(check_name)
         if check is None:
             if torch_installed():
-                check = parity(
-                    self._reference(source), executor.run(source.probe_inputs(PARITY_BATCH)), precision
-                )
+                outputs = executor.run(self.parity_inputs(source, precision))
+                check = parity(self._reference(source, precision), outputs, precision)
                 entry.write_check(check_name, check)
             else:
                 log.warning(
