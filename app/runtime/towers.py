@@ -8,7 +8,7 @@ runtime never imports torch.
 
 Parity (against torch fp32 on probe inputs): fp32 must be exact enough to be invisible, max |Δ| ≤ 1e-4 ·
 max(1, max |reference|) on every output; bf16 and int8 trade exactness for speed and only have to keep every
-output row's cosine to the reference ≥ 0.95 (bf16) / 0.9 (int8) — a check that the conversion works; their
+output row's cosine to the reference ≥ 0.95 (bf16) / 0.8 (int8) — a check that the conversion works; their
 effect on answers is measured by ``benchmarks/runtime/quality.py`` (top-1 agreement, TrustVLM AUROC).
 """
 
@@ -59,7 +59,7 @@ RUNTIME_PRECISIONS: dict[Runtime, frozenset[Precision]] = {
 FP32_TOLERANCE = 1e-4
 # Reduced precisions only have to show a working conversion (outputs pointing the same way); what they
 # cost in answers is measured, not assumed: benchmarks/runtime/quality.py (top-1 agreement, AUROC).
-MIN_COSINE: dict[Precision, float] = {"fp32": 1.0, "bf16": 0.95, "int8": 0.9}
+MIN_COSINE: dict[Precision, float] = {"fp32": 1.0, "bf16": 0.95, "int8": 0.8}
 PARITY_BATCH = 4
 SPEED_BATCH = 8
 MAX_CALIBRATION_IMAGES = 300
