@@ -531,13 +531,9 @@ class RuntimeContext:
 
     def close(self) -> None:
         """Drop torch modules and temporary exports that were only needed to build (frees memory)."""
-        torch_runtime = {
-            s.tower
-            for s in self._sources
-            if self.reports.get(s.tower, None) and self.reports[s.tower].runtime == "torch"
-        }
         for source in self._sources:
-            if source.tower not in torch_runtime:
+            report = self.reports.get(source.tower)
+            if report is None or report.runtime != "torch":  # a torch executor keeps its module
                 source.release()
         self._references.clear()
         self._onnx.clear()
