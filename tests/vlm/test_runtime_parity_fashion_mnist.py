@@ -15,7 +15,7 @@ from app.trust.prototypes import PrototypeBank, draw_support_indices
 from app.trust.scores import trustvlm_scores
 from app.vlm.presets import DEFAULT_MODELS_DIR
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # torch encodes ~1,700 images
 TEST_IMAGES, SHOTS, CALIBRATION_IMAGES = 1000, 16, 500
 
 
