@@ -251,3 +251,23 @@ def test_fp16_channels_last_on_cuda_matches_fp32_cpu(backend: OpenClipBackend, t
 def test_torch_compile_gives_the_eager_result(backend: OpenClipBackend, tmp_path: Path) -> None:
     compiled = create_open_clip_backend(make_context(tmp_path, torch_compile=True), architecture=TINY_ARCH)
     _assert_matches_fp32_cpu(compiled, backend, min_cosine=0.99999)
+
+
+class _WrappedTokenizer:
+    """Stands for an open_clip tokenizer with no exported form (e.g. an HF tokenizer)."""
+
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        self.inner, self.context_length = inner, inner.context_length
+
+    def __call__(self, texts):  # type: ignore[no-untyped-def]
+        return self.inner(texts)
+
+
+def test_a_tokenizer_without_exported_form_is_served_by_open_clip(
+    backend: OpenClipBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = open_clip.get_tokenizer
+    monkeypatch.setattr(open_clip, "get_tokenizer", lambda *a, **k: _WrappedTokenizer(real(*a, **k)))
+    other = create_open_clip_backend(make_context(tmp_path, "onnxruntime"), architecture=TINY_ARCH)
+    assert type(other._tokenizer).__name__ == "OpenClipNativeTokenizer"
+    assert np.abs(other.encode_texts(TEXTS) - backend.encode_texts(TEXTS)).max() < 1e-4

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -160,11 +160,17 @@ def write_open_clip_assets(components: OpenClipComponents, folder: Path) -> dict
     from transformers import CLIPTokenizerFast
 
     model, tokenizer = components.model, components.tokenizer
-    if not isinstance(tokenizer, SimpleTokenizer):
-        raise ValueError(
-            f"{components.source.describe()}: open_clip tokenizer {type(tokenizer).__name__} cannot be "
-            "exported yet (only the CLIP BPE tokenizer); use runtime torch for this model"
-        )
+    bias = getattr(model, "logit_bias", None)
+    assets = {
+        "preprocess": open_clip_preprocessor(model).model_dump(),
+        "context_length": int(tokenizer.context_length),
+        "tokenizer": "clip-bpe" if isinstance(tokenizer, SimpleTokenizer) else "open_clip",
+        "logit_scale": float(model.logit_scale.detach().float().exp().item()),
+        "logit_bias": 0.0 if bias is None else float(bias.detach().float().item()),
+    }
+    if assets["tokenizer"] == "open_clip":  # e.g. an HF tokenizer: served by open_clip (imports torch)
+        (folder / ASSETS_FILE).write_text(json.dumps(assets))
+        return {"source": components.source.describe()}
     vocab, merges = folder / "vocab.json", folder / "merges.txt"
     vocab.write_text(json.dumps(tokenizer.encoder))
     ranked = sorted(tokenizer.bpe_ranks, key=tokenizer.bpe_ranks.get)
@@ -182,15 +188,7 @@ def write_open_clip_assets(components: OpenClipComponents, folder: Path) -> dict
     )
     if not np.array_equal(ours(PROBE_TEXTS)["text"], tokenizer(list(PROBE_TEXTS)).numpy()):
         raise ValueError(f"{components.source.describe()}: exported tokenizer differs from open_clip's")
-    bias = getattr(model, "logit_bias", None)
-    assets = {
-        "preprocess": open_clip_preprocessor(model).model_dump(),
-        "context_length": tokenizer.context_length,
-        "sot_id": tokenizer.sot_token_id,
-        "eot_id": tokenizer.eot_token_id,
-        "logit_scale": float(model.logit_scale.detach().float().exp().item()),
-        "logit_bias": 0.0 if bias is None else float(bias.detach().float().item()),
-    }
+    assets |= {"sot_id": tokenizer.sot_token_id, "eot_id": tokenizer.eot_token_id}
     (folder / ASSETS_FILE).write_text(json.dumps(assets))
     return {"source": components.source.describe()}
 
@@ -240,6 +238,21 @@ def open_clip_assets(
     return json.loads(entry.file(ASSETS_FILE).read_text()), entry.path
 
 
+class OpenClipNativeTokenizer:
+    """open_clip's own tokenizer for models whose tokenizer has no exported form yet (e.g. HF tokenizers
+    of SigLIP-style open_clip models). Imports open_clip, hence torch: such a model is not torch-free."""
+
+    input_names = ("text",)
+
+    def __init__(self, model_name: str, cache_dir: str | None) -> None:
+        import open_clip
+
+        self._tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        return {"text": self._tokenizer(list(texts)).numpy().astype(np.int64)}
+
+
 class LazyLoad:
     """Loads an open_clip model on first call only (never on a warm start of an exported runtime)."""
 
@@ -266,12 +279,16 @@ def create_open_clip_backend(
     loaded = LazyLoad(lambda: load_open_clip(architecture, pretrained, cache_dir=cache_dir))
     assets, folder = open_clip_assets(context, source, loaded)
     preprocessor = ImagePreprocessor(**assets["preprocess"])
-    tokenizer = ClipBpeTokenizer(
-        folder / TOKENIZER_FILE,
-        context_length=assets["context_length"],
-        sot_id=assets["sot_id"],
-        eot_id=assets["eot_id"],
-    )
+    tokenizer: Callable[[Sequence[str]], dict[str, np.ndarray]]
+    if assets.get("tokenizer", "clip-bpe") == "clip-bpe":
+        tokenizer = ClipBpeTokenizer(
+            folder / TOKENIZER_FILE,
+            context_length=assets["context_length"],
+            sot_id=assets["sot_id"],
+            eot_id=assets["eot_id"],
+        )
+    else:
+        tokenizer = OpenClipNativeTokenizer(source.model_name, cache_dir)
     text = text_tower_source(
         model=context.model,
         identity=open_clip_identity(context, source),
