@@ -119,6 +119,54 @@ def models_list(
         typer.echo(f"{p.name:<22} {p.backend:<13} {flag:<13} {p.description}")
 
 
+@models_cli.command("export")
+def models_export(
+    preset: Annotated[str, typer.Argument(help="preset name (models/*.yaml) or path to a preset YAML")],
+    runtime: Annotated[
+        str | None, typer.Option(help="auto | onnxruntime | openvino | torch (TRUSTSERVE_RUNTIME)")
+    ] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32 | bf16 | int8 (TRUSTSERVE_PRECISION)")] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="export cache folder (TRUSTSERVE_EXPORT_CACHE_DIR)")
+    ] = None,
+    calibration_dir: Annotated[
+        Path | None, typer.Option(help="images for int8 calibration (TRUSTSERVE_INT8_CALIBRATION_DIR)")
+    ] = None,
+    models_dir: Annotated[Path | None, typer.Option(help="model repository folder")] = None,
+) -> None:
+    """Build the export cache of PRESET ahead of time (for images and air-gapped sites): export every
+    tower, check parity against torch, and with ``auto`` measure the runtimes and store the verdict."""
+    from pydantic import ValidationError
+
+    from app.config import Settings
+    from app.observability.logging import configure_logging
+    from app.runtime.types import UnsupportedSettingError
+    from app.vlm.loading import load_models
+    from app.vlm.presets import get_preset
+
+    overrides = {
+        "model": preset,
+        "runtime": runtime,
+        "precision": precision,
+        "export_cache_dir": cache_dir,
+        "int8_calibration_dir": calibration_dir,
+        "models_dir": models_dir,
+        "device": "cpu",
+    }
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        configure_logging(settings.log_level, json_logs=False)
+        loaded = load_models(get_preset(settings.model, settings.models_dir), settings)
+    except (ValidationError, UnsupportedSettingError, KeyError) as exc:
+        typer.echo(f"export failed: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"export cache: {settings.export_cache_dir}")
+    for tower, report in loaded.towers.items():
+        typer.echo(
+            f"{tower:<10} {report.runtime:<12} {report.precision:<5} cache {report.cache:<6} {report.checks}"
+        )
+
+
 def main() -> None:
     cli()
 

@@ -11,6 +11,7 @@ import yaml
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from app.runtime.cache import DEFAULT_CACHE_DIR as DEFAULT_EXPORT_CACHE_DIR
 from app.vlm.presets import DEFAULT_MODELS_DIR
 
 
@@ -43,7 +44,16 @@ class Settings(BaseSettings):
     models_dir: Path = Field(DEFAULT_MODELS_DIR, description="model repository folder")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: str = Field("auto", description="auto (fp16 on CUDA, fp32 on CPU) | float32 | float16 | bfloat16")
-    torch_compile: bool = False
+    torch_compile: bool = Field(False, description="wrap torch-runtime towers in torch.compile")
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
+        "auto", description="where model towers run; auto = fastest that passes the fp32 parity check"
+    )
+    precision: Literal["fp32", "bf16", "int8"] = Field(
+        "fp32", description="fp32 (exact), bf16 (CPUs with native bf16), int8 (calibrated quantization)"
+    )
+    export_cache_dir: Path = Field(DEFAULT_EXPORT_CACHE_DIR, description="exported towers (shared is fine)")
+    runtime_threads: int = Field(0, ge=0, le=256, description="threads per model call; 0 = every core")
+    int8_calibration_dir: Path | None = Field(None, description="images that calibrate int8 quantization")
     multimodal_dir: Path | None = Field(None, description="extra folder of multimodal checkpoints")
 
     # server

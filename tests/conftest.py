@@ -10,6 +10,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # tests and the servers they start share 2 cores: one intra-op thread each avoids oversubscription
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# exported towers (ONNX / OpenVINO) of the tiny test models: content-addressed and verified on every load,
+# so reusing them across runs is safe; kept apart from a user's own cache. Subprocess servers inherit it.
+os.environ.setdefault(
+    "TRUSTSERVE_EXPORT_CACHE_DIR",
+    os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "trustserve", "export-tests"
+    ),
+)
 
 import io
 from collections.abc import Iterator

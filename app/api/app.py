@@ -29,10 +29,11 @@ from app.labelsets.postgres_store import PostgresStore
 from app.labelsets.service import LabelSetService
 from app.labelsets.store import DirectoryStore, LabelSetStore
 from app.labelsets.sync import LabelSetSync
-from app.multimodal.audio import AudioLimits
-from app.multimodal.preprocessing import InputLimits
+from app.multimodal.limits import AudioLimits, InputLimits
 from app.multimodal.service import MultimodalService
 from app.observability.metrics import ServiceMetrics
+from app.runtime.cache import ExportCache
+from app.vlm.loading import runtime_request
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,12 @@ async def _start_services(app: FastAPI, settings: Settings, engine: Classificati
             engine = await asyncio.to_thread(ClassificationEngine.load, settings, state.metrics)
         else:
             engine.metrics = state.metrics
-        state.multimodal = await asyncio.to_thread(MultimodalService.from_dirs, multimodal_dirs(settings))
+        state.multimodal = await asyncio.to_thread(
+            MultimodalService.from_dirs,
+            multimodal_dirs(settings),
+            runtime_request(settings),
+            ExportCache(settings.export_cache_dir),
+        )
         state.multimodal.input_limits = InputLimits(
             image=ImageLimits(settings.max_image_pixels, settings.max_image_side, settings.min_image_side),
             audio=AudioLimits(

@@ -18,7 +18,6 @@ from functools import partial
 from typing import TypeVar
 
 import numpy as np
-import torch
 from PIL import Image
 
 from app.api.errors import APIError
@@ -28,13 +27,14 @@ from app.engine.images import ImageLimits, decode_image, decoded_pixels
 from app.engine.prompts import render_prompt
 from app.engine.text_cache import TextEmbeddingCache
 from app.observability.metrics import ServiceMetrics
-from app.vlm.aux_base import SHARED_TOWER, AuxImageEncoder
-from app.vlm.base import VLMBackend, create_backend
+from app.runtime.types import TowerReport
+from app.vlm.aux_base import AuxImageEncoder
+from app.vlm.base import VLMBackend
 from app.vlm.presets import ModelPreset, get_preset
 
 log = logging.getLogger(__name__)
 
-_Pixels = tuple[torch.Tensor, torch.Tensor | None]
+_Pixels = tuple[np.ndarray, np.ndarray | None]
 _Encoded = tuple[np.ndarray, np.ndarray]
 T = TypeVar("T")
 R = TypeVar("R")
@@ -64,8 +64,13 @@ class ClassificationEngine:
         aux_encoder: AuxImageEncoder | None,
         settings: Settings,
         metrics: ServiceMetrics | None = None,
+        *,
+        towers: dict[str, TowerReport] | None = None,
+        device: str = "cpu",
     ) -> None:
         self.preset = preset
+        self.towers = towers if towers is not None else dict(getattr(backend, "towers", {}))
+        self.device = device
         self.backend = backend
         self.aux_encoder = aux_encoder
         self.settings = settings
@@ -75,7 +80,7 @@ class ClassificationEngine:
         self.logit_scale = float(
             preset.logit_scale if preset.logit_scale is not None else backend.logit_scale
         )
-        self.logit_bias = float(getattr(backend, "logit_bias", 0.0))
+        self.logit_bias = float(backend.logit_bias)
         self.text_cache = TextEmbeddingCache(settings.text_cache_size)
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
         self._preprocess_pool = ThreadPoolExecutor(
@@ -108,25 +113,31 @@ class ClassificationEngine:
     def load(cls, settings: Settings, metrics: ServiceMetrics | None = None) -> ClassificationEngine:
         """Build the preset's backend and auxiliary encoder (blocking; call from a thread at start-up)."""
         started = time.perf_counter()
-        preset = get_preset(settings.model, settings.models_dir)
-        args = dict(preset.args)
-        if settings.torch_compile:  # backends that support it accept ``torch_compile``
-            args["torch_compile"] = True
-        backend = create_backend(preset.backend, device=settings.device, dtype=settings.dtype, **args)
-        aux = None
-        if preset.aux_encoder.kind != SHARED_TOWER:  # a separate image-space model
-            from app.vlm.aux.factory import create_aux_encoder
+        from app.vlm.loading import load_models
 
-            aux = create_aux_encoder(preset.aux_encoder, device=backend.device, dtype=backend.dtype)
-        engine = cls(preset, backend, aux, settings, metrics)
+        preset = get_preset(settings.model, settings.models_dir)
+        loaded = load_models(preset, settings)
+        engine = cls(
+            preset,
+            loaded.backend,
+            loaded.aux_encoder,
+            settings,
+            metrics,
+            towers=loaded.towers,
+            device=loaded.device,
+        )
         engine.load_seconds = time.perf_counter() - started
         engine.metrics.model_load_seconds.labels(engine.model_id).set(engine.load_seconds)
+        for tower, report in engine.towers.items():
+            engine.metrics.model_runtime.labels(engine.model_id, tower, report.runtime, report.precision).set(
+                1
+            )
         log.info(
-            "model %s loaded in %.2f s on %s/%s",
+            "model %s loaded in %.2f s on %s; towers: %s",
             preset.name,
             engine.load_seconds,
-            backend.device,
-            backend.dtype,
+            loaded.device,
+            ", ".join(f"{t} {r.runtime}/{r.precision} (cache {r.cache})" for t, r in engine.towers.items()),
         )
         return engine
 
@@ -151,7 +162,7 @@ class ClassificationEngine:
     def warmup_batch_sizes(self) -> list[int]:
         """Powers of two up to max_batch_size on CUDA (kernels differ per shape); 1 and max on CPU."""
         top = self.settings.max_batch_size
-        if self.backend.device.type == "cuda":
+        if self.device.startswith("cuda"):
             sizes, b = [], 1
             while b < top:
                 sizes.append(b)
@@ -220,17 +231,15 @@ class ClassificationEngine:
 
     def _encode_batch(self, items: list[_Pixels]) -> list[_Encoded]:
         """ONE model call for the whole batch (plus one aux-encoder call when g is a separate model)."""
-        pixels = torch.stack([vlm for vlm, _ in items])
-        if self.backend.device.type == "cuda":
-            pixels = pixels.pin_memory()
+        pixels = np.stack([vlm for vlm, _ in items])
         encoding = self.backend.encode_images(pixels)
         if self.aux_encoder is not None:
-            aux_pixels = torch.stack([aux for _, aux in items if aux is not None])
+            aux_pixels = np.stack([aux for _, aux in items if aux is not None])
             features = self.aux_encoder.encode(aux_pixels)
         else:
             features = encoding.features if encoding.features is not None else encoding.embeddings
-        emb = encoding.embeddings.float().numpy()
-        feats = features.float().numpy()
+        emb = encoding.embeddings.astype(np.float32, copy=False)
+        feats = features.astype(np.float32, copy=False)
         return [(emb[i], feats[i]) for i in range(len(items))]
 
     def _observe_batch(self, size: int, seconds: float) -> None:
@@ -383,7 +392,7 @@ class ClassificationEngine:
             done += len(chunk)
 
     def _encode_texts(self, prompts: list[str]) -> np.ndarray:
-        return self.backend.encode_texts(prompts).float().numpy()
+        return np.asarray(self.backend.encode_texts(prompts), dtype=np.float32)
 
     def describe(self) -> dict[str, object]:
         """Facts for GET /v1/models."""
@@ -391,8 +400,9 @@ class ClassificationEngine:
             "id": self.model_id,
             "backend": self.preset.backend,
             "description": self.preset.description,
-            "device": str(self.backend.device),
-            "dtype": str(self.backend.dtype).removeprefix("torch."),
+            "device": self.device,
+            "dtype": self.towers["image"].dtype if "image" in self.towers else "float32",
+            "runtime": {tower: report.as_dict() for tower, report in self.towers.items()},
             "embedding_dim": int(self.backend.embedding_dim),
             "logit_scale": self.logit_scale,
             "aux_encoder": self.aux_encoder_id,

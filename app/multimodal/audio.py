@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import math
 import re
-from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -19,6 +18,7 @@ import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 
+from app.multimodal.limits import AudioLimits
 from app.multimodal.specs import LogMelPreprocessing
 
 LOG_EPS = 1e-6
@@ -26,16 +26,6 @@ LOG_EPS = 1e-6
 
 class AudioDecodeError(ValueError):
     """The bytes are not a readable audio file (or hold no samples, or break ``AudioLimits``)."""
-
-
-@dataclass(frozen=True)
-class AudioLimits:
-    """What an uploaded audio file may hold, checked from its header before any sample is decoded."""
-
-    max_seconds: float = 60.0
-    max_channels: int = 8
-    min_rate: int = 1_000  # below this, resampling to the model's rate would multiply the samples
-    max_rate: int = 192_000
 
 
 READ_BLOCK_FRAMES = 1 << 16

@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from app.multimodal.model import LateFusionClassifier
 from app.multimodal.specs import FusionSpec
+
+if TYPE_CHECKING:  # torch only where a model is built (training, evaluation, export), not to serve
+    from app.multimodal.model import LateFusionClassifier
 
 FORMAT = "trustserve-acr/1"
 CONFIG_FILE = "config.json"
@@ -82,6 +83,8 @@ class LoadedCheckpoint:
 
 def save_checkpoint(folder: Path, model: LateFusionClassifier, config: CheckpointConfig) -> Path:
     """Write ``config.json`` and ``model.safetensors`` into ``folder`` (created if needed)."""
+    from safetensors.torch import save_file
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -103,6 +106,10 @@ def read_config(folder: Path) -> CheckpointConfig:
 
 def load_checkpoint(folder: Path) -> LoadedCheckpoint:
     """Rebuild the model from ``config.json`` and load ``model.safetensors`` strictly (eval mode, CPU)."""
+    from safetensors.torch import load_file
+
+    from app.multimodal.model import LateFusionClassifier
+
     folder = Path(folder)
     config = read_config(folder)
     weights = folder / WEIGHTS_FILE

@@ -9,41 +9,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
 
 from app.api.errors import APIError
 from app.engine.images import ImageLimits, decode_image
-from app.multimodal.audio import AudioDecodeError, AudioLimits, decode_wav, wav_bytes_to_features
+from app.multimodal.audio import AudioDecodeError, decode_wav, wav_bytes_to_features
+from app.multimodal.limits import AudioLimits, InputLimits
 from app.multimodal.pretrained import waveform_input
 from app.multimodal.specs import (
     ImagePreprocessing,
     LogMelPreprocessing,
     ModalitySpec,
     PretrainedImagePreprocessing,
+    RawInput,
     SpeechEmbeddingPreprocessing,
 )
 
 
 class InputError(ValueError):
     """A modality payload that cannot be turned into the model's input."""
-
-
-@dataclass(frozen=True)
-class RawInput:
-    """A decoded file that still has to go through the modality's pretrained extractor."""
-
-    array: np.ndarray
-
-
-@dataclass(frozen=True)
-class InputLimits:
-    """Bounds on uploaded files (server settings): image size and audio rate / channels / duration."""
-
-    image: ImageLimits = field(default_factory=ImageLimits)
-    audio: AudioLimits = field(default_factory=AudioLimits)
 
 
 def vector_input(values: Sequence[float], spec: ModalitySpec) -> np.ndarray:

@@ -33,7 +33,7 @@ from app.multimodal.specs import (
     PretrainedImagePreprocessing,
     SpeechEmbeddingPreprocessing,
 )
-from app.vlm.backends.offline_conse import PIXEL_MEAN, PIXEL_STD, ImageNetClassifier, load_classifier
+from app.vlm.backends.offline_conse import PIXEL_MEAN, PIXEL_STD, load_classifier
 
 SPEECH_EMBEDDING_DIM = 96
 SPEECH_WINDOW_FRAMES = 76
@@ -55,10 +55,10 @@ class ImageFeatureExtractor:
 
     def __init__(self, prep: PretrainedImagePreprocessing, device: torch.device | None = None) -> None:
         device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        network = load_classifier(prep.extractor)
-        self.classifier = ImageNetClassifier(network, prep.input_size, device, torch.float32)
+        self.network = load_classifier(prep.extractor).to(device=device, dtype=torch.float32)
+        self.device = device
         self.prep = prep
-        self.dim = self.classifier.feature_dim
+        self.dim = int(self.network._fc.in_features)
         self.raw_shape = (prep.image.channels, prep.image.height, prep.image.width)
         self._mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)
         self._std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
@@ -73,11 +73,17 @@ class ImageFeatureExtractor:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
         return (x - self._mean) / self._std
 
+    @torch.inference_mode()
+    def pooled_features(self, pixels: torch.Tensor) -> np.ndarray:
+        """(B, 3, S, S) normalised pixels → pooled penultimate EfficientNet-Lite features (B, F)."""
+        x = pixels.to(self.device, dtype=torch.float32)
+        features = self.network._avg_pooling(self.network.extract_features(x)).flatten(1)
+        return features.float().cpu().numpy()
+
     def __call__(self, raw: np.ndarray, batch_size: int = 128) -> np.ndarray:
         chunks = []
         for start in range(0, len(raw), batch_size):
-            _, features = self.classifier(self.pixels(raw[start : start + batch_size]))
-            chunks.append(features.cpu().numpy())
+            chunks.append(self.pooled_features(self.pixels(raw[start : start + batch_size])))
         return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, self.dim), np.float32)
 
 

@@ -17,28 +17,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from scipy.special import softmax
 
 from app.api.errors import APIError, not_found, unprocessable
 from app.engine.batcher import DynamicBatcher
-from app.multimodal.checkpoint import (
-    CheckpointConfig,
-    CheckpointError,
-    LoadedCheckpoint,
-    is_checkpoint_dir,
-    load_checkpoint,
-)
-from app.multimodal.preprocessing import InputError, InputLimits, RawInput, file_input, vector_input
-from app.multimodal.pretrained import extractor_for
+from app.multimodal.checkpoint import CheckpointConfig, CheckpointError, is_checkpoint_dir
+from app.multimodal.limits import InputLimits
+from app.multimodal.runtime import ServedCheckpoint, load_served_checkpoint
 from app.multimodal.specs import (
     EXTRACTED_KINDS,
     ImagePreprocessing,
     LogMelPreprocessing,
     ModalitySpec,
     PretrainedImagePreprocessing,
+    RawInput,
     SpeechEmbeddingPreprocessing,
 )
+from app.runtime.cache import ExportCache
+from app.runtime.towers import RuntimeContext
+from app.runtime.types import RuntimeRequest, UnsupportedSettingError
 from app.trust.scores import baseline_scores
 
 log = logging.getLogger(__name__)
@@ -79,6 +76,8 @@ def load_extractors(config: CheckpointConfig) -> None:
     for spec in config.fusion.modalities:
         if spec.preprocessing.kind not in EXTRACTED_KINDS:
             continue
+        from app.multimodal.pretrained import extractor_for  # torch / onnxruntime: only when a model needs it
+
         try:
             extractor = extractor_for(spec.preprocessing)  # type: ignore[arg-type]
         except (ImportError, OSError, RuntimeError, ValueError) as exc:
@@ -94,7 +93,7 @@ def load_extractors(config: CheckpointConfig) -> None:
 
 @dataclass
 class _Model:
-    checkpoint: LoadedCheckpoint
+    checkpoint: ServedCheckpoint
 
     @property
     def config(self) -> CheckpointConfig:
@@ -107,7 +106,7 @@ class _Model:
 class MultimodalService:
     """The loaded multimodal models, keyed by checkpoint name."""
 
-    def __init__(self, checkpoints: Iterable[LoadedCheckpoint] = ()) -> None:
+    def __init__(self, checkpoints: Iterable[ServedCheckpoint] = ()) -> None:
         self._models: dict[str, _Model] = {}
         self._batchers: dict[str, DynamicBatcher[PreparedSample, np.ndarray]] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="multimodal")
@@ -117,7 +116,7 @@ class MultimodalService:
         self._batching: dict[str, Any] = {"max_batch_size": 32, "max_wait_ms": 5.0, "max_queue_size": 256}
         self._request_timeout_s = 30.0
         self._on_batch: Callable[[str, int, float], None] | None = None
-        self.input_limits = InputLimits()  # the server sets its own (Settings) at start-up
+        self.input_limits: InputLimits | None = None  # the server sets its own (Settings) at start-up
         for ckpt in checkpoints:
             name = ckpt.config.name
             if name in self._models:
@@ -126,21 +125,36 @@ class MultimodalService:
             self._models[name] = _Model(ckpt)
 
     @classmethod
-    def from_dirs(cls, dirs: Iterable[Path | None]) -> MultimodalService:
-        """Load every checkpoint folder under ``dirs`` (missing dirs ignored); broken ones are logged and
-        skipped so one bad folder never keeps the server from starting."""
+    def from_dirs(
+        cls,
+        dirs: Iterable[Path | None],
+        runtime: RuntimeRequest | None = None,
+        cache: ExportCache | None = None,
+    ) -> MultimodalService:
+        """Load every checkpoint folder under ``dirs`` (missing dirs ignored) on ``runtime`` (default: the
+        torch reference); broken ones are logged and skipped so one bad folder never keeps the server
+        from starting."""
+        request = runtime or RuntimeRequest(runtime="torch", device="cpu")
         loaded = []
         for root in dirs:
             if root is None or not Path(root).exists():
                 continue
             for folder in find_checkpoint_dirs(Path(root)):
+                context = RuntimeContext(request, cache or ExportCache(), f"multimodal-{folder.name}")
                 try:
-                    checkpoint = load_checkpoint(folder)
-                    load_extractors(checkpoint.config)
-                    loaded.append(checkpoint)
-                    log.info("loaded multimodal checkpoint %s", folder)
-                except CheckpointError as exc:
+                    served = load_served_checkpoint(folder, context)
+                    load_extractors(served.config)
+                    loaded.append(served)
+                    log.info(
+                        "loaded multimodal checkpoint %s on %s %s",
+                        folder,
+                        served.report.runtime,
+                        served.report.precision,
+                    )
+                except (CheckpointError, UnsupportedSettingError) as exc:
                     log.error("skipping broken multimodal checkpoint %s: %s", folder, exc)
+                finally:
+                    context.close()
         return cls(loaded)
 
     @property
@@ -207,6 +221,9 @@ class MultimodalService:
                 code="invalid_modalities",
                 details={"expected": expected, "unknown": unknown, "missing": missing},
             )
+        # imported here: the audio front end imports torch, which a vector-only server never needs
+        from app.multimodal.preprocessing import InputError, file_input, vector_input
+
         arrays: PreparedSample = {}
         for name in expected:
             spec, payload = entry.modality(name), inputs[name]
@@ -229,6 +246,8 @@ class MultimodalService:
             values = [sample[name] for sample in samples]
             raw = [i for i, value in enumerate(values) if isinstance(value, RawInput)]
             if raw:
+                from app.multimodal.pretrained import extractor_for
+
                 extractor = extractor_for(entry.modality(name).preprocessing)  # type: ignore[arg-type]
                 features = extractor(np.stack([values[i].array for i in raw]))  # type: ignore[union-attr]
                 for row, i in enumerate(raw):
@@ -238,11 +257,8 @@ class MultimodalService:
 
     def _forward(self, entry: _Model, samples: list[PreparedSample]) -> list[np.ndarray]:
         """ONE forward pass for a batch of prepared samples -> fused class logits per sample."""
-        net = entry.checkpoint.model
-        with torch.inference_mode():
-            batch = {name: torch.from_numpy(array) for name, array in self._extract(entry, samples).items()}
-            logits = net.class_logits(net(batch).fused_logits).double().numpy()
-        return list(logits)
+        batch = self._extract(entry, samples)
+        return list(entry.checkpoint.class_logits(batch).astype(np.float64))
 
     def _answer(
         self, model: str, logits: np.ndarray, top_k: int, timing_ms: dict[str, float]

@@ -6,8 +6,10 @@ inputs preprocessed without any code beyond this package.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
@@ -140,3 +142,11 @@ class FusionSpec(BaseModel):
     @property
     def modality_names(self) -> list[str]:
         return [m.name for m in self.modalities]
+
+
+@dataclass(frozen=True)
+class RawInput:
+    """A decoded file that still has to go through the modality's pretrained extractor (image pixels or a
+    waveform), kept apart from ready model inputs until the batched forward."""
+
+    array: np.ndarray

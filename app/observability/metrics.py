@@ -62,6 +62,12 @@ class ServiceMetrics:
         self.model_ready = Gauge(
             "trustserve_model_ready", "1 when the model is loaded and warm-up passed", ["model"], registry=r
         )
+        self.model_runtime = Gauge(
+            "trustserve_model_runtime_info",
+            "1 for the runtime and precision each model tower runs on",
+            ["model", "tower", "runtime", "precision"],
+            registry=r,
+        )
         self.images_classified = Counter(
             "trustserve_images_classified_total", "images classified", ["model", "label_set"], registry=r
         )

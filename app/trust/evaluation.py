@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -40,8 +39,8 @@ from app.trust.metrics import (
 from app.trust.plots import save_risk_coverage_plot, save_sweep_plot
 from app.trust.prototypes import PrototypeBank, draw_support_indices
 from app.trust.scores import BASELINE_SCORES, l2_normalize, trustvlm_scores
-from app.vlm.aux_base import SHARED_TOWER, AuxImageEncoder
-from app.vlm.base import VLMBackend, create_backend
+from app.vlm.aux_base import AuxImageEncoder
+from app.vlm.base import VLMBackend
 from app.vlm.presets import DEFAULT_MODELS_DIR, ModelPreset, get_preset
 
 log = logging.getLogger(__name__)
@@ -75,6 +74,9 @@ class EvalConfig:
     batch_size: int = 64
     device: str = "auto"
     dtype: str = "auto"
+    runtime: str = "auto"  # as TRUSTSERVE_RUNTIME
+    precision: str = "fp32"  # as TRUSTSERVE_PRECISION
+    calibration_dir: Path | None = None  # int8 calibration images (never the test split)
     models_dir: Path = DEFAULT_MODELS_DIR
     cache_dir: Path | None = DEFAULT_CACHE_DIR
 
@@ -101,6 +103,7 @@ class LoadedModel:
     preset: ModelPreset
     backend: VLMBackend
     aux: AuxImageEncoder | None = None
+    runtime: str = ""  # e.g. "image=openvino/bf16,text=onnxruntime/fp32" (part of the encodings' key)
 
     @property
     def logit_scale(self) -> float:
@@ -110,7 +113,7 @@ class LoadedModel:
 
     @property
     def logit_bias(self) -> float:
-        return float(getattr(self.backend, "logit_bias", 0.0))
+        return float(self.backend.logit_bias)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -121,28 +124,49 @@ class LoadedModel:
         probe = Image.fromarray(np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3))
         emb, feat = self.encode_images([probe], batch_size=1, desc="", progress=False)
         encoder_fields = self.preset.model_dump_json(include={"backend", "args", "aux_encoder"})
-        digest = hashlib.sha256(encoder_fields.encode())
+        digest = hashlib.sha256((encoder_fields + self.runtime).encode())
         digest.update(np.round(emb, 3).tobytes())
         digest.update(np.round(feat, 3).tobytes())
         return digest.hexdigest()[:12]
 
     @classmethod
-    def load(cls, name: str, *, models_dir: Path, device: str, dtype: str) -> LoadedModel:
-        preset = get_preset(name, models_dir)
-        backend = create_backend(preset.backend, device=device, dtype=dtype, **preset.args)
-        aux = None
-        if preset.aux_encoder.kind != SHARED_TOWER:
-            from app.vlm.aux.factory import create_aux_encoder  # written with the aux encoders
+    def load(
+        cls,
+        name: str,
+        *,
+        models_dir: Path,
+        device: str,
+        dtype: str,
+        runtime: str = "auto",
+        precision: str = "fp32",
+        calibration_dir: Path | None = None,
+    ) -> LoadedModel:
+        """The preset's models on the runtime layer, exactly as the server loads them."""
+        from app.config import Settings
+        from app.vlm.loading import load_models
 
-            aux = create_aux_encoder(preset.aux_encoder, device=backend.device, dtype=backend.dtype)
-        return cls(preset, backend, aux)
+        preset = get_preset(name, models_dir)
+        settings = Settings(
+            model=name,
+            models_dir=models_dir,
+            device=device,
+            dtype=dtype,
+            runtime=runtime,
+            precision=precision,
+            int8_calibration_dir=calibration_dir,
+        )
+        loaded = load_models(preset, settings)
+        towers = ",".join(
+            f"{t}={r.runtime}/{r.precision}/{r.dtype}" for t, r in sorted(loaded.towers.items())
+        )
+        return cls(preset, loaded.backend, loaded.aux_encoder, towers)
 
     def class_embeddings(self, class_names: Sequence[str]) -> np.ndarray:
         """(C, D): normalised mean over the preset's templates of normalised prompt embeddings (Radford
         et al., 2021 prompt ensembling; one template = the plain prompt embedding)."""
         templates = self.preset.templates
         prompts = [t.format(name) for name in class_names for t in templates]
-        emb = self.backend.encode_texts(prompts).float().numpy()
+        emb = self.backend.encode_texts(prompts)
         return l2_normalize(emb.reshape(len(class_names), len(templates), -1).mean(axis=1)).astype(np.float32)
 
     def encode_images(
@@ -154,15 +178,15 @@ class LoadedModel:
         batches = range(0, len(images), batch_size)
         for start in tqdm(batches, desc=desc, unit="batch", disable=not progress):
             batch = [images[i] for i in range(start, min(start + batch_size, len(images)))]
-            pixels = torch.stack([self.backend.preprocess(im) for im in batch])
+            pixels = np.stack([self.backend.preprocess(im) for im in batch])
             encoding = self.backend.encode_images(pixels)
-            embeddings.append(encoding.embeddings.float().numpy())
+            embeddings.append(encoding.embeddings)
             if self.aux is not None:
-                aux_pixels = torch.stack([self.aux.preprocess(im) for im in batch])
-                features.append(self.aux.encode(aux_pixels).float().numpy())
+                aux_pixels = np.stack([self.aux.preprocess(im) for im in batch])
+                features.append(self.aux.encode(aux_pixels))
             else:
                 own = encoding.features if encoding.features is not None else encoding.embeddings
-                features.append(own.float().numpy())
+                features.append(own)
         return np.concatenate(embeddings), np.concatenate(features)
 
 
@@ -496,7 +520,13 @@ def run_evaluation(
     ``samples.json``, ``table.txt`` and the PNG plots to ``out_dir`` when given."""
     started = time.perf_counter()
     model = model or LoadedModel.load(
-        config.model, models_dir=config.models_dir, device=config.device, dtype=config.dtype
+        config.model,
+        models_dir=config.models_dir,
+        device=config.device,
+        dtype=config.dtype,
+        runtime=config.runtime,
+        precision=config.precision,
+        calibration_dir=config.calibration_dir,
     )
     trust_defaults = model.preset.trust
     alpha = trust_defaults.alpha if config.alpha is None else config.alpha

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -41,6 +41,9 @@ class ModelPreset(BaseModel):
     aux_encoder: AuxEncoderSpec = Field(default_factory=AuxEncoderSpec)
     trust: TrustSpec = Field(default_factory=TrustSpec)
     offline: bool = False  # true when it loads without any download
+    # where this model runs, unless TRUSTSERVE_RUNTIME / TRUSTSERVE_PRECISION are set explicitly
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] | None = None
+    precision: Literal["fp32", "bf16", "int8"] | None = None
 
     @field_validator("templates")
     @classmethod

@@ -25,8 +25,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from app.vlm.base import create_backend  # noqa: E402
-from app.vlm.presets import get_preset  # noqa: E402
+from app.vlm.loading import load_preset  # noqa: E402
 
 
 def photos(n: int) -> list[Image.Image]:
@@ -38,7 +37,7 @@ def photos(n: int) -> list[Image.Image]:
     return [base[i % len(base)] for i in range(n)]
 
 
-def time_batches(backend, pixels: torch.Tensor, repeats: int) -> tuple[list[float], list[float]]:  # type: ignore[no-untyped-def]
+def time_batches(backend, pixels: np.ndarray, repeats: int) -> tuple[list[float], list[float]]:  # type: ignore[no-untyped-def]
     """(wall seconds, process CPU seconds) per ``encode_images`` call, after one warm-up call.
 
     CPU seconds divided by the thread count approximate the wall time on an otherwise idle machine; on a
@@ -62,14 +61,15 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--runtime", default="torch", help="torch | onnxruntime | openvino | auto")
+    parser.add_argument("--precision", default="fp32", help="fp32 | bf16 | int8")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    preset = get_preset(args.preset)
-    backend = create_backend(preset.backend, device=args.device, **preset.args)
+    loaded = load_preset(args.preset, device=args.device, runtime=args.runtime, precision=args.precision)
+    backend = loaded.backend
     images = photos(max(args.batch_sizes))
 
     start = time.perf_counter()
@@ -79,8 +79,8 @@ def main() -> None:
     results: dict[str, object] = {
         "preset": args.preset,
         "backend": backend.name,
-        "device": str(backend.device),
-        "dtype": str(backend.dtype),
+        "device": loaded.device,
+        "towers": {t: r.as_dict() for t, r in loaded.towers.items()},
         "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "load_average_1min": round(os.getloadavg()[0], 2),
@@ -88,7 +88,7 @@ def main() -> None:
         "batches": [],
     }
     for batch_size in args.batch_sizes:
-        pixels = torch.stack(tensors[:batch_size])
+        pixels = np.stack(tensors[:batch_size])
         wall, cpu = time_batches(backend, pixels, args.repeats)
         median, median_cpu = statistics.median(wall), statistics.median(cpu)
         results["batches"].append(  # type: ignore[union-attr]

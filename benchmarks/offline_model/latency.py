@@ -16,16 +16,13 @@ import torch
 from PIL import Image
 from skimage import data
 
-from app.vlm.base import create_backend
-from app.vlm.presets import get_preset
+from app.vlm.loading import load_preset
 
 
-def timed_load(preset_name: str, cache_dir: str) -> tuple[float, object]:
-    preset = get_preset(preset_name)
-    args = {**preset.args, "cache_dir": cache_dir}
+def timed_load(preset_name: str, cache_dir: str, runtime: str) -> tuple[float, object]:
     start = time.perf_counter()
-    backend = create_backend(preset.backend, device="cpu", dtype="float32", **args)
-    return time.perf_counter() - start, backend
+    loaded = load_preset(preset_name, device="cpu", runtime=runtime, export_cache_dir=cache_dir)
+    return time.perf_counter() - start, loaded.backend
 
 
 def percentiles(samples: list[float]) -> str:
@@ -38,12 +35,13 @@ def main() -> None:
     p.add_argument("--preset", default="offline-conse")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--runtime", default="torch", help="torch | onnxruntime | openvino | auto")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as cache_dir:
-        cold, _ = timed_load(args.preset, cache_dir)
-        warm, backend = timed_load(args.preset, cache_dir)
-    print(f"load: cold {cold:.2f} s (embeds 1000 ImageNet class texts), warm {warm:.2f} s (disk cache)")
+        cold, _ = timed_load(args.preset, cache_dir, args.runtime)
+        warm, backend = timed_load(args.preset, cache_dir, args.runtime)
+    print(f"load: cold {cold:.2f} s (exports, embeds 1000 ImageNet class texts), warm {warm:.2f} s (cache)")
     photo = Image.fromarray(data.chelsea())
     image_times, text_times = [], []
     for _ in range(args.repeats + 2):

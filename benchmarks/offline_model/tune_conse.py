@@ -17,6 +17,8 @@ in benchmarks/offline_model/README.md.
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import itertools
 import json
 import time
@@ -24,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 from tqdm import tqdm
@@ -35,12 +36,10 @@ from app.trust.prototypes import PrototypeBank, draw_support_indices
 from app.trust.scores import trustvlm_scores
 from app.vlm.backends.offline_conse import (
     VARIANTS,
-    ImageNetClassifier,
     SentenceEncoder,
-    cached_text_embeddings,
     conse_embeddings,
     imagenet_class_texts,
-    minilm_dir,
+    torch_reference,
 )
 from app.vlm.presets import DEFAULT_MODELS_DIR, load_preset_file
 
@@ -73,24 +72,42 @@ def outputs_path(args: argparse.Namespace, variant: str, name: str, invert: bool
     return args.cache_dir / f"{variant}-{name}-inv{int(invert)}-t{args.test_limit}-c{args.calib_limit}.npz"
 
 
-def run_classifier(classifier: ImageNetClassifier, data: LabelledImages, batch_size: int, desc: str) -> Part:
-    """ImageNet probabilities and pooled features for every image of ``data``."""
+def run_classifier(variant: str, data: LabelledImages, batch_size: int, desc: str) -> Part:
+    """ImageNet probabilities and pooled features for every image of ``data`` (torch reference)."""
+    preprocess, classifier, _ = _reference(variant)
     probs, feats = [], []
     for start in tqdm(range(0, len(data), batch_size), desc=desc, leave=False):
-        batch = torch.stack(
-            [classifier.preprocess(data.images[i]) for i in range(start, min(start + batch_size, len(data)))]
+        batch = np.stack(
+            [preprocess(data.images[i]) for i in range(start, min(start + batch_size, len(data)))]
         )
-        p, f = classifier(batch)
-        probs.append(p.cpu().numpy())
-        feats.append(f.cpu().numpy())
+        p, f = classifier.run({"pixels": batch})
+        probs.append(p)
+        feats.append(f)
     return Part(np.concatenate(probs), np.concatenate(feats), np.asarray(data.labels))
+
+
+@functools.cache
+def _reference(variant: str):  # type: ignore[no-untyped-def]
+    return torch_reference(variant)
+
+
+def cached_text_embeddings(encoder: SentenceEncoder, texts: list[str], cache_dir: Path | None) -> np.ndarray:
+    """``encoder.encode(texts)`` memoised as ``.npy`` under ``cache_dir`` (keyed by the texts)."""
+    if cache_dir is None:
+        return encoder.encode(texts)
+    path = Path(cache_dir) / f"class-text-{hashlib.sha256(chr(10).join(texts).encode()).hexdigest()[:24]}.npy"
+    if path.exists():
+        return np.load(path, allow_pickle=False)
+    embeddings = encoder.encode(texts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, embeddings, allow_pickle=False)
+    return embeddings
 
 
 def extract(args: argparse.Namespace) -> None:
     """Stage 1: cache EfficientNet outputs for calibration / support / test slices."""
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     for variant in args.variants:
-        classifier = ImageNetClassifier.from_variant(variant, torch.device("cpu"), torch.float32)
         for name, invert in itertools.product(args.datasets, args.inverts):
             path = outputs_path(args, variant, name, invert)
             if path.exists():
@@ -103,10 +120,10 @@ def extract(args: argparse.Namespace) -> None:
             test = load_dataset(name, "test", invert=invert, limit=args.test_limit, seed=0)
             parts = {
                 "calib": run_classifier(
-                    classifier, train.subset(calib_idx), args.batch_size, f"{variant} {name} calib"
+                    variant, train.subset(calib_idx), args.batch_size, f"{variant} {name} calib"
                 ),
-                "support": run_classifier(classifier, train.subset(support_idx), args.batch_size, "support"),
-                "test": run_classifier(classifier, test, args.batch_size, "test"),
+                "support": run_classifier(variant, train.subset(support_idx), args.batch_size, "support"),
+                "test": run_classifier(variant, test, args.batch_size, "test"),
             }
             arrays = {
                 f"{k}_{field}": getattr(v, field)
@@ -136,7 +153,7 @@ def fit_logit_scale(cosines: np.ndarray, labels: np.ndarray) -> float:
 
 def label_embeddings(encoder: SentenceEncoder, class_names: list[str], templates: list[str]) -> np.ndarray:
     """Mean over templates of normalised prompt embeddings, renormalised (as the engine does)."""
-    per = [encoder.encode([t.format(c) for c in class_names]).numpy() for t in templates]
+    per = [encoder.encode([t.format(c) for c in class_names]) for t in templates]
     mean = np.mean(per, axis=0)
     return mean / np.linalg.norm(mean, axis=1, keepdims=True)
 
@@ -159,7 +176,7 @@ def failure_metrics(logits: np.ndarray, part: Part, bank: PrototypeBank, alpha: 
 
 def evaluate(
     parts: dict[str, Part],
-    class_emb: torch.Tensor,
+    class_emb: np.ndarray,
     labels_emb: np.ndarray,
     top_k: int,
     alphas: list[float],
@@ -170,7 +187,7 @@ def evaluate(
     unless given."""
 
     def cos(part: Part) -> np.ndarray:
-        return conse_embeddings(torch.from_numpy(part.probs), class_emb, top_k).numpy() @ labels_emb.T
+        return conse_embeddings(part.probs, class_emb, top_k) @ labels_emb.T
 
     calib_cos, test_cos = cos(parts["calib"]), cos(parts["test"])
     scale = logit_scale if logit_scale is not None else fit_logit_scale(calib_cos, parts["calib"].labels)
@@ -193,7 +210,7 @@ def evaluate(
 
 def sweep(args: argparse.Namespace) -> None:
     """Stage 2: every cheap configuration on the cached outputs; rank by calibration accuracy."""
-    encoder = SentenceEncoder(minilm_dir(), torch.device("cpu"), torch.float32)
+    encoder = _reference("lite0")[2]
     class_embs = {
         style: cached_text_embeddings(
             encoder, [tmpl.format(n) for n in imagenet_class_texts(kind)], args.text_cache
@@ -225,7 +242,7 @@ def final(args: argparse.Namespace) -> None:
     preset = load_preset_file(args.preset)
     variant, top_k = preset.args["variant"], int(preset.args["top_k_classes"])
     kind, template = preset.args["class_name_style"], preset.args.get("class_template", "{}")
-    encoder = SentenceEncoder(minilm_dir(), torch.device("cpu"), torch.float32)
+    encoder = _reference("lite0")[2]
     class_emb = cached_text_embeddings(
         encoder, [template.format(n) for n in imagenet_class_texts(kind)], args.text_cache
     )
@@ -235,9 +252,7 @@ def final(args: argparse.Namespace) -> None:
         labels_emb = label_embeddings(
             encoder, load_dataset(name, "test", limit=1).class_names, preset.templates
         )
-        calib_cos = (
-            conse_embeddings(torch.from_numpy(parts["calib"].probs), class_emb, top_k).numpy() @ labels_emb.T
-        )
+        calib_cos = conse_embeddings(parts["calib"].probs, class_emb, top_k) @ labels_emb.T
         cosines.append(calib_cos)
         labels.append(parts["calib"].labels)
         per_dataset[name] = (parts, labels_emb)
@@ -313,6 +328,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("/tmp/trustserve-conse-tune/sweep.json"))
     p.add_argument("--show", type=int, default=12)
     args = p.parse_args()
+    import torch
+
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     if args.stage in {"extract", "all"}:

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -194,14 +195,11 @@ async def time_to_429(url: str, image: bytes, burst: int, probes: int = 40) -> d
 
 def bare_forward(preset_name: str, images: list[bytes], batch: int, repeats: int) -> dict:
     """The model alone: preprocessed batch -> encode_images, no HTTP, no decoding, no scoring."""
-    from app.vlm.base import create_backend
-    from app.vlm.presets import get_preset
+    from app.vlm.loading import load_preset
 
-    preset = get_preset(preset_name)
-    torch.manual_seed(0)
-    backend = create_backend(preset.backend, device="auto", dtype="auto", **preset.args)
+    backend = load_preset(preset_name, runtime=os.environ.get("TRUSTSERVE_RUNTIME", "auto")).backend
     pils = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
-    pixels = torch.stack([backend.preprocess(pils[i % len(pils)]) for i in range(batch)])
+    pixels = np.stack([backend.preprocess(pils[i % len(pils)]) for i in range(batch)])
     backend.encode_images(pixels)  # warm-up
     times = []
     for _ in range(repeats):

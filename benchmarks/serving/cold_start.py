@@ -1,11 +1,14 @@
-"""Cold start (process start -> /readyz 200) and single-image latency (one request at a time, over HTTP).
+"""Cold start (process start -> /readyz 200) and single-image latency (one request at a time, over HTTP),
+per runtime; for exported runtimes once with an empty export cache (export + parity check + for ``auto``
+the speed measurement) and once with the warm cache.
 
-python benchmarks/serving/cold_start.py --preset offline-conse --requests 30
+python benchmarks/serving/cold_start.py --preset offline-conse --requests 30 --runtimes torch auto
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -21,42 +24,60 @@ from benchmarks.serving.bench_serving import LABELS, photo_jpegs  # noqa: E402
 from tests.support.live_server import LiveServer  # noqa: E402
 
 
+def start_and_measure(preset: str, runtime: str, cache: Path, store: Path, requests: int) -> str:
+    images = photo_jpegs()
+    env = {
+        "TRUSTSERVE_MODEL": preset,
+        "TRUSTSERVE_STORE_DIR": str(store),
+        "TRUSTSERVE_LOG_LEVEL": "WARNING",
+        "TRUSTSERVE_RUNTIME": runtime,
+        "TRUSTSERVE_EXPORT_CACHE_DIR": str(cache),
+    }
+    server = LiveServer(["trustserve", "serve"], env=env, log_path=store.parent / f"{runtime}.log")
+    started = time.perf_counter()
+    server.start().wait_ready(timeout_s=900)
+    ready_s = time.perf_counter() - started
+    try:
+        latencies = []
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            for i in range(requests + 3):
+                files = {"image": ("p.jpg", images[i % len(images)], "image/jpeg")}
+                t = time.perf_counter()
+                r = http.post("/v1/classify", files=files, data={"labels": str(LABELS).replace("'", '"')})
+                r.raise_for_status()
+                if i >= 3:  # the first few warm the connection and caches
+                    latencies.append((time.perf_counter() - t) * 1000)
+            towers = http.get("/v1/models").json()["models"][0].get("runtime", {})
+    finally:
+        server.stop()
+    latencies.sort()
+    chosen = ",".join(f"{t}={v['runtime']}/{v['precision']}" for t, v in towers.items())
+    return (
+        f"ready_after_s={ready_s:.2f} single_image_ms p50={statistics.median(latencies):.1f} "
+        f"p90={latencies[int(0.9 * len(latencies)) - 1]:.1f} (n={len(latencies)}) towers: {chosen}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--preset", default="offline-conse")
     parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--runtimes", nargs="+", default=["torch", "auto"])
     args = parser.parse_args()
-    images = photo_jpegs()
+    print(f"load average before: {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
-        env = {
-            "TRUSTSERVE_MODEL": args.preset,
-            "TRUSTSERVE_STORE_DIR": f"{tmp}/store",
-            "TRUSTSERVE_LOG_LEVEL": "WARNING",
-        }
-        server = LiveServer(["trustserve", "serve"], env=env, log_path=Path(tmp) / "log")
-        started = time.perf_counter()
-        server.start().wait_ready(timeout_s=600)
-        ready_s = time.perf_counter() - started
-        try:
-            latencies = []
-            with httpx.Client(base_url=server.url, timeout=60) as http:
-                for i in range(args.requests + 3):
-                    files = {"image": ("p.jpg", images[i % len(images)], "image/jpeg")}
-                    t = time.perf_counter()
-                    r = http.post("/v1/classify", files=files, data={"labels": str(LABELS).replace("'", '"')})
-                    r.raise_for_status()
-                    if i >= 3:  # the first few warm the connection and caches
-                        latencies.append((time.perf_counter() - t) * 1000)
-        finally:
-            server.stop()
-    latencies.sort()
-    print(
-        f"preset={args.preset} ready_after_s={ready_s:.2f} single_image_ms: "
-        f"p50={statistics.median(latencies):.1f} p90={latencies[int(0.9 * len(latencies)) - 1]:.1f} "
-        f"min={latencies[0]:.1f} (n={len(latencies)}, 8 labels, scikit-image JPEG photos)"
-    )
+        for runtime in args.runtimes:
+            cache = Path(tmp) / f"export-{runtime}"
+            passes = ["warm"] if runtime == "torch" else ["empty", "warm"]
+            for label in passes:
+                store = Path(tmp) / f"store-{runtime}-{label}"
+                store.mkdir()
+                line = start_and_measure(args.preset, runtime, cache, store, args.requests)
+                cache_note = "no export" if runtime == "torch" else f"{label} export cache"
+                print(f"preset={args.preset} runtime={runtime} ({cache_note}): {line}", flush=True)
+    print(f"load average after: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -17,6 +18,7 @@ from app.engine import engine as engine_module
 from app.engine.engine import ClassificationEngine
 from app.vlm.backends.open_clip_backend import create_open_clip_backend
 from app.vlm.presets import ModelPreset
+from tests.support.runtime import make_context
 from tests.support.tiny_model import TINY_ARCH, register_tiny_arch
 
 SECONDS_PER_PROMPT = 0.002  # the tiny text tower, slowed down to a real model's pace
@@ -32,7 +34,7 @@ class SlowTexts:
     def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
         return getattr(self._backend, name)
 
-    def encode_texts(self, prompts: list[str]) -> torch.Tensor:
+    def encode_texts(self, prompts: list[str]) -> np.ndarray:
         self.text_calls.append(len(prompts))
         time.sleep(SECONDS_PER_PROMPT * len(prompts))
         return self._backend.encode_texts(prompts)
@@ -42,7 +44,7 @@ class SlowTexts:
 def engine(tmp_path: Path) -> ClassificationEngine:
     register_tiny_arch(tmp_path)
     torch.manual_seed(0)
-    backend = create_open_clip_backend(torch.device("cpu"), torch.float32, architecture=TINY_ARCH)
+    backend = create_open_clip_backend(make_context(tmp_path / "export-cache"), architecture=TINY_ARCH)
     preset = ModelPreset(name="tiny-slow", backend="open_clip", args={"architecture": TINY_ARCH})
     settings = Settings(
         store_dir=tmp_path, warmup=False, device="cpu", max_wait_ms=1.0, max_new_prompts_per_request=600

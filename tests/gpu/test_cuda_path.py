@@ -16,25 +16,34 @@ pytestmark = [
 ]
 
 
-def test_open_clip_vit_b_32_runs_in_fp16_on_cuda() -> None:
-    from app.vlm.base import create_backend
+def test_open_clip_vit_b_32_runs_in_fp16_on_cuda(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from app.vlm.loading import load_preset
 
-    backend = create_backend(
-        "open_clip", device="auto", dtype="auto", architecture="ViT-B-32", pretrained=None
-    )
-    assert backend.device.type == "cuda" and backend.dtype == torch.float16
-    pixels = torch.stack([backend.preprocess(Image.new("RGB", (300, 200), (i, 0, 0))) for i in range(64)])
+    loaded = load_preset("random-vit-b-32", device="auto", runtime="torch", export_cache_dir=tmp_path)
+    backend = loaded.backend
+    assert loaded.device == "cuda" and loaded.towers["image"].dtype == "float16"
+    pixels = np.stack([backend.preprocess(Image.new("RGB", (300, 200), (i, 0, 0))) for i in range(64)])
     out = backend.encode_images(pixels)
-    assert out.embeddings.shape[0] == 64 and out.embeddings.dtype == torch.float32
-    assert torch.isfinite(out.embeddings).all()
-    assert torch.allclose(out.embeddings.norm(dim=1), torch.ones(64), atol=1e-2)
+    assert out.embeddings.shape[0] == 64 and out.embeddings.dtype == np.float32
+    assert np.isfinite(out.embeddings).all()
+    np.testing.assert_allclose(np.linalg.norm(out.embeddings, axis=1), 1.0, atol=1e-2)
+
+
+def test_auto_keeps_torch_on_cuda_unless_onnxruntime_measures_faster(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from app.vlm.loading import load_preset
+
+    loaded = load_preset("random-vit-b-32", device="cuda", runtime="auto", export_cache_dir=tmp_path)
+    checks = loaded.towers["image"].checks
+    assert "torch" in checks and "openvino" not in checks
+    fastest = max((r for r in checks if checks[r].get("passed")), key=lambda r: checks[r]["items_per_s"])
+    assert loaded.towers["image"].runtime == fastest
 
 
 def test_engine_on_cuda_batches_and_scores(settings_factory) -> None:  # type: ignore[no-untyped-def]
     from app.engine.engine import ClassificationEngine
 
-    engine = ClassificationEngine.load(settings_factory(device="cuda", max_batch_size=64))
-    assert engine.backend.device.type == "cuda"
+    engine = ClassificationEngine.load(settings_factory(device="cuda", max_batch_size=64, runtime="torch"))
+    assert engine.device.startswith("cuda")
 
     async def run() -> np.ndarray:
         await engine.start()

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import pytest
-import torch
 from PIL import Image
 
 from app.config import Settings
 from app.engine.engine import ClassificationEngine
 from app.vlm.backends.open_clip_backend import create_open_clip_backend
 from app.vlm.presets import ModelPreset
+from tests.support.runtime import make_context
 
 TINY_ARCH = "trustserve-labelsets-tiny-vit"
 TINY_CONFIG = {
@@ -34,8 +34,9 @@ def tiny_engine(tmp_path_factory: pytest.TempPathFactory) -> ClassificationEngin
     path = tmp_path_factory.mktemp("open_clip_cfg") / f"{TINY_ARCH}.json"
     path.write_text(json.dumps(TINY_CONFIG))
     open_clip.add_model_config(path)
-    torch.manual_seed(0)
-    backend = create_open_clip_backend(torch.device("cpu"), torch.float32, architecture=TINY_ARCH)
+    backend = create_open_clip_backend(
+        make_context(tmp_path_factory.mktemp("export-cache")), architecture=TINY_ARCH
+    )
     preset = ModelPreset(name="tiny-test", backend="open_clip", args={"architecture": TINY_ARCH})
     settings = make_settings(tmp_path_factory.mktemp("unused-store"))
     return ClassificationEngine(preset, backend, None, settings)

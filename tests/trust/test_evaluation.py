@@ -113,9 +113,14 @@ def test_end_to_end_with_tiny_model_and_cache(tiny_models_dir: Path, tmp_path: P
     assert second.samples["baseline_scores"] == first.samples["baseline_scores"]
     assert first.summary["config"]["alpha"] == 1.0  # the tiny preset's trust.alpha (no --alpha given)
     assert second.summary["config"]["alpha"] == 0.5
-    # a re-initialised random-weight model gets its own cache entry instead of stale encodings
+    # random weights are seeded (the same in every load, so exports stay valid): the same entry is reused;
+    # the same weights computed another way (bf16) get their own entry instead of stale encodings
     fresh = LoadedModel.load(TINY_PRESET, models_dir=tiny_models_dir, device="cpu", dtype="float32")
-    assert fresh.fingerprint != model.fingerprint
+    assert fresh.fingerprint == model.fingerprint
+    low = LoadedModel.load(
+        TINY_PRESET, models_dir=tiny_models_dir, device="cpu", dtype="bfloat16", runtime="torch"
+    )
+    assert low.fingerprint != model.fingerprint
 
 
 def test_cli_runs_and_prints_the_table(tiny_models_dir: Path, tmp_path: Path) -> None:

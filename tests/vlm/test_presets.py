@@ -4,10 +4,11 @@ factory accepts, and every offline preset actually builds and encodes."""
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
@@ -16,6 +17,7 @@ from app.vlm.aux_base import AUX_ENCODERS, SHARED_TOWER
 from app.vlm.backends.open_clip_backend import resolve_open_clip_source
 from app.vlm.base import BACKENDS, create_backend
 from app.vlm.presets import DEFAULT_MODELS_DIR, ModelPreset, list_presets, load_preset_file
+from tests.support.runtime import make_context
 
 PRESET_FILES = sorted(
     path
@@ -37,12 +39,12 @@ def test_preset_file_is_valid(path: Path) -> None:
     preset = load_preset_file(path)
     assert preset.name == path.stem
     assert preset.backend in BACKENDS, f"{path.name}: backend {preset.backend!r} is not registered"
-    signature = inspect.signature(BACKENDS[preset.backend])
-    signature.bind(device=torch.device("cpu"), dtype=torch.float32, **preset.args)  # raises on a bad arg
+    signature = inspect.signature(BACKENDS[preset.backend].factory)
+    signature.bind(None, **preset.args)  # raises on a bad arg
     kind = preset.aux_encoder.kind
     assert kind == SHARED_TOWER or kind in AUX_ENCODERS, f"{path.name}: unknown image space {kind!r}"
     if kind != SHARED_TOWER:
-        inspect.signature(AUX_ENCODERS[kind]).bind(device=None, dtype=None, **preset.aux_encoder.args)
+        inspect.signature(AUX_ENCODERS[kind]).bind(None, **preset.aux_encoder.args)
 
 
 @pytest.mark.parametrize("name", sorted(n for n, p in PRESETS.items() if p.backend == "open_clip"))
@@ -62,11 +64,27 @@ def test_a_bad_template_or_field_is_rejected() -> None:
 @pytest.mark.parametrize("name", OFFLINE)
 def test_offline_preset_builds_and_encodes(name: str) -> None:
     preset = PRESETS[name]
-    torch.manual_seed(0)
-    backend = create_backend(preset.backend, device="cpu", **preset.args)
+    context = make_context(Path(os.environ["TRUSTSERVE_EXPORT_CACHE_DIR"]), "auto", model=name)
+    backend = create_backend(preset.backend, context, **preset.args)
     images = [Image.new("RGB", (64, 48), colour) for colour in ("red", "navy")]
-    encoding = backend.encode_images(torch.stack([backend.preprocess(image) for image in images]))
+    encoding = backend.encode_images(np.stack([backend.preprocess(image) for image in images]))
     assert encoding.embeddings.shape == (2, backend.embedding_dim)
     texts = backend.encode_texts([template.format("cat") for template in preset.templates])
     assert texts.shape == (len(preset.templates), backend.embedding_dim)
-    torch.testing.assert_close(texts.norm(dim=-1), torch.ones(len(preset.templates)))
+    np.testing.assert_allclose(np.linalg.norm(texts, axis=-1), 1.0, atol=1e-5)
+
+
+def test_a_preset_may_pin_its_runtime_and_explicit_settings_win(tmp_path: Path) -> None:
+    from app.config import Settings
+    from app.vlm.loading import runtime_request
+
+    preset = ModelPreset(name="x", backend="open_clip", runtime="openvino", precision="int8")
+    assert (runtime_request(Settings(), preset).runtime, runtime_request(Settings(), preset).precision) == (
+        "openvino",
+        "int8",
+    )
+    explicit = runtime_request(Settings(runtime="torch", precision="fp32"), preset)
+    assert (explicit.runtime, explicit.precision) == ("torch", "fp32")
+    assert runtime_request(Settings(), ModelPreset(name="y", backend="open_clip")).runtime == "auto"
+    with pytest.raises(ValueError):
+        ModelPreset(name="x", backend="open_clip", runtime="tensorflow")

@@ -23,8 +23,8 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from app.vlm.backends.transformers_backend import TransformersDualEncoderBackend, create_transformers_backend
 from app.vlm.base import VLMBackend, create_backend
+from tests.support.runtime import EXPORTED_RUNTIMES, make_context
 
-CPU = torch.device("cpu")
 TEXTS = ["a photo of a cat.", "a photo of a dog.", "this is a bird", "a car", "a tree and a plane"]
 TINY_TOWER = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
 TINY_VISION = {**TINY_TOWER, "image_size": 32, "patch_size": 16}
@@ -95,29 +95,54 @@ def siglip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clip_backend(clip_dir: Path) -> TransformersDualEncoderBackend:
-    return create_transformers_backend(CPU, torch.float32, model_id=str(clip_dir), local_files_only=True)
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("export-cache")
+
+
+def _load(
+    model_dir: Path, cache_dir: Path, runtime: str = "torch", **request: object
+) -> TransformersDualEncoderBackend:
+    context = make_context(cache_dir, runtime, **request)
+    return create_transformers_backend(context, model_id=str(model_dir), local_files_only=True)
 
 
 @pytest.fixture(scope="module")
-def siglip_backend(siglip_dir: Path) -> TransformersDualEncoderBackend:
-    return create_transformers_backend(CPU, torch.float32, model_id=str(siglip_dir), local_files_only=True)
+def clip_backend(clip_dir: Path, cache_dir: Path) -> TransformersDualEncoderBackend:
+    return _load(clip_dir, cache_dir)
 
 
-def _reference_logits(model_dir: Path, backend: TransformersDualEncoderBackend, padding: str) -> torch.Tensor:
+@pytest.fixture(scope="module")
+def siglip_backend(siglip_dir: Path, cache_dir: Path) -> TransformersDualEncoderBackend:
+    return _load(siglip_dir, cache_dir)
+
+
+def _reference_logits(model_dir: Path, backend: TransformersDualEncoderBackend, padding: str) -> np.ndarray:
     """logits_per_image from the model's own forward, tokenised and preprocessed the documented way."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
     model = AutoModel.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    pixels = torch.stack([backend.preprocess(_image(seed)) for seed in range(2)])
+    processor = AutoImageProcessor.from_pretrained(model_dir, use_fast=False)
+    pixels = processor(images=[_image(seed) for seed in range(2)], return_tensors="pt")["pixel_values"]
     max_length = model.config.text_config.max_position_embeddings
     tokens = tokenizer(TEXTS, padding=padding, max_length=max_length, truncation=True, return_tensors="pt")
     inputs = {"input_ids": tokens["input_ids"], "pixel_values": pixels}
     if padding != "max_length":
         inputs["attention_mask"] = tokens["attention_mask"]
     with torch.no_grad():
-        return model(**inputs).logits_per_image
+        return model(**inputs).logits_per_image.numpy()
+
+
+def test_numpy_preprocessing_equals_the_slow_image_processor(clip_dir: Path, siglip_dir: Path) -> None:
+    from transformers import AutoImageProcessor
+
+    for model_dir in (clip_dir, siglip_dir):
+        backend = _load(model_dir, model_dir.parent / f"{model_dir.name}-pp")
+        processor = AutoImageProcessor.from_pretrained(model_dir, use_fast=False)
+        for seed in range(3):
+            image = _image(seed)
+            theirs = processor(images=image, return_tensors="np")["pixel_values"][0]
+            np.testing.assert_allclose(backend.preprocess(image), theirs, atol=1e-5)
 
 
 def test_clip_loads_from_a_local_folder_and_matches_the_model_forward(
@@ -128,22 +153,24 @@ def test_clip_loads_from_a_local_folder_and_matches_the_model_forward(
     assert clip_backend.embedding_dim == 8
     assert clip_backend.logit_scale == pytest.approx(np.exp(2.6592), rel=1e-4)  # CLIPConfig default
     assert clip_backend.logit_bias == 0.0
-    pixels = torch.stack([clip_backend.preprocess(_image(seed)) for seed in range(2)])
+    pixels = np.stack([clip_backend.preprocess(_image(seed)) for seed in range(2)])
     assert pixels.shape == (2, 3, 32, 32)
     encoding = clip_backend.encode_images(pixels)
     texts = clip_backend.encode_texts(TEXTS)
     ours = clip_backend.logit_scale * encoding.embeddings @ texts.T + clip_backend.logit_bias
-    expected = _reference_logits(clip_dir, clip_backend, "longest")
-    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        ours, _reference_logits(clip_dir, clip_backend, "longest"), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_embeddings_are_normalised_features_are_raw(clip_backend: TransformersDualEncoderBackend) -> None:
-    encoding = clip_backend.encode_images(clip_backend.preprocess(_image()).unsqueeze(0))
+    encoding = clip_backend.encode_images(clip_backend.preprocess(_image())[None])
     assert encoding.features is not None and encoding.features.shape == (1, 8)
-    assert encoding.embeddings.dtype == torch.float32 and encoding.embeddings.device == CPU
-    torch.testing.assert_close(encoding.embeddings, torch.nn.functional.normalize(encoding.features, dim=-1))
-    assert encoding.features.norm() != pytest.approx(1.0)
-    torch.testing.assert_close(clip_backend.encode_texts(TEXTS).norm(dim=-1), torch.ones(len(TEXTS)))
+    assert encoding.embeddings.dtype == np.float32
+    norm = np.linalg.norm(encoding.features, axis=-1, keepdims=True)
+    np.testing.assert_allclose(encoding.embeddings, encoding.features / norm, atol=1e-6)
+    assert float(norm[0, 0]) != pytest.approx(1.0)
+    np.testing.assert_allclose(np.linalg.norm(clip_backend.encode_texts(TEXTS), axis=-1), 1.0, atol=1e-5)
 
 
 def test_text_chunks_match_one_batch(
@@ -151,7 +178,7 @@ def test_text_chunks_match_one_batch(
 ) -> None:
     whole = clip_backend.encode_texts(TEXTS)
     monkeypatch.setattr(clip_backend, "text_batch_size", 2)
-    torch.testing.assert_close(clip_backend.encode_texts(TEXTS), whole, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(clip_backend.encode_texts(TEXTS), whole, rtol=1e-5, atol=1e-5)
     assert clip_backend.encode_texts([]).shape == (0, 8)
 
 
@@ -161,12 +188,12 @@ def test_siglip_is_detected_and_keeps_its_logit_bias(
     assert siglip_backend.model_type == "siglip"
     assert siglip_backend.logit_bias == pytest.approx(-3.0)
     assert siglip_backend.embedding_dim == 16
-    pixels = torch.stack([siglip_backend.preprocess(_image(seed)) for seed in range(2)])
+    pixels = np.stack([siglip_backend.preprocess(_image(seed)) for seed in range(2)])
     encoding = siglip_backend.encode_images(pixels)
     texts = siglip_backend.encode_texts(TEXTS)
     ours = siglip_backend.logit_scale * encoding.embeddings @ texts.T + siglip_backend.logit_bias
     expected = _reference_logits(siglip_dir, siglip_backend, "max_length")
-    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_siglip_text_embedding_does_not_depend_on_batch_mates(
@@ -174,28 +201,46 @@ def test_siglip_text_embedding_does_not_depend_on_batch_mates(
 ) -> None:
     alone = siglip_backend.encode_texts(["a car"])
     in_batch = siglip_backend.encode_texts(["a tree and a plane and a bird", "a car"])[1:]
-    torch.testing.assert_close(alone, in_batch, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(alone, in_batch, rtol=1e-5, atol=1e-5)
 
 
-def test_registered_under_transformers(clip_dir: Path) -> None:
-    backend = create_backend("transformers", device="cpu", model_id=str(clip_dir), local_files_only=True)
+@pytest.mark.parametrize("runtime", EXPORTED_RUNTIMES)
+@pytest.mark.parametrize("which", ["clip", "siglip"])
+def test_exported_runtimes_match_the_torch_reference(
+    request: pytest.FixtureRequest, cache_dir: Path, which: str, runtime: str
+) -> None:
+    model_dir = request.getfixturevalue(f"{which}_dir")
+    reference = request.getfixturevalue(f"{which}_backend")
+    exported = _load(model_dir, cache_dir, runtime)
+    assert {r.runtime for r in exported.towers.values()} == {runtime}
+    pixels = np.stack([reference.preprocess(_image(seed)) for seed in range(3)])
+    ours, ref = exported.encode_images(pixels), reference.encode_images(pixels)
+    assert np.abs(ours.embeddings - ref.embeddings).max() < 1e-4
+    assert np.abs(exported.encode_texts(TEXTS) - reference.encode_texts(TEXTS)).max() < 1e-4
+    assert (exported.logit_scale, exported.logit_bias) == (reference.logit_scale, reference.logit_bias)
+
+
+def test_registered_under_transformers(clip_dir: Path, tmp_path: Path) -> None:
+    backend = create_backend(
+        "transformers", make_context(tmp_path), model_id=str(clip_dir), local_files_only=True
+    )
     assert backend.name == f"transformers:{clip_dir}"
 
 
 def test_rejects_a_non_dual_encoder(tmp_path: Path) -> None:
-    Dinov2Config(**TINY_TOWER).save_pretrained(tmp_path)
+    Dinov2Config(**TINY_TOWER).save_pretrained(tmp_path / "m")
     with pytest.raises(ValueError, match="'dinov2' model"):
-        create_transformers_backend(CPU, torch.float32, model_id=str(tmp_path), local_files_only=True)
+        _load(tmp_path / "m", tmp_path / "cache")
 
 
-def test_bfloat16_weights_still_return_float32_cpu_embeddings(
-    clip_dir: Path, clip_backend: TransformersDualEncoderBackend
+def test_bfloat16_torch_weights_still_return_float32_embeddings(
+    clip_dir: Path, clip_backend: TransformersDualEncoderBackend, tmp_path: Path
 ) -> None:
-    low = create_transformers_backend(CPU, torch.bfloat16, model_id=str(clip_dir), local_files_only=True)
-    pixels = clip_backend.preprocess(_image()).unsqueeze(0)
+    low = _load(clip_dir, tmp_path, dtype="bfloat16")
+    pixels = clip_backend.preprocess(_image())[None]
     ours, expected = low.encode_images(pixels).embeddings, clip_backend.encode_images(pixels).embeddings
-    assert ours.dtype == torch.float32 and ours.device == CPU
+    assert ours.dtype == np.float32
     assert (ours * expected).sum() > 0.99
     texts = low.encode_texts(TEXTS)
-    assert texts.dtype == torch.float32
-    assert (texts * clip_backend.encode_texts(TEXTS)).sum(dim=-1).min() > 0.99
+    assert texts.dtype == np.float32
+    assert (texts * clip_backend.encode_texts(TEXTS)).sum(axis=-1).min() > 0.99

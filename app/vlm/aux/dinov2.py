@@ -6,21 +6,25 @@ register tokens for the ``with_registers`` variants), not normalised (Dong et al
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from pathlib import Path
+from typing import Any, Literal
 
-import torch
-from open_clip.constants import IMAGENET_MEAN, IMAGENET_STD, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from PIL import Image
-from torchvision import transforms
-from transformers import AutoConfig, AutoModel, PreTrainedModel
-
-from app.vlm.aux_base import register_aux_encoder
+from app.runtime.towers import RuntimeContext
+from app.vlm.aux_base import TowerImageEncoder, create_tower_encoder, register_aux_encoder
+from app.vlm.preprocessing import ImagePreprocessor
+from app.vlm.towers import weights_identity
 
 DINOV2_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
 PreprocessMode = Literal["reference", "native"]
+# the constants of open_clip.constants, written out so preprocessing needs no open_clip (and no torch)
+OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def dinov2_transform(mode: PreprocessMode, image_size: int = 224) -> transforms.Compose:
+def dinov2_preprocessor(mode: PreprocessMode, image_size: int = 224) -> ImagePreprocessor:
     """The image transform for each mode.
 
     ``reference``: the TrustVLM code's quirk — the CLIP transform (bicubic resize of the short side to
@@ -34,69 +38,51 @@ def dinov2_transform(mode: PreprocessMode, image_size: int = 224) -> transforms.
         resize, mean, std = round(image_size * 256 / 224), IMAGENET_MEAN, IMAGENET_STD
     else:
         raise ValueError(f"unknown DINOv2 preprocessing mode {mode!r}; use 'reference' or 'native'")
-    return transforms.Compose(
-        [
-            transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.CenterCrop(image_size),
-            transforms.ToTensor(),
-            transforms.Normalize(mean, std),
-        ]
-    )
+    return ImagePreprocessor(resize=resize, crop=image_size, interpolation="bicubic", mean=mean, std=std)
 
 
-class Dinov2Encoder:
-    """An :class:`~app.vlm.aux_base.AuxImageEncoder` over a transformers DINOv2 model."""
+def dinov2_tower(model_id: str, hub: dict[str, Any]) -> Any:
+    """The DINOv2 model as a tower: pixels -> mean of ``last_hidden_state`` over all tokens."""
+    from transformers import AutoModel
 
-    def __init__(
-        self,
-        model: PreTrainedModel,
-        transform: transforms.Compose,
-        *,
-        name: str,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> None:
-        self.name = name
-        self.device = device
-        self.dtype = dtype
-        self.dim: int = int(model.config.hidden_size)
-        self._model = model
-        self._transform = transform
+    from app.runtime.torch_executor import CallableTower
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """One PIL image -> (3, image_size, image_size) float32."""
-        return self._transform(image.convert("RGB"))
+    model = AutoModel.from_pretrained(model_id, **hub).eval()
+    return CallableTower(model, lambda m, pixels: m(pixel_values=pixels).last_hidden_state.mean(dim=1))
 
-    @torch.inference_mode()
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, hidden_size): mean of ``last_hidden_state`` over all tokens, float32 CPU."""
-        pixels = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
-        tokens = self._model(pixel_values=pixels).last_hidden_state
-        return tokens.float().mean(dim=1).cpu()
+
+def _model_type(model_id: str, hub: dict[str, Any]) -> str:
+    local = Path(model_id).expanduser() / "config.json"
+    if local.is_file():  # no transformers import for a local folder
+        return str(json.loads(local.read_text()).get("model_type"))
+    from transformers import AutoConfig
+
+    return str(AutoConfig.from_pretrained(model_id, **hub).model_type)
 
 
 @register_aux_encoder("dinov2")
 def create_dinov2_encoder(
-    device: torch.device,
-    dtype: torch.dtype,
+    context: RuntimeContext,
     model_id: str = "facebook/dinov2-base",
     mode: PreprocessMode = "reference",
     image_size: int = 224,
     revision: str | None = None,
     cache_dir: str | None = None,
     local_files_only: bool = False,
-) -> Dinov2Encoder:
+) -> TowerImageEncoder:
     """Factory for ``aux_encoder: {kind: dinov2}``; ``model_id`` is a Hub id or a local folder."""
-    transform = dinov2_transform(mode, image_size)
-    hub_kwargs = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only}
-    config = AutoConfig.from_pretrained(model_id, **hub_kwargs)
-    if config.model_type not in DINOV2_MODEL_TYPES:
-        raise ValueError(f"{model_id!r} is a {config.model_type!r} model, not DINOv2")
-    model = AutoModel.from_pretrained(model_id, dtype=dtype, **hub_kwargs)
-    return Dinov2Encoder(
-        model.to(device).eval(),
-        transform,
+    preprocessor = dinov2_preprocessor(mode, image_size)
+    hub = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only}
+    model_type = _model_type(model_id, hub)
+    if model_type not in DINOV2_MODEL_TYPES:
+        raise ValueError(f"{model_id!r} is a {model_type!r} model, not DINOv2")
+    local = Path(model_id).expanduser()
+    weights = weights_identity(context.cache, local) if local.is_dir() else f"published:{model_id}@{revision}"
+    return create_tower_encoder(
+        context,
         name=f"dinov2:{model_id}/{mode}",
-        device=device,
-        dtype=dtype,
+        identity={"aux": "dinov2", "weights": weights},
+        preprocessor=preprocessor,
+        build_module=lambda: dinov2_tower(model_id, hub),
+        transformer=True,
     )

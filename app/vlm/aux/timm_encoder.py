@@ -1,81 +1,86 @@
 """Any timm backbone as TrustVLM's image space g (the paper also uses a MoCo v2 ResNet-50 this way).
 
 Features are the backbone's pooled pre-classifier output (``num_classes=0``); preprocessing is timm's
-own evaluation transform for the model's pretrained config.
+own evaluation transform for the model's pretrained config (resize to ``size / crop_pct``, centre crop).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
-import timm
-import torch
-from PIL import Image
-from timm.data import create_transform, resolve_data_config
+from app.runtime.towers import RuntimeContext
+from app.vlm.aux_base import (
+    TowerImageEncoder,
+    cached_preprocessor,
+    create_tower_encoder,
+    register_aux_encoder,
+)
+from app.vlm.preprocessing import ImagePreprocessor
+from app.vlm.towers import weights_identity
 
-from app.vlm.aux_base import register_aux_encoder
-from app.vlm.base import to_model_input
+RANDOM_INIT_SEED = 0
 
 
-class TimmEncoder:
-    """An :class:`~app.vlm.aux_base.AuxImageEncoder` over a timm model with its classifier removed."""
+def load_timm_model(model_name: str, pretrained: bool | str) -> Any:
+    """The timm model without its classifier, in eval mode (fp32, CPU); random weights are seeded."""
+    import timm
+    import torch
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        transform: Callable[[Image.Image], torch.Tensor],
-        *,
-        name: str,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> None:
-        self.name = name
-        self.device = device
-        self.dtype = dtype
-        # head_hidden_size differs from num_features for models with a pre-logits MLP (e.g. some ConvNeXts)
-        self.dim: int = int(getattr(model, "head_hidden_size", None) or model.num_features)
-        self._model = model
-        self._transform = transform
+    with torch.random.fork_rng():
+        torch.manual_seed(RANDOM_INIT_SEED)
+        if isinstance(pretrained, str):
+            overlay = {"file": str(Path(pretrained).expanduser())}
+            model = timm.create_model(
+                model_name, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay
+            )
+        else:
+            model = timm.create_model(model_name, pretrained=pretrained, num_classes=0)
+    return model.eval()
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """One PIL image -> (3, H, W) float32 with timm's eval transform (resize, centre crop, normalise)."""
-        return self._transform(image.convert("RGB"))
 
-    @torch.inference_mode()
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, dim) pooled features, float32 on CPU."""
-        pixels = to_model_input(pixels, self.device, self.dtype)
-        return self._model(pixels).float().cpu()
+def timm_preprocessor(model_name: str) -> ImagePreprocessor:
+    """timm's eval transform for ``model_name`` (``resolve_data_config`` of its pretrained config)."""
+    import timm
+    from timm.data import resolve_data_config
+
+    config = resolve_data_config(model=timm.create_model(model_name, pretrained=False, num_classes=0))
+    size = int(config["input_size"][-1])
+    return ImagePreprocessor(
+        resize=math.floor(size / config["crop_pct"]),
+        crop=size,
+        interpolation=config["interpolation"] if config["interpolation"] != "random" else "bilinear",
+        mean=tuple(config["mean"]),
+        std=tuple(config["std"]),
+    )
 
 
 @register_aux_encoder("timm")
 def create_timm_encoder(
-    device: torch.device,
-    dtype: torch.dtype,
-    model_name: str,
-    pretrained: bool | str = False,
-) -> TimmEncoder:
+    context: RuntimeContext, model_name: str, pretrained: bool | str = False
+) -> TowerImageEncoder:
     """Factory for ``aux_encoder: {kind: timm}``.
 
-    ``pretrained``: ``false`` = random weights, ``true`` = timm's default weights (downloaded from the Hub),
-    or a path to a local weights file (safetensors preferred) loaded through timm's pretrained-weights
-    path, which drops the classifier for us.
+    ``pretrained``: ``false`` = random weights (seeded), ``true`` = timm's default weights (downloaded from
+    the Hub), or a path to a local weights file (safetensors preferred) loaded through timm's
+    pretrained-weights path, which drops the classifier for us.
     """
     if isinstance(pretrained, str):
-        weights = Path(pretrained).expanduser()
-        if not weights.is_file():
+        if not Path(pretrained).expanduser().is_file():
             raise FileNotFoundError(f"timm weights file {pretrained!r} does not exist")
-        model = timm.create_model(
-            model_name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(weights)}
-        )
+        weights, label = weights_identity(context.cache, pretrained), pretrained
+    elif pretrained:
+        weights, label = f"published:timm/{model_name}", "pretrained"
     else:
-        model = timm.create_model(model_name, pretrained=pretrained, num_classes=0)
-    transform = create_transform(**resolve_data_config(model=model), is_training=False)
-    model = model.to(device=device, dtype=dtype).eval()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    weights_label = pretrained if isinstance(pretrained, str) else ("pretrained" if pretrained else "random")
-    return TimmEncoder(
-        model, transform, name=f"timm:{model_name}/{weights_label}", device=device, dtype=dtype
+        weights, label = f"random-init:seed={RANDOM_INIT_SEED}:timm={version('timm')}", "random"
+    identity = {"aux": "timm", "model": model_name, "weights": weights}
+    return create_tower_encoder(
+        context,
+        name=f"timm:{model_name}/{label}",
+        identity=identity,
+        preprocessor=cached_preprocessor(context, "timm", identity, lambda: timm_preprocessor(model_name)),
+        build_module=lambda: load_timm_model(model_name, pretrained),
+        transformer="vit" in model_name or "deit" in model_name,
     )

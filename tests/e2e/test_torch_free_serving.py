@@ -1,0 +1,102 @@
+"""With an exported runtime and a warm export cache the server never imports torch: a subprocess whose
+imports of torch (and of the torch-based model libraries) fail serves classify, label sets and /v1/models,
+and torch is not in ``sys.modules`` afterwards. This is what the slim CPU image relies on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from app.config import Settings
+from app.vlm.loading import load_models
+from app.vlm.presets import get_preset
+from tests.support.tiny_model import TINY_PRESET
+
+BLOCKED = ("torch", "torchvision", "open_clip", "timm", "efficientnet_lite_pytorch")
+
+SERVER = textwrap.dedent(
+    """
+    import io, json, sys
+    BLOCKED = {blocked!r}
+
+    class NoTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"torch-free serving imported {{name}}")
+            return None
+
+    sys.meta_path.insert(0, NoTorch())
+    from fastapi.testclient import TestClient
+    from PIL import Image
+    from app.api.app import create_app
+    from app.config import Settings
+
+    settings = Settings(model={preset!r}, models_dir={models_dir!r}, export_cache_dir={cache!r},
+                        runtime={runtime!r}, store_dir={store!r}, device="cpu", log_json=False)
+
+    def png(colour):
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 30), colour).save(buf, "PNG")
+        return buf.getvalue()
+
+    out = {{}}
+    with TestClient(create_app(settings)) as client:
+        for _ in range(600):
+            if client.get("/readyz").status_code == 200:
+                break
+            import time; time.sleep(0.05)
+        r = client.post("/v1/classify", files={{"image": ("a.png", png("red"), "image/png")}},
+                        data={{"labels": json.dumps(["red", "blue"])}})
+        out["classify"] = r.status_code
+        r = client.post("/v1/label-sets", json={{"id": "colours", "labels": ["red", "blue"]}})
+        out["create"] = r.status_code
+        for label, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+            r = client.post("/v1/label-sets/colours/images", data={{"label": label}},
+                            files=[("images", ("x.png", png(colour), "image/png"))])
+            out["add_" + label] = r.status_code
+        r = client.post("/v1/classify", files={{"image": ("a.png", png((200, 30, 30)), "image/png")}},
+                        data={{"label_set": "colours"}})
+        out["classify_label_set"] = r.status_code
+        out["scores"] = sorted(r.json()["results"][0]["scores"])
+        out["models"] = client.get("/v1/models").json()["models"][0]["runtime"]
+        out["metrics"] = "trustserve_model_runtime_info" in client.get("/metrics").text
+    out["torch_loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+    print("RESULT " + json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_warm_cache_serves_without_torch(tiny_models_dir: Path, tmp_path: Path, runtime: str) -> None:
+    cache = tmp_path / "export-cache"
+    settings = Settings(
+        model=TINY_PRESET, models_dir=tiny_models_dir, export_cache_dir=cache, runtime=runtime, device="cpu"
+    )
+    load_models(get_preset(TINY_PRESET, tiny_models_dir), settings)  # warm the cache (this process has torch)
+    script = SERVER.format(
+        blocked=BLOCKED,
+        preset=TINY_PRESET,
+        models_dir=str(tiny_models_dir),
+        cache=str(cache),
+        runtime=runtime,
+        store=str(tmp_path / "store"),
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    result = json.loads(lines[0].removeprefix("RESULT "))
+    assert result["torch_loaded"] == []
+    assert result["classify"] == result["classify_label_set"] == 200, result
+    assert result["create"] == 201 and result["add_red"] == result["add_blue"] == 200, result
+    assert "trustvlm" in result["scores"]  # prototypes were encoded and searched without torch
+    assert {tower: info["runtime"] for tower, info in result["models"].items()} == {
+        "image": runtime,
+        "text": runtime,
+    }
+    assert all(info["cache"] == "hit" for info in result["models"].values())
+    assert result["metrics"]
