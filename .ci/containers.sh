@@ -194,6 +194,14 @@ check_slim_image() {  # the slim image holds no torch and no CUDA stack, and the
     || fail "$SLIM_IMAGE: the export cache is writable by the server's user"
 }
 
+check_torch_build() {  # which torch the full image has: from PyPI on x86_64 it is the CUDA build
+  local build
+  build=$(podman run --rm --no-healthcheck --entrypoint python "$PROJECT_IMAGE" -c \
+    'import torch; print("torch", torch.__version__ + ", CUDA", torch.version.cuda or "none (CPU build)")') \
+    || fail "$PROJECT_IMAGE: torch does not import"
+  record "  torch in it" "$build"
+}
+
 # --- 4. one container -----------------------------------------------------------------------------------
 generate_keys() {
   CI_READ_KEY=read-$(python3 -c 'import secrets; print(secrets.token_hex(16))')
@@ -303,6 +311,7 @@ build_debian_image
 build_debian_images
 log "project image ($PROJECT_IMAGE)"
 build_image runtime "$PROJECT_IMAGE" deps builder runtime-user
+check_torch_build  # the CUDA variant when torch is a CUDA build: it runs on CPU here, no GPU in CI
 log "slim image ($SLIM_IMAGE): exported models, no torch"
 build_image slim "$SLIM_IMAGE" export serving-deps
 check_slim_image
