@@ -19,16 +19,26 @@ models_cli = typer.Typer(help="The model repository (models/*.yaml).", no_args_i
 cli.add_typer(models_cli, name="models")
 
 
+# Packages a serving-only install leaves out (the slim image: deploy/docker/requirements-serving.txt). Without
+# them the evaluation and training commands are not mounted; serve, models and calibrate still work.
+FULL_INSTALL_ONLY = ("torch", "matplotlib")
+
+
 def _mount_domain_commands() -> None:
     """Commands that live with their domain (one import each)."""
     from app.labelsets.cli import calibrate_command
-    from app.multimodal.cli import datasets_app, eval_multimodal, fair_protocol, train_multimodal
-    from app.trust.eval_cli import eval_command
 
-    cli.command("eval", help="Evaluate a model preset's scores on a labelled image dataset.")(eval_command)
     cli.command("calibrate", help="Calibrate a label set's reject rule on labelled images.")(
         calibrate_command
     )
+    try:
+        from app.multimodal.cli import datasets_app, eval_multimodal, fair_protocol, train_multimodal
+        from app.trust.eval_cli import eval_command
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] in FULL_INSTALL_ONLY:
+            return  # a serving-only install
+        raise
+    cli.command("eval", help="Evaluate a model preset's scores on a labelled image dataset.")(eval_command)
     cli.add_typer(datasets_app, name="datasets", help="Build the reproducible benchmark datasets.")
     cli.command("train-multimodal", help="Train a multimodal classifier (ACR, ablations).")(train_multimodal)
     cli.command("eval-multimodal", help="Evaluate multimodal failure detection.")(eval_multimodal)

@@ -76,9 +76,9 @@ def load_extractors(config: CheckpointConfig) -> None:
     for spec in config.fusion.modalities:
         if spec.preprocessing.kind not in EXTRACTED_KINDS:
             continue
-        from app.multimodal.pretrained import extractor_for  # torch / onnxruntime: only when a model needs it
+        try:  # a missing package (torch in the slim image) skips this checkpoint, not the server
+            from app.multimodal.pretrained import extractor_for  # torch / onnxruntime: only when needed
 
-        try:
             extractor = extractor_for(spec.preprocessing)  # type: ignore[arg-type]
         except (ImportError, OSError, RuntimeError, ValueError) as exc:
             raise CheckpointError(
