@@ -168,7 +168,14 @@ def models_export(
 
 
 def main() -> None:
-    cli()
+    """The ``trustserve`` entry point: a missing optional package is one line saying what to install."""
+    from app.errors import MissingDependencyError
+
+    try:
+        cli()
+    except MissingDependencyError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

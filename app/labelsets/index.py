@@ -13,9 +13,10 @@ from typing import Literal
 import faiss
 import numpy as np
 
+from app.config import DEFAULT_HNSW_THRESHOLD  # the default of the index_hnsw_threshold setting
+
 IndexKind = Literal["flat", "hnsw"]
 
-DEFAULT_HNSW_THRESHOLD = 50_000  # below this, exact flat search is as fast (benchmarks/faiss/README.md)
 DEFAULT_HNSW_M = 32
 DEFAULT_HNSW_EF_CONSTRUCTION = 200
 DEFAULT_HNSW_EF_SEARCH = 256

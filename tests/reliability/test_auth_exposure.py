@@ -385,7 +385,7 @@ def test_pickled_label_set_arrays_are_refused_not_run(
     with pytest.raises(Exception, match="evil"):
         store.load("evil")
     settings = make_settings(tiny_models_dir, tmp_path / "store")
-    report = asyncio.run(LabelSetService(store=store, engine=None, settings=settings).load_all())
+    report = asyncio.run(LabelSetService(store=store, engine=None, settings=settings).repository.load_all())  # type: ignore[arg-type]
     assert "evil" in report.failed
 
 
