@@ -41,7 +41,7 @@ def test_missing_dataset_package_is_one_line_saying_what_to_install(module: str,
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    [install] = [install for m, install in sum(DATASET_PACKAGES.values(), []) if m == module]
+    [install] = [install for pairs in DATASET_PACKAGES.values() for m, install in pairs if m == module]
     assert lines[0].startswith("error: the dataset") and install in lines[0]
 
 
