@@ -1,8 +1,8 @@
 """A calibration applies only to the numbers it was computed on (``app.labelsets.basis``): the runtime and
 precision the image path ran on are part of them. A label set calibrated on the torch reference (fp32)
 and served by ONNX Runtime fp32 keeps its calibration — within the tested parity bound its decisions on
-the calibration images are the same, except on an image whose score is the threshold itself; served by an int8 image tower it says its calibration does not
-apply."""
+the calibration images are the same, except on an image whose score is the threshold itself; served by
+an int8 image tower it says its calibration does not apply."""
 
 from __future__ import annotations
 
