@@ -44,7 +44,7 @@ def uvicorn_options(settings: object) -> dict[str, object]:
     """Connection settings uvicorn takes from ``Settings`` (idle keep-alive connections are closed after
     ``keep_alive_timeout_s``; body limits are enforced by the app's middleware)."""
     return {
-        "timeout_keep_alive": getattr(settings, "keep_alive_timeout_s", 5.0),
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
         "timeout_graceful_shutdown": 10,
         "log_config": None,
     }
