@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 cli = typer.Typer(
     name="trustserve",
@@ -40,7 +43,7 @@ def _mount_domain_commands() -> None:
 _mount_domain_commands()
 
 
-def uvicorn_options(settings: object) -> dict[str, object]:
+def uvicorn_options(settings: Settings) -> dict[str, object]:
     """Connection settings uvicorn takes from ``Settings`` (idle keep-alive connections are closed after
     ``keep_alive_timeout_s``; body limits are enforced by the app's middleware)."""
     return {
