@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -43,7 +43,7 @@ def _mount_domain_commands() -> None:
 _mount_domain_commands()
 
 
-def uvicorn_options(settings: Settings) -> dict[str, object]:
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Connection settings uvicorn takes from ``Settings`` (idle keep-alive connections are closed after
     ``keep_alive_timeout_s``; body limits are enforced by the app's middleware)."""
     return {
@@ -72,7 +72,7 @@ def serve(
     from app.config import Settings
     from app.observability.logging import configure_logging
 
-    overrides = {
+    overrides: dict[str, Any] = {
         k: v
         for k, v in {
             "host": host,
@@ -147,7 +147,7 @@ def models_export(
     from app.vlm.loading import load_models
     from app.vlm.presets import get_preset
 
-    overrides = {
+    overrides: dict[str, Any] = {
         "model": preset,
         "runtime": runtime,
         "precision": precision,

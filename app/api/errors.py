@@ -66,7 +66,7 @@ def http_status(exc: TrustserveError) -> int:
         return exc.status
     for kind in type(exc).__mro__:
         if kind in STATUS_BY_KIND:
-            return STATUS_BY_KIND[kind]  # type: ignore[index]
+            return STATUS_BY_KIND[kind]
     return 422
 
 
@@ -100,7 +100,7 @@ def error_response(exc: TrustserveError) -> JSONResponse:
 def _json_safe(details: Any) -> Any:
     """Pydantic error lists may carry non-JSON values (bytes, exceptions); keep them printable."""
     if isinstance(details, list):
-        out = []
+        out: list[Any] = []
         for item in details[:20]:
             if isinstance(item, dict):
                 out.append(

@@ -18,7 +18,7 @@ import asyncio
 import io
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -26,7 +26,7 @@ from app.trust.calibration import DEFAULT_DELTA
 from app.trust.scores import TrustScoreName
 
 
-def _load_images(source: str, split: str, limit: int | None, seed: int, invert: bool | None):  # type: ignore[no-untyped-def]
+def _load_images(source: str, split: str, limit: int | None, seed: int, invert: bool | None):
     from app.trust.datasets import load_dataset
 
     name = f"imagefolder:{source}" if Path(source).is_dir() else source
@@ -55,7 +55,7 @@ def _request_fields(
     return fields
 
 
-def _via_server(url: str, api_key: str | None, label_set: str, labels: list[str], images, fields) -> dict:  # type: ignore[no-untyped-def]
+def _via_server(url: str, api_key: str | None, label_set: str, labels: list[str], images, fields) -> dict:
     import httpx
 
     files = []
@@ -79,14 +79,14 @@ def _via_server(url: str, api_key: str | None, label_set: str, labels: list[str]
 
 async def _in_process(
     store_dir: Path | None, model: str | None, label_set: str, labels, images, fields
-) -> dict:  # type: ignore[no-untyped-def]
+) -> dict:
     from app.config import Settings
     from app.engine.engine import ClassificationEngine
     from app.errors import TrustserveError
     from app.labelsets.calibration import CalibrationRequest
     from app.labelsets.service import LabelSetService, create_store
 
-    overrides = {
+    overrides: dict[str, Any] = {
         k: v for k, v in {"store_dir": store_dir, "model": model, "warmup": False}.items() if v is not None
     }
     settings = Settings(**overrides)
@@ -104,7 +104,7 @@ async def _in_process(
             delta=float(fields["delta"]),
             target_coverage=float(fields["target_coverage"]) if "target_coverage" in fields else None,
             tune=fields["tune"] == "true",
-            score=fields.get("score"),  # type: ignore[arg-type]
+            score=fields.get("score"),
             seed=int(fields["seed"]),
         )
         try:

@@ -8,7 +8,7 @@ sub-linear search. Row ids are class indices, so a search answers "which classes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import faiss
 import numpy as np
@@ -68,6 +68,7 @@ class VectorIndex:
         if ids.shape != (n,):
             raise ValueError(f"ids must have shape ({n},), got {ids.shape}")
         kind = kind or params.kind_for(n)
+        base: faiss.Index
         if kind == "hnsw":
             base = faiss.IndexHNSWFlat(dim, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             base.hnsw.efConstruction = params.ef_construction
@@ -107,7 +108,9 @@ class VectorIndex:
     def set_ef_search(self, ef_search: int) -> None:
         """HNSW search breadth (recall/latency knob); no-op for flat."""
         if self.kind == "hnsw":
-            faiss.downcast_index(self._index.index).hnsw.efSearch = int(ef_search)
+            id_map = cast(faiss.IndexIDMap2, self._index)
+            hnsw = cast(faiss.IndexHNSWFlat, faiss.downcast_index(id_map.index))
+            hnsw.hnsw.efSearch = int(ef_search)
 
     def to_bytes(self) -> bytes:
         """FAISS's own binary serialisation (no pickle)."""

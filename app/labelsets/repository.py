@@ -284,7 +284,7 @@ class LabelSetRepository:
                 trust_score=trust_score or preset.trust.score,
                 adaptation=adaptation or AdaptationConfig(),
             )
-            arrays = {
+            arrays: dict[str, np.ndarray] = {
                 TEXT: text.astype(np.float32),
                 SUMS: np.zeros((len(cleaned), 0)),
                 COUNTS: np.zeros(len(cleaned), np.int64),

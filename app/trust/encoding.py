@@ -157,7 +157,7 @@ class EncodingCache:
         return self.embeddings[rows], self.features[rows]
 
     def _save(self) -> None:
-        if self.path is None:
+        if self.path is None or self.embeddings is None or self.features is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp.npz")

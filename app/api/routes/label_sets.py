@@ -279,12 +279,12 @@ def calibration_request(fields: dict[str, str]) -> CalibrationRequest:
         return form_float(fields[name], name) if name in fields else None
 
     return CalibrationRequest(
-        rule=rule,  # type: ignore[arg-type]
+        rule=rule,
         target_risk=number("target_risk"),
         delta=form_float(fields["delta"], "delta") if "delta" in fields else DEFAULT_DELTA,
         target_coverage=number("target_coverage"),
         tune=form_bool(fields.get("tune", "false"), "tune"),
-        score=score,  # type: ignore[arg-type]
+        score=score,
         seed=form_int(fields.get("seed", "0"), "seed"),
     )
 

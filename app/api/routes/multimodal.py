@@ -107,7 +107,8 @@ async def predict(
     kind = media_type(request)
     if kind == JSON:
         body = await read_json(request, MultimodalPredictRequest)
-        inputs, top_k = dict(body.inputs), body.top_k
+        inputs: dict[str, ModalityPayload] = dict(body.inputs)
+        top_k = body.top_k
     elif kind in FORM_TYPES:
         inputs, top_k = await _form_inputs(request, settings)
     else:
