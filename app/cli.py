@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 cli = typer.Typer(
     name="trustserve",
@@ -50,11 +53,11 @@ def _mount_domain_commands() -> None:
 _mount_domain_commands()
 
 
-def uvicorn_options(settings: object) -> dict[str, object]:
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Connection settings uvicorn takes from ``Settings`` (idle keep-alive connections are closed after
     ``keep_alive_timeout_s``; body limits are enforced by the app's middleware)."""
     return {
-        "timeout_keep_alive": getattr(settings, "keep_alive_timeout_s", 5.0),
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
         "timeout_graceful_shutdown": 10,
         "log_config": None,
     }
@@ -79,7 +82,7 @@ def serve(
     from app.config import Settings
     from app.observability.logging import configure_logging
 
-    overrides = {
+    overrides: dict[str, Any] = {
         k: v
         for k, v in {
             "host": host,
@@ -154,7 +157,7 @@ def models_export(
     from app.vlm.loading import load_models
     from app.vlm.presets import get_preset
 
-    overrides = {
+    overrides: dict[str, Any] = {
         "model": preset,
         "runtime": runtime,
         "precision": precision,
@@ -178,7 +181,14 @@ def models_export(
 
 
 def main() -> None:
-    cli()
+    """The ``trustserve`` entry point: a missing optional package is one line saying what to install."""
+    from app.errors import MissingDependencyError
+
+    try:
+        cli()
+    except MissingDependencyError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
