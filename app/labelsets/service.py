@@ -27,7 +27,7 @@ from app.config import Settings
 from app.engine.batcher import QueueFullError
 from app.engine.scoring import ScoredBatch, score_batch
 from app.labelsets.archive import as_first_version
-from app.labelsets.index import IndexParams, VectorIndex
+from app.labelsets.index import IndexParams, VectorIndex, serving_index
 from app.labelsets.models import (
     AdaptationConfig,
     CalibrationRecord,
@@ -355,13 +355,8 @@ class LabelSetService:
         """The stored index when it matches the vectors, else a fresh build."""
         if vectors.shape[1] == 0 or not present.any():
             return None
-        if blob is not None:
-            stored = VectorIndex.from_bytes(blob)
-            if stored.ntotal == int(present.sum()) and stored.dim == vectors.shape[1]:
-                return stored
-            log.warning("stored index does not match its vectors; rebuilding")
         ids = np.flatnonzero(present).astype(np.int64)
-        return VectorIndex.build(vectors[ids], ids, self.index_params)
+        return serving_index(vectors[ids], ids, self.index_params, blob)  # HNSW: built in the background
 
     # ---- writing -------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from app.api.errors import APIError
-from app.labelsets.index import IndexParams
+from app.labelsets.index import _ONE_BUILD_AT_A_TIME, IndexParams
 from app.labelsets.models import AdaptationConfig
 from app.labelsets.service import CalibrationRequest, LabelSetService, _top_per_class, adapted_prototypes
 from app.labelsets.store import DirectoryStore
@@ -271,18 +271,26 @@ def test_large_label_sets_get_text_and_hnsw_indexes(tmp_path: Path, tiny_engine)
         service = await service_for(tmp_path, tiny_engine)
         service.text_index_min_classes = 3
         service.index_params = IndexParams(hnsw_threshold=2)
-        view = await service.create("many", [f"class {i}" for i in range(20)])
-        _, ids = view.text_topk(np.asarray(view.text_embeddings[:2]), 3)
-        assert ids[:, 0].tolist() == [0, 1] and view.text_index.kind == "hnsw"
+        with _ONE_BUILD_AT_A_TIME:  # the write crossing the threshold does not wait for the graph
+            view = await service.create("many", [f"class {i}" for i in range(20)])
+            assert view.text_index.kind == "flat" and not view.text_index.pending.done()
+            _, ids = view.text_topk(np.asarray(view.text_embeddings[:2]), 3)  # exact meanwhile
+            assert ids[:, 0].tolist() == [0, 1]
+        view.text_index.wait_built(30)
+        assert view.text_index.kind == "hnsw"
         view, _ = await service.add_support_images(
             "many", ["class 0", "class 5"], [colour_image("red", 1)] * 2
         )
+        view.index.wait_built(30)
         assert view.index.kind == "hnsw" and view.index.ntotal == 2
         reloaded = LabelSetService(DirectoryStore(tmp_path), tiny_engine, make_settings(tmp_path))
         reloaded.text_index_min_classes = 3
+        reloaded.index_params = IndexParams(hnsw_threshold=2)
         await reloaded.load_all()
         again = reloaded.get_view("many")
-        assert again.index.kind == "hnsw" and again.text_index is not None
+        for index in (again.index, again.text_index):  # the stored graph, or rebuilt in the background
+            index.wait_built(30)
+            assert index.kind == "hnsw"
 
     asyncio.run(scenario())
 
