@@ -6,8 +6,9 @@ For each configuration a server is started (``RUNTIME[:PRECISION][@VAR=VALUE,...
 calls ``/readyz`` every 0.2 s (``tests/reliability/budget.py``), sends:
 
 - ``images``: one classify with ``--images`` JPEG photos (``MAX_IMAGES_PER_REQUEST`` is 64);
-- ``prompts_N``: one ad-hoc classify whose labels × the preset's templates are N new prompts of maximal
-  label length (200 characters); the server's ``MAX_NEW_PROMPTS_PER_REQUEST`` is raised to the largest N.
+- ``prompts_N``: one ad-hoc classify whose labels × the preset's templates are N new prompts (rounded up to
+  whole labels) of maximal label length (200 characters); the server's ``MAX_NEW_PROMPTS_PER_REQUEST`` is
+  raised to match.
 
 Reported per request: wall time, the model thread's busy seconds for it (the server's own ``inference`` /
 ``text_inference`` stage histograms, difference over the request; the probe's small batches are included),
@@ -115,6 +116,7 @@ def main() -> None:
     from app.vlm.presets import get_preset
 
     templates = len(get_preset(args.preset).templates)
+    max_prompts = -(-max(args.prompts) // templates) * templates  # whole labels: ceil(N / templates) labels
     images = photo_jpegs()
     rows: list[dict[str, Any]] = []
     print(f"load average before: {os.getloadavg()}", flush=True)
@@ -131,7 +133,7 @@ def main() -> None:
                     "TRUSTSERVE_PRECISION": precision,
                     "TRUSTSERVE_EXPORT_CACHE_DIR": str(cache),
                     "TRUSTSERVE_MAX_BATCH_SIZE": str(batch),
-                    "TRUSTSERVE_MAX_NEW_PROMPTS_PER_REQUEST": str(max(args.prompts)),
+                    "TRUSTSERVE_MAX_NEW_PROMPTS_PER_REQUEST": str(max_prompts),
                     "TRUSTSERVE_LOG_LEVEL": "WARNING",
                     **extra,
                 }
