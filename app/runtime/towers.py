@@ -479,8 +479,8 @@ class RuntimeContext:
         if not loaded:
             raise UnsupportedSettingError(f"{source.model}/{source.tower}: no runtime passed: {results}")
         speeds = measure_speeds({r: e for r, (e, _) in loaded.items()}, source.probe_inputs(SPEED_BATCH))
-        for runtime, speed in speeds.items():
-            results[runtime]["items_per_s"] = round(speed, 2)
+        for measured, speed in speeds.items():
+            results[measured]["items_per_s"] = round(speed, 2)
         chosen = max(loaded, key=lambda r: results[r]["items_per_s"])
         with contextlib.suppress(OSError):
             write_json_atomic(verdict_path, {"chosen": chosen, "results": results, "threads": self.threads})
