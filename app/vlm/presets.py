@@ -8,6 +8,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.vlm.preprocessing import AspectPolicy
+
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
 
@@ -39,6 +41,12 @@ class ModelPreset(BaseModel):
     logit_scale: float | None = None  # overrides the checkpoint's (fitted for the offline model)
     templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."])
     aux_encoder: AuxEncoderSpec = Field(default_factory=AuxEncoderSpec)
+    # image spaces TrustVLM's self-selection may choose besides ``aux_encoder`` (name -> encoder); each one
+    # is one more forward per image wherever it is computed (evaluation; label sets that select it)
+    extra_image_spaces: dict[str, AuxEncoderSpec] = Field(default_factory=dict)
+    # aspect policy before the model's transform (app.vlm.preprocessing): crop (the model's own centre
+    # crop) or letterbox (pad to a square on white); every image of every request path uses it
+    preprocess: AspectPolicy = "crop"
     trust: TrustSpec = Field(default_factory=TrustSpec)
     offline: bool = False  # true when it loads without any download
     # where this model runs, unless TRUSTSERVE_RUNTIME / TRUSTSERVE_PRECISION are set explicitly
