@@ -136,6 +136,16 @@ def file_images(paths: Sequence[Path], invert: bool) -> Callable[[int], Image.Im
     return load
 
 
+def all_square(paths: Sequence[Path]) -> bool:
+    """Every image file is square (read from the headers only). On such a set the ``letterbox`` aspect
+    policy gives the same pixels as ``crop`` (``app.vlm.preprocessing``), so their encodings can be shared."""
+    for path in paths:
+        with Image.open(path) as image:
+            if image.size[0] != image.size[1]:
+                return False
+    return True
+
+
 def read_idx_gz(path: Path) -> np.ndarray:
     """Read a gzipped IDX file (the MNIST format: magic 0x0000 08 ndim, big-endian dims, uint8 data)."""
     with gzip.open(path, "rb") as f:
@@ -232,7 +242,11 @@ def _fashion_mnist(split: str, invert: bool) -> Source:
     pixels = [read_idx_gz(FASHION_MNIST_DIR / f"{p}-images-idx3-ubyte.gz") for p in prefixes]
     labels = [read_idx_gz(FASHION_MNIST_DIR / f"{p}-labels-idx1-ubyte.gz") for p in prefixes]
     x, y = np.concatenate(pixels), np.concatenate(labels).astype(np.int64)
-    meta = {"source": str(FASHION_MNIST_DIR), "split_kind": "official"}
+    meta = {
+        "source": str(FASHION_MNIST_DIR),
+        "split_kind": "official",
+        "all_square": x.shape[1] == x.shape[2],
+    }
     return LazyImages(gray_array_images(x, invert), np.arange(len(y))), y, FASHION_MNIST_CLASSES, meta
 
 
@@ -243,7 +257,11 @@ def _animal_mnist(split: str, invert: bool) -> Source:
     if x.dtype != np.uint8 or x.ndim != 3 or len(x) != len(y):
         raise DatasetError(f"unexpected animal-mnist arrays {x.shape} {x.dtype} / {y.shape}")
     idx = split_indices(y, split)
-    meta = {"source": str(folder), "split_kind": f"stratified seed={SPLIT_SEED} test={TEST_FRACTION}"}
+    meta = {
+        "source": str(folder),
+        "split_kind": f"stratified seed={SPLIT_SEED} test={TEST_FRACTION}",
+        "all_square": x.shape[1] == x.shape[2],
+    }
     return LazyImages(gray_array_images(x, invert), idx), y[idx], ANIMAL_MNIST_CLASSES, meta
 
 
@@ -257,6 +275,7 @@ def _digits(split: str, invert: bool) -> Source:
     meta = {
         "source": "sklearn.datasets.load_digits",
         "split_kind": f"stratified seed={SPLIT_SEED} test={TEST_FRACTION}",
+        "all_square": x.shape[1] == x.shape[2],
     }
     return LazyImages(gray_array_images(x, invert), idx), y[idx], DIGIT_CLASSES, meta
 
@@ -284,6 +303,7 @@ def _conformal_clip_data(split: str, invert: bool) -> Source:
         "source": str(root),
         "split_kind": f"stratified seed={SPLIT_SEED} test={TEST_FRACTION}",
         "folders": folders,
+        "all_square": all_square([paths[i] for i in idx]),
     }
     return LazyImages(file_images(paths, invert), idx), y[idx], [TEXTILE_CLASSES[f] for f in folders], meta
 
@@ -298,6 +318,7 @@ def _emoji(split: str, invert: bool) -> Source:
     paths, y, names, meta = emoji_index(root)
     idx = split_indices(y, split)
     meta["split_kind"] = f"stratified seed={SPLIT_SEED} test={TEST_FRACTION}"
+    meta["all_square"] = all_square([paths[i] for i in idx])
     return LazyImages(file_images(paths, invert), idx), y[idx], names, meta
 
 
@@ -316,7 +337,7 @@ def _imagefolder(root: Path, split: str, invert: bool) -> Source:
         LazyImages(file_images(paths, invert), idx),
         y[idx],
         names,
-        {"source": str(root), "split_kind": kind},
+        {"source": str(root), "split_kind": kind, "all_square": all_square([paths[i] for i in idx])},
     )
 
 

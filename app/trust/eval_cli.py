@@ -56,8 +56,23 @@ def eval_command(
     temperature: float = typer.Option(1.0, help="Softmax temperature of the logit baselines and S_it."),
     alpha_sweep: str = typer.Option("", help="Extra TrustVLM columns, one per α, e.g. 0,0.1,0.5,1,2."),
     tv_sweep: str = typer.Option("", help="Extra TrustVLM* columns, one per T_v, e.g. 0.005,0.01,0.1."),
-    tune: bool = typer.Option(False, help="Also tune α / T_v on a calibration split of train (disjoint)."),
+    tune: bool = typer.Option(
+        False,
+        help="Also self-select α (0 = MSP) and the image space on a calibration split of train, disjoint "
+        "from each draw's support: rows '<score> (tuned…)'.",
+    ),
     calib_size: int = typer.Option(1000, min=10, help="Calibration split size for --tune."),
+    preprocess: str | None = typer.Option(
+        None, help="Aspect policy before the model's transform: crop or letterbox (default: the preset's)."
+    ),
+    image_spaces: str = typer.Option(
+        "", help="The preset's image spaces to load, e.g. own,lite0 (default: all it declares)."
+    ),
+    bootstrap: int = typer.Option(
+        1000,
+        min=0,
+        help="Paired bootstrap resamples of the test set for the intervals against MSP (0: none).",
+    ),
     invert: bool | None = typer.Option(None, "--invert/--no-invert", help="Override the dataset's default."),
     seed: int = typer.Option(0, help="Seed of the test subset and of support draw 0 (draw d uses seed+d)."),
     batch_size: int = typer.Option(64, min=1, help="Images per model forward."),
@@ -87,6 +102,9 @@ def eval_command(
             tv_sweep=_floats(tv_sweep, "--tv-sweep"),
             tune=tune,
             calib_size=calib_size,
+            preprocess=preprocess,
+            image_spaces=tuple(s for s in image_spaces.split(",") if s) or None,
+            bootstrap=bootstrap,
             invert=invert,
             seed=seed,
             batch_size=batch_size,

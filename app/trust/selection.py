@@ -249,9 +249,11 @@ def select_candidate(
     replicates: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
     min_errors: int = MIN_ERRORS,
+    no_evidence: Candidate | None = None,
 ) -> Selection:
     """Apply the rule of the module docstring to ``scores`` (all candidates of ``grid`` on one evidence
-    set) and return the choice with every candidate's evidence."""
+    set) and return the choice with every candidate's evidence. ``no_evidence``: the candidate to use when
+    the evidence is too thin to compare (default MSP; e.g. a preset's default α, said in ``fallback``)."""
     order = [c.name for c in grid]
     if not order or order[0] != MSP:
         raise ValueError("the grid must start with MSP (α = 0)")
@@ -272,11 +274,14 @@ def select_candidate(
         )  # fmt: skip
 
     if min(errors, idx.size - errors) < min_errors:
+        default = no_evidence or Candidate()
+        if default.name not in by_name:
+            raise ValueError(f"no_evidence candidate {default.name} is not in the grid")
         return result(
-            MSP,
+            default.name,
             MSP,
             fallback=f"too little evidence: {errors} errors and {idx.size - errors} correct predictions "
-            f"among {idx.size} samples (need {min_errors} of each)",
+            f"among {idx.size} samples (need {min_errors} of each); using {default.name}",
         )
     resamples = bootstrap_indices(idx.size, replicates, seed)
     chosen, best, boot, point, se = _one_se_choice(scores, order, idx, resamples)

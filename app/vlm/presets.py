@@ -28,6 +28,10 @@ class TrustSpec(BaseModel):
     alpha: float = 1.0
     visual_temperature: float = 0.01
     score: str = "trustvlm"
+    # "auto": α (0 = MSP) and the image space are self-selected on evidence (app.trust.selection) — the
+    # support images (leave-one-out) until calibration data exists; ``alpha`` is then only the fallback
+    # when the evidence is too thin. "fixed": always ``alpha`` on the preset's own space.
+    selection: Literal["fixed", "auto"] = "fixed"
 
 
 class ModelPreset(BaseModel):

@@ -98,7 +98,7 @@ def test_a_useless_space_keeps_msp_in_most_draws() -> None:
     may only pick a fusion whose gain is within noise, never a clearly worse one)."""
     kept_msp = 0
     for seed in range(12):
-        selection, scores = selection_on(world(300, 0.0, seed=seed))
+        selection, scores = selection_on(world(300, 0.0, seed=seed), replicates=200)
         kept_msp += selection.chosen == MSP
         msp_aurc = aurc(scores.confidence[MSP], scores.correct[MSP])
         chosen_aurc = aurc(scores.confidence[selection.chosen], scores.correct[selection.chosen])
