@@ -328,14 +328,6 @@ class EncodedSet:
     labels: np.ndarray
     spaces: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def subset(self, rows: np.ndarray) -> EncodedSet:
-        return EncodedSet(
-            self.logits[rows],
-            self.features[rows],
-            self.labels[rows],
-            {k: v[rows] for k, v in self.spaces.items()},
-        )
-
 
 @dataclass
 class ScoredRun:

@@ -161,3 +161,10 @@ def test_cli_runs_and_prints_the_table(tiny_models_dir: Path, tmp_path: Path) ->
     assert bad.exit_code != 0
     stretch = CliRunner().invoke(cli, [*args, "--preprocess", "stretch"])
     assert stretch.exit_code != 0 and "preprocess must be one of" in stretch.output
+
+
+def test_unknown_image_space_is_refused(tiny_models_dir: Path) -> None:
+    with pytest.raises(ValueError, match="has no image space"):
+        LoadedModel.load(
+            TINY_PRESET, models_dir=tiny_models_dir, device="cpu", dtype="float32", spaces=["lite9"]
+        )
