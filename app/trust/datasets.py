@@ -130,6 +130,7 @@ def file_images(paths: Sequence[Path], invert: bool) -> Callable[[int], Image.Im
 
     def load(i: int) -> Image.Image:
         with Image.open(paths[i]) as image:
+            image.load()  # decode before the file closes: an RGB image is returned as is, still lazy
             rgb = rgb_on_white(image)
         return ImageOps.invert(rgb) if invert else rgb
 
