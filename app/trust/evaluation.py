@@ -612,6 +612,26 @@ def _alpha_sweep_plot(
     )
 
 
+def _tuned_vs_default(runs: list[ScoredRun], labels: np.ndarray, config: EvalConfig) -> dict[str, Any]:
+    """``<score> (tuned)`` against ``<score>`` (the default row), paired bootstrap over the test images: is
+    the calibration-selected setting worse than the default beyond noise? {score: intervals} (issue 14)."""
+    out: dict[str, Any] = {}
+    for score in ("trustvlm", "trustvlm_star"):
+        tuned = f"{score} (tuned)"
+        if not runs or tuned not in runs[0].confidences or score not in runs[0].confidences:
+            continue
+        pick = (score, tuned)
+        out[score] = intervals_against(
+            [{n: r.confidences[n] for n in pick} for r in runs],
+            [{n: r.predictions[n] for n in pick} for r in runs],
+            labels,
+            reference=score,
+            replicates=config.bootstrap,
+            seed=config.seed,
+        ).get(tuned)
+    return out
+
+
 def run_evaluation(
     config: EvalConfig,
     *,
@@ -729,6 +749,7 @@ def run_evaluation(
             )
             if config.bootstrap
             else {},
+            "tuned_vs_default": _tuned_vs_default(draw_runs, test.labels, config) if config.bootstrap else {},
         }
         if out_dir is not None and config.alpha_sweep:
             sweep_plot = _alpha_sweep_plot(config, per_shot[k]["scores"], k, out_dir)

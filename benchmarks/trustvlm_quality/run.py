@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -64,6 +65,19 @@ def matrix_rows(alpha: float, spaces: list[str]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def dataset_label(dataset: str) -> str:
+    """Table / folder name: ``imagefolder:/x/emoji-wide`` -> ``emoji-wide``."""
+    if dataset.startswith("imagefolder:"):
+        return Path(dataset.removeprefix("imagefolder:")).name
+    return dataset
+
+
+def load_average() -> str:
+    """``HH:MM:SS UTC, load a b c`` (1, 5, 15 min), as ``uptime`` prints it."""
+    stamp = time.strftime("%H:%M:%S", time.gmtime())
+    return f"{stamp} UTC, load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def cell(summary: dict[str, Any], row: str, shots: int) -> dict[str, Any] | None:
     results = summary["results"][str(shots)]
     score = results["scores"].get(row)
@@ -99,7 +113,29 @@ def check_targets(dataset: str, summary: dict[str, Any], shots: int) -> list[str
         lines.append(
             f"  {row:<18} ΔAUROC {d:+6.2f}  E-AURC {r:.2f}× MSP  ({need}): {'PASS' if ok else 'FAIL'}"
         )
+    tuned = summary["results"][str(shots)].get("tuned_vs_default", {}).get("trustvlm")
+    if tuned:
+        d, r = tuned["delta_auroc"], tuned["eaurc_ratio"]
+        # "never worse beyond noise": the 95 % interval of tuned − default must reach 0 (ΔAUROC) / 1 (ratio)
+        ok = d[2] >= 0 and r[1] <= 1
+        lines.append(
+            f"  tuned vs default   ΔAUROC {100 * d[0]:+.2f} [{100 * d[1]:+.2f}, {100 * d[2]:+.2f}]  "
+            f"E-AURC {r[0]:.2f}× [{r[1]:.2f}, {r[2]:.2f}] (not worse beyond noise): "
+            + ("PASS" if ok else "FAIL")
+        )
     return lines
+
+
+def write_matrix(
+    out: Path, table: list[str], checks: list[str], loads: list[str], record: dict[str, Any]
+) -> str:
+    """``matrix.md`` (the README table, the target checks, the load averages) and ``matrix.json``."""
+    text = "\n".join(table) + "\n\n" + "\n\n".join(checks)
+    text += "\n\nload averages (1, 5, 15 min):\n" + "\n".join(loads)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "matrix.md").write_text(text + "\n")
+    (out / "matrix.json").write_text(json.dumps(record, indent=1, default=str))
+    return text
 
 
 def main() -> None:
@@ -107,6 +143,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="offline-conse")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (shared machine)")
     parser.add_argument("--datasets", default="emoji,fashion-mnist,animal-mnist,conformal-clip-data")
     parser.add_argument("--policies", default="crop,letterbox")
     parser.add_argument("--shots", type=int, default=16)
@@ -121,6 +158,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/trustvlm-quality"))
     parser.add_argument("--plots-to", type=Path, default=None, help="copy the letterbox runs' PNGs here")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     table = [
         "| dataset | policy | image space | setting | AUROC | ΔAUROC vs MSP [95 %] | E-AURC ×1000 "
@@ -128,6 +168,8 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     checks, record = [], {}
+    loads = [f"start {load_average()}"]
+    print(loads[0], flush=True)
     for dataset in [d for d in args.datasets.split(",") if d]:
         for policy in [p for p in args.policies.split(",") if p]:
             config = EvalConfig(
@@ -137,41 +179,50 @@ def main() -> None:
                 batch_size=args.batch_size, cache_dir=args.cache_dir,
             )  # fmt: skip
             started = time.perf_counter()
-            out = args.out / f"{dataset}-{policy}"
+            label = dataset_label(dataset)
+            out = args.out / f"{label}-{policy}"
             result = run_evaluation(config, out_dir=out)
             wall = time.perf_counter() - started
             print(render_tables(result))
             summary = result.summary
             cfg = summary["config"]
             zero_shot = 100 * summary["zero_shot_accuracy"]
+            loads.append(f"{label} / {policy} done {load_average()}")
             print(
-                f"\n{dataset} / {policy}: wall {wall:.1f} s (encoding {summary['timing_s']['encode']:.1f} s)"
+                f"\n{label} / {policy}: wall {wall:.1f} s "
+                f"(encoding {summary['timing_s']['encode']:.1f} s); {loads[-1]}",
+                flush=True,
             )
-            lines = check_targets(dataset, summary, args.shots)
+            lines = check_targets(label, summary, args.shots)
             print("\n".join(lines))
             checks.append(
-                f"{dataset} / {policy} (zero-shot accuracy {zero_shot:.1f} %):\n" + "\n".join(lines)
+                f"{label} / {policy} (zero-shot accuracy {zero_shot:.1f} %, "
+                f"test n = {summary['dataset']['n_test']}):\n" + "\n".join(lines)
             )
             for space, setting, row in matrix_rows(cfg["alpha"], cfg["image_spaces"]):
                 data = cell(summary, row, args.shots)
                 if data is not None and data["vs_msp"] is not None:
-                    table.append(format_row(dataset, policy, space, setting, data))
-            record[f"{dataset}/{policy}"] = {
+                    table.append(format_row(label, policy, space, setting, data))
+            record[f"{label}/{policy}"] = {
                 "wall_s": wall,
                 "timing_s": summary["timing_s"],
                 "zero_shot_accuracy": summary["zero_shot_accuracy"],
                 "selections": summary["results"][str(args.shots)]["selections"],
                 "vs_msp": summary["results"][str(args.shots)]["vs_msp"],
+                "tuned_vs_default": summary["results"][str(args.shots)].get("tuned_vs_default"),
+                "load": loads[-1],
                 "scores": {k: v["mean"] for k, v in summary["results"][str(args.shots)]["scores"].items()},
             }
-            if args.plots_to is not None and policy == "letterbox":
+            square = summary["dataset"]["test_metadata"].get("all_square", True)
+            if args.plots_to is not None and (policy == "letterbox" or not square):
+                suffix = "" if square else f"_{policy}"  # square sets: letterbox = crop
                 for png in out.glob("risk_coverage_*.png"):
-                    shutil.copy(png, args.plots_to / f"risk_coverage_{dataset}_{png.stem.split('_')[-1]}.png")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "matrix.md").write_text("\n".join(table) + "\n\n" + "\n\n".join(checks) + "\n")
-    (args.out / "matrix.json").write_text(json.dumps(record, indent=1, default=str))
-    print("\n".join(table))
-    print("\n\n".join(checks))
+                    shutil.copy(
+                        png, args.plots_to / f"risk_coverage_{label}{suffix}_{png.stem.split('_')[-1]}.png"
+                    )
+            write_matrix(args.out, table, checks, loads, record)  # after each run: partial results survive
+    loads.append(f"end {load_average()}")
+    print(write_matrix(args.out, table, checks, loads, record))
 
 
 if __name__ == "__main__":
