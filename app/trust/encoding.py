@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -209,7 +210,8 @@ class EncodingCache:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp.npz")
-        np.savez(tmp, indices=self.indices, **self.arrays)
+        payload: dict[str, Any] = {"indices": self.indices, **self.arrays}
+        np.savez(tmp, **payload)
         tmp.replace(self.path)
 
 

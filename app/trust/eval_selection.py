@@ -42,7 +42,7 @@ SELECTED_SCORES: tuple[Score, ...] = ("trustvlm", "trustvlm_star")
 
 def space_sets(spaces: Sequence[str]) -> list[tuple[str, ...]]:
     """Each space alone, then all of them together (once when there is one space)."""
-    singles = [(s,) for s in spaces]
+    singles: list[tuple[str, ...]] = [(s,) for s in spaces]
     return singles if len(spaces) == 1 else [*singles, tuple(spaces)]
 
 

@@ -270,7 +270,7 @@ def select_candidate(
         cand = by_name[chosen]
         return Selection(
             chosen=chosen, alpha=cand.alpha, space=cand.space, score=score, evidence=evidence,
-            n=int(idx.size), n_errors=errors, best=best, rule=RULE_TEXT, **extra,  # type: ignore[arg-type]
+            n=int(idx.size), n_errors=errors, best=best, rule=RULE_TEXT, **extra,
         )  # fmt: skip
 
     if min(errors, idx.size - errors) < min_errors:
@@ -287,7 +287,10 @@ def select_candidate(
     chosen, best, boot, point, se = _one_se_choice(scores, order, idx, resamples)
     evidence_rows = _evidence(scores, order, by_name, idx, resamples, boot, point, se, best)
 
-    fallback, gain, gain_se, choices = None, None, None, []
+    fallback: str | None = None
+    gain: float | None = None
+    gain_se: float | None = None
+    choices: list[str] = []
     if folds >= 2 and chosen != MSP:
         gain, gain_se, choices = _crossfit_gain(
             scores, order, idx, msp_correct, folds, replicates, seed, min_errors
