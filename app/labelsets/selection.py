@@ -37,6 +37,7 @@ from app.vlm.preprocessing import ASPECT_POLICIES, AspectPolicy
 
 PreprocessSetting = Literal["crop", "letterbox", "auto"]
 SelectionEvidence = Literal["support-loo", "calibration", "fixed"]
+SelectionMode = Literal["auto", "fixed"]  # auto: α (0 = MSP) chosen on evidence; fixed: as set
 OWN_SPACE = "own"  # the model's own image space (the preset's aux encoder); the only one label sets use yet
 SELECTED_SCORES = ("trustvlm", "trustvlm_star")  # the scores whose α the rule chooses
 POLICY_RULE = (
@@ -117,6 +118,13 @@ def calibration_encodings(
     return PolicyEncodings(logits, np.asarray(classes, np.int64), sims)
 
 
+def selection_grid(fallback_alpha: float, alphas: Sequence[float] | None = None) -> list[Candidate]:
+    """MSP and α on the own space (``app.trust.selection.DEFAULT_ALPHAS``), plus the fallback α."""
+    grid = candidate_grid([OWN_SPACE]) if alphas is None else candidate_grid([OWN_SPACE], alphas)
+    fallback = Candidate(fallback_alpha, OWN_SPACE) if fallback_alpha > 0 else Candidate()
+    return grid if fallback.name in {c.name for c in grid} else [*grid, fallback]
+
+
 def select_for_label_set(
     encodings: Mapping[AspectPolicy, PolicyEncodings],
     *,
@@ -134,10 +142,8 @@ def select_for_label_set(
     if default_policy not in encodings:
         raise ValueError(f"the default policy {default_policy!r} has no encodings")
     rule_score = "trustvlm_star" if score == "trustvlm_star" else "trustvlm"
-    grid = candidate_grid([OWN_SPACE]) if alphas is None else candidate_grid([OWN_SPACE], alphas)
+    grid = selection_grid(fallback_alpha, alphas)
     fallback = Candidate(fallback_alpha, OWN_SPACE) if fallback_alpha > 0 else Candidate()
-    if fallback.name not in {c.name for c in grid}:
-        grid = [*grid, fallback]
     picks: dict[AspectPolicy, tuple[Selection, np.ndarray, np.ndarray]] = {}
     for policy, enc in encodings.items():
         scores = score_candidates(

@@ -48,6 +48,14 @@ def kept_policies(arrays: Mapping[str, np.ndarray]) -> list[AspectPolicy]:
     return [p for p in ASPECT_POLICIES if features_name(p) in arrays]
 
 
+def complete_policies(arrays: Mapping[str, np.ndarray], counts: np.ndarray) -> list[AspectPolicy]:
+    """Policies whose kept encodings are every support image behind the prototypes (``counts``): only
+    those can rebuild the prototypes (e.g. not a label set that outgrew the bound with a fixed policy)."""
+    if kept_count(arrays) != int(np.asarray(counts).sum()):
+        return []
+    return kept_policies(arrays)
+
+
 def append_support(
     arrays: MutableMapping[str, np.ndarray],
     classes: np.ndarray,
