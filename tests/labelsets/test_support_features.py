@@ -39,3 +39,10 @@ def test_bound_and_class_removal(monkeypatch: pytest.MonkeyPatch) -> None:
     arrays[sf.SUPPORT_CLASSES] = np.array([0, 1, 7])
     with pytest.raises(ValueError, match="known classes"):
         sf.check_support_arrays(arrays, num_classes=2, embedding_dim=4, feature_dim=6)
+
+
+def test_complete_policies_need_every_support_image() -> None:
+    arrays: dict[str, np.ndarray] = {}
+    sf.append_support(arrays, np.array([0, 1]), {"crop": _enc(2, 0)})
+    assert sf.complete_policies(arrays, np.array([1, 1])) == ["crop"]
+    assert sf.complete_policies(arrays, np.array([1, 2])) == []  # one image is only in the running sums
