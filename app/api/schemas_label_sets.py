@@ -51,7 +51,7 @@ class LabelSetCreate(BaseModel):
         description="aspect policy of support and query images: crop, letterbox (pad to a square on white), "
         "or auto (both encoded; chosen on support images, then at calibrate). Preset default",
     )
-    selection: SelectionMode | None = Field(
+    selection_mode: SelectionMode | None = Field(
         None,
         description="auto: α (0 = plain MSP) chosen on support (leave-one-out) and calibration evidence; "
         "fixed: α as given. Default: the preset's, fixed when alpha is given",
@@ -68,7 +68,7 @@ class LabelSetUpdate(BaseModel):
     visual_temperature: float | None = Field(None, gt=0, le=MAX_VISUAL_TEMPERATURE)
     trust_score: TrustScoreName | None = None
     adaptation: AdaptationConfig | None = None
-    selection: SelectionMode | None = Field(
+    selection_mode: SelectionMode | None = Field(
         None, description="auto: α chosen on evidence from now on; fixed: keep α (a given alpha fixes it)"
     )
     preprocess: PreprocessSetting | None = Field(

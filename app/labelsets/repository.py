@@ -248,11 +248,11 @@ class LabelSetRepository:
         trust_score: TrustScoreName | None = None,
         adaptation: AdaptationConfig | None = None,
         preprocess: PreprocessSetting | None = None,
-        selection: SelectionMode | None = None,
+        selection_mode: SelectionMode | None = None,
     ) -> LabelSetView:
         """A new label set at version 1 with its text embeddings computed once; ``Conflict`` when the id
-        exists. ``preprocess`` defaults to the preset's policy; ``selection`` (α chosen on evidence) to the
-        preset's ``trust.selection``, or ``fixed`` when ``alpha`` is given."""
+        exists. ``preprocess`` defaults to the preset's policy; ``selection_mode`` (α chosen on evidence) to
+        the preset's ``trust.selection``, or ``fixed`` when ``alpha`` is given."""
         if not is_valid_slug(label_set_id):
             raise InvalidInput(
                 f"label-set id {shown(label_set_id)} must match ^[a-z0-9][a-z0-9-_]{{0,63}}$",
@@ -291,7 +291,7 @@ class LabelSetRepository:
                 adaptation=adaptation or AdaptationConfig(),
                 preprocess=preprocess or preset.preprocess,
                 policy=preset.preprocess if preprocess in (None, "auto") else preprocess,
-                selection_mode=selection or ("fixed" if alpha is not None else preset.trust.selection),
+                selection_mode=selection_mode or ("fixed" if alpha is not None else preset.trust.selection),
             )
             arrays: dict[str, np.ndarray] = {
                 TEXT: text.astype(np.float32),
@@ -328,13 +328,13 @@ class LabelSetRepository:
         visual_temperature: float | None = None,
         trust_score: TrustScoreName | None = None,
         adaptation: AdaptationConfig | None = None,
-        selection: SelectionMode | None = None,
+        selection_mode: SelectionMode | None = None,
         preprocess: PreprocessSetting | None = None,
     ) -> LabelSetView:
         """Change settings. A change to what the decision score is computed from drops the calibration
         (it no longer holds): α, T_v, the trust score, and an adaptation change that moves prototypes
         (disabling it clears the cache; a new ``max_weight`` re-blends cached prototypes). An explicit
-        ``alpha`` fixes α (no more self-selection) unless ``selection`` says ``auto``."""
+        ``alpha`` fixes α (no more self-selection) unless ``selection_mode`` says ``auto``."""
         async with self.lock(label_set_id):
             entry = self.entry(label_set_id)
             meta = entry.record.meta
@@ -345,7 +345,7 @@ class LabelSetRepository:
                 if value is not None and value != getattr(meta, name):
                     changes[name] = value
             reencode = preprocess is not None and preprocess != meta.preprocess
-            mode = selection or ("fixed" if alpha is not None else None)
+            mode = selection_mode or ("fixed" if alpha is not None else None)
             if mode is not None and mode != meta.selection_mode:
                 changes["selection_mode"] = mode
                 if mode == "fixed":

@@ -47,7 +47,11 @@ async def one_draw(
         service = LabelSetService(DirectoryStore(Path(store)), engine, settings)
         await service.repository.load_all()
         await service.repository.create(
-            LABEL_SET, names, preprocess=args.preprocess, selection=args.selection, trust_score="trustvlm"
+            LABEL_SET,
+            names,
+            preprocess=args.preprocess,
+            selection_mode=args.selection,
+            trust_score="trustvlm",
         )
         for start in tqdm(range(0, support_idx.size, 64), desc=f"draw {draw} support", leave=False):
             part = support_idx[start : start + 64]

@@ -142,7 +142,7 @@ def test_policy_alpha_and_evidence_in_get_and_classify(client) -> None:  # type:
     """issue 14: a label set's aspect policy, α and how they were chosen, in GET and in every answer."""
     r = client.post(
         "/v1/label-sets",
-        json={"id": "boxed", "labels": LABELS, "preprocess": "letterbox", "selection": "auto"},
+        json={"id": "boxed", "labels": LABELS, "preprocess": "letterbox", "selection_mode": "auto"},
     )
     assert r.status_code == 201, r.text
     assert r.json()["preprocess"] == r.json()["policy"] == "letterbox"

@@ -47,7 +47,7 @@ def test_wide_images_pick_letterbox_at_calibrate(tmp_path: Path, tiny_engine) ->
     async def scenario() -> None:
         service = await _service(tmp_path, tiny_engine)
         await service.repository.create(
-            "wide", LABELS, preprocess="auto", selection="auto", trust_score="trustvlm_star"
+            "wide", LABELS, preprocess="auto", selection_mode="auto", trust_score="trustvlm_star"
         )
         labels = [label for label in LABELS for _ in range(12)]
         await service.support.add("wide", labels, [wide_image(c, i) for i, c in enumerate(labels)])
@@ -81,7 +81,7 @@ def test_wide_images_pick_letterbox_at_calibrate(tmp_path: Path, tiny_engine) ->
 def test_noise_image_space_keeps_msp(tmp_path: Path, tiny_engine) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> None:
         service = await _service(tmp_path, tiny_engine)
-        await service.repository.create("noise", LABELS, selection="auto", preprocess="crop")
+        await service.repository.create("noise", LABELS, selection_mode="auto", preprocess="crop")
         labels = [LABELS[i % 3] for i in range(120)]
         view, _ = await service.support.add("noise", labels, [noise_image(i) for i in range(120)])
         meta = service.repository.get_meta("noise")

@@ -141,7 +141,7 @@ async def create_label_set(body: LabelSetCreate, request: Request, service: Labe
         trust_score=body.trust_score,
         adaptation=body.adaptation,
         preprocess=body.preprocess,
-        selection=body.selection,
+        selection_mode=body.selection_mode,
     )
     return _out(service, body.id)
 
