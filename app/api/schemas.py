@@ -38,6 +38,11 @@ class TrustInfo(BaseModel):
     image_space: str = Field(description="the auxiliary image encoder used for prototypes")
     prototypes_for_prediction: bool
     classes_with_prototypes: int
+    preprocess: str = Field(description="aspect policy the image was encoded with (crop | letterbox)")
+    alpha: float | None = Field(None, description="TrustVLM α of the label set (0: plain MSP); null: ad hoc")
+    selection_evidence: str | None = Field(
+        None, description="how policy and α were chosen: support-loo | calibration | fixed; null: ad hoc"
+    )
     note: str | None = None
 
 
@@ -112,6 +117,9 @@ class ModelInfo(BaseModel):
     embedding_dim: int
     logit_scale: float
     aux_encoder: str = Field(description="the image space TrustVLM's prototypes live in")
+    preprocess: str = Field(
+        description="the preset's aspect policy (crop | letterbox); label sets may differ"
+    )
     templates: list[str]
     ready: bool
     load_seconds: float

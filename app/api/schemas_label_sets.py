@@ -21,7 +21,9 @@ from app.labelsets.models import (
     LabelSetMeta,
     LabelSetView,
 )
+from app.labelsets.selection import PreprocessSetting, SelectionMode
 from app.trust.scores import TrustScoreName
+from app.vlm.preprocessing import AspectPolicy
 
 
 class LabelSetCreate(BaseModel):
@@ -44,6 +46,16 @@ class LabelSetCreate(BaseModel):
     )
     trust_score: TrustScoreName | None = Field(None, description="score the reject rule thresholds")
     adaptation: AdaptationConfig | None = None
+    preprocess: PreprocessSetting | None = Field(
+        None,
+        description="aspect policy of support and query images: crop, letterbox (pad to a square on white), "
+        "or auto (both encoded; chosen on support images, then at calibrate). Preset default",
+    )
+    selection_mode: SelectionMode | None = Field(
+        None,
+        description="auto: α (0 = plain MSP) chosen on support (leave-one-out) and calibration evidence; "
+        "fixed: α as given. Default: the preset's, fixed when alpha is given",
+    )
 
 
 class LabelSetUpdate(BaseModel):
@@ -56,6 +68,14 @@ class LabelSetUpdate(BaseModel):
     visual_temperature: float | None = Field(None, gt=0, le=MAX_VISUAL_TEMPERATURE)
     trust_score: TrustScoreName | None = None
     adaptation: AdaptationConfig | None = None
+    selection_mode: SelectionMode | None = Field(
+        None, description="auto: α chosen on evidence from now on; fixed: keep α (a given alpha fixes it)"
+    )
+    preprocess: PreprocessSetting | None = Field(
+        None,
+        description="aspect policy setting; support images are not re-encoded, so a change needs their "
+        "kept encodings under the new policy (409 otherwise); drops the calibration",
+    )
 
 
 class ClassesAdd(BaseModel):
@@ -153,4 +173,5 @@ class CalibrateOut(BaseModel):
     version: int
     alpha: float
     visual_temperature: float
+    preprocess: AspectPolicy = Field(description="aspect policy the label set serves with now")
     calibration: CalibrationRecord

@@ -30,6 +30,7 @@ from app.observability.metrics import ServiceMetrics
 from app.runtime.types import TowerReport
 from app.vlm.aux_base import AuxImageEncoder
 from app.vlm.base import VLMBackend
+from app.vlm.preprocessing import AspectPolicy, apply_aspect_policy
 from app.vlm.presets import ModelPreset, get_preset
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,10 @@ class ClassificationEngine:
         return self._health_ok
 
     # images --------------------------------------------------------------------------------------
-    def _preprocess(self, image: Image.Image) -> _Pixels:
+    def _preprocess(self, image: Image.Image, policy: AspectPolicy | None = None) -> _Pixels:
+        """The aspect policy (default: the preset's), then each encoder's own transform (one image for
+        both). Whoever builds prototypes and whoever queries them must pass the same policy."""
+        image = apply_aspect_policy(image, policy or self.preset.preprocess)
         vlm_pixels = self.backend.preprocess(image)
         aux_pixels = self.aux_encoder.preprocess(image) if self.aux_encoder is not None else None
         return vlm_pixels, aux_pixels
@@ -257,14 +261,16 @@ class ClassificationEngine:
         s = self.settings
         return ImageLimits(s.max_image_pixels, s.max_image_side, s.min_image_side, self.input_side)
 
-    def _decode_and_preprocess(self, upload: tuple[bytes, str]) -> _Pixels:
+    def _decode_and_preprocess(
+        self, upload: tuple[bytes, str], policy: AspectPolicy | None = None
+    ) -> _Pixels:
         """One upload -> model input tensors, in a pre-processing thread; the decoded image (at most
         2× the model's input side, see ``app.engine.images``) does not outlive this call."""
         data, name = upload
         started = time.perf_counter()
         image = decode_image(data, self.image_limits, name=name)
         decoded = time.perf_counter()
-        pixels = self._preprocess(image)
+        pixels = self._preprocess(image, policy)
         self.metrics.stage_duration.labels("decode", self.model_id).observe(decoded - started)
         self.metrics.stage_duration.labels("preprocess", self.model_id).observe(time.perf_counter() - decoded)
         return pixels
@@ -304,7 +310,9 @@ class ClassificationEngine:
                 code="too_many_pixels",
             )
 
-    async def encode_uploads(self, files: list[bytes], *, field: str = "image") -> EncodedImages:
+    async def encode_uploads(
+        self, files: list[bytes], *, field: str = "image", policy: AspectPolicy | None = None
+    ) -> EncodedImages:
         """Uploaded image files -> embeddings: the request's pixel budget is checked from the headers,
         then the images are decoded, preprocessed and embedded one batch at a time (never all decoded at
         once; each batch goes through the batcher after the previous one, so other requests interleave)."""
@@ -312,14 +320,16 @@ class ClassificationEngine:
             raise ValueError("encode_uploads needs at least one file")
         await self.check_request_pixels(files, field=field)
         uploads = [(data, f"{field}[{i}]") for i, data in enumerate(files)]
-        return await self._encode_chunks(uploads, self._decode_and_preprocess)
+        return await self._encode_chunks(uploads, partial(self._decode_and_preprocess, policy=policy))
 
-    async def encode_images(self, images: list[Image.Image]) -> EncodedImages:
-        """Preprocess decoded images in the pool, then embed them through the dynamic batcher (a batch at
-        a time)."""
+    async def encode_images(
+        self, images: list[Image.Image], *, policy: AspectPolicy | None = None
+    ) -> EncodedImages:
+        """Preprocess decoded images in the pool (aspect ``policy``, default the preset's), then embed them
+        through the dynamic batcher (a batch at a time)."""
         if not images:
             raise ValueError("encode_images needs at least one image")
-        return await self._encode_chunks(list(images), self._preprocess)
+        return await self._encode_chunks(list(images), partial(self._preprocess, policy=policy))
 
     async def _encode_chunks(self, items: list[T], prepare: Callable[[T], _Pixels]) -> EncodedImages:
         chunk = self.settings.max_batch_size
@@ -414,6 +424,7 @@ class ClassificationEngine:
             "embedding_dim": int(self.backend.embedding_dim),
             "logit_scale": self.logit_scale,
             "aux_encoder": self.aux_encoder_id,
+            "preprocess": self.preset.preprocess,
             "templates": list(self.preset.templates),
             "ready": self.ready,
             "load_seconds": round(self.load_seconds, 3),

@@ -1,17 +1,21 @@
 """Calibrating a label set's reject rule on labelled images, in three steps:
 
-1. ``choose_settings``: with ``tune``, a seeded stratified half of the images chooses the settings the
-   score depends on (α, and T_v for TrustVLM* only) by AURC; what was chosen and the evidence go into the
-   record (``TuningEvidence``). A later selection step (image space, preprocessing policy) belongs here.
-2. the threshold: ``app.trust.calibration`` (SGR target risk with a guarantee, or target coverage) on the
-   other images, scored by the label set's own ``LabelSetView.score`` — the function classify uses.
+1. ``select_on_calibration`` (when the label set self-selects, or with ``tune``): the aspect policy
+   (``preprocess: auto``: the images are encoded under both) and α (0 = MSP) are chosen on ALL the
+   calibration images by the cross-fitted one-standard-error rule of ``app.labelsets.selection``; the
+   choice and every candidate's evidence go into the record. T_v is never touched.
+2. the threshold: ``app.trust.calibration`` on the same images, scored by the label set's own
+   ``LabelSetView.score`` — the function classify uses. After a selection among M candidates, SGR is
+   taken at δ / M (``calibrate_selected_target_risk``: by the union bound the guarantee holds for whichever
+   candidate was chosen on these images); target coverage has no guarantee to protect.
 3. the record: the rule's result, the settings, and the basis the scores were computed from
    (``app.labelsets.basis``), stored with the label set as a new version.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,10 +23,22 @@ import numpy as np
 from app.config import Settings
 from app.engine.engine import ClassificationEngine
 from app.engine.scoring import ScoredBatch
-from app.errors import InvalidInput
-from app.labelsets.models import CalibrationRecord, LabelSetView, TuningEvidence
+from app.errors import Conflict, InvalidInput
+from app.labelsets.models import COUNTS, CalibrationRecord, LabelSetMeta, LabelSetView
 from app.labelsets.repository import Entry, LabelSetRepository
+from app.labelsets.selection import (
+    SELECTED_SCORES,
+    LabelSetSelection,
+    PolicyEncodings,
+    calibration_encodings,
+    policies_for,
+    select_for_label_set,
+    selection_grid,
+)
+from app.labelsets.self_selection import apply_selection, selects_alpha
 from app.labelsets.support import Images, check_pairs, class_indices, encode
+from app.labelsets.support_features import complete_policies, prototype_state
+from app.labelsets.views import build_view
 from app.trust.calibration import (
     DEFAULT_DELTA,
     CalibrationError,
@@ -31,9 +47,12 @@ from app.trust.calibration import (
     calibrate_target_coverage,
     calibrate_target_risk,
     min_calibration_size,
-    tune_trustvlm,
 )
-from app.trust.scores import TrustScoreName, judges_refined_prediction
+from app.trust.scores import TrustScoreName, judges_refined_prediction, l2_normalize
+from app.trust.selection import calibrate_selected_target_risk
+from app.vlm.preprocessing import AspectPolicy
+
+Encoded = Mapping[AspectPolicy, tuple[np.ndarray, np.ndarray]]  # policy -> (embeddings, aux features)
 
 
 @dataclass
@@ -50,20 +69,11 @@ class CalibrationRequest:
 
 
 @dataclass(frozen=True)
-class ChosenSettings:
-    """The settings the threshold is chosen for, and how they were chosen (None: the label set's own)."""
-
-    alpha: float
-    visual_temperature: float
-    evidence: TuningEvidence | None = None
-
-
-@dataclass(frozen=True)
 class _Plan:
     classes: np.ndarray
     score: TrustScoreName
-    threshold_idx: np.ndarray
-    tuning_idx: np.ndarray
+    policies: tuple[AspectPolicy, ...]  # encoded under these; more than one: the policy is chosen
+    candidates: int  # M of the selection (1: nothing is selected)
 
 
 class LabelSetCalibrator:
@@ -84,7 +94,7 @@ class LabelSetCalibrator:
         request: CalibrationRequest,
         expected_version: int | None = None,
     ) -> LabelSetView:
-        """Encode, choose the settings (with ``tune``), pick the threshold, store the record.
+        """Encode (under each policy the selection compares), select, pick the threshold, store.
 
         The images are encoded outside the label-set lock (their embeddings depend only on the model); the
         threshold is then chosen under the lock on the version it is stored with, so concurrent writers
@@ -94,86 +104,59 @@ class LabelSetCalibrator:
         check_pairs(labels, images)
         if len(images) > self.max_images:
             raise InvalidInput(f"at most {self.max_images} calibration images per request")
-        self._plan(repo.entry(label_set_id), labels, request, len(images))  # fail fast
-        embeddings, features = await encode(self.engine, images)
+        asked = self._plan(repo.entry(label_set_id), labels, request)  # fail fast
+        encoded = {p: await encode(self.engine, images, p) for p in asked.policies}
         async with repo.lock(label_set_id):
             entry = repo.entry(label_set_id)
-            plan = self._plan(entry, labels, request, len(images))
-            view = entry.view
-            chosen = self.choose_settings(view, plan, embeddings, features)
-            result = self._threshold(view, plan, chosen, embeddings, features, request)
-            record = repo.next_version(
-                entry, expected_version, alpha=chosen.alpha, visual_temperature=chosen.visual_temperature
-            )
+            plan = self._plan(entry, labels, request)
+            if set(plan.policies) - set(encoded):
+                raise Conflict("the label set's preprocess setting changed meanwhile; retry")
+            record = repo.next_version(entry, expected_version, trust_score=plan.score)
+            view, chosen = entry.view, None
+            if plan.candidates > 1:
+                chosen = await asyncio.to_thread(
+                    select_on_calibration, entry, plan, encoded, self.engine, request
+                )
+                apply_selection(record, chosen)
+                view = await asyncio.to_thread(build_view, record, self.engine, repo.index_params)
+            embeddings, features = encoded[record.meta.policy]
+            result = self._threshold(view, plan, embeddings, features, request)
             record.meta.calibration = CalibrationRecord(
                 **result.model_dump(),
                 score=plan.score,
-                n_tuning=int(plan.tuning_idx.size),
-                tuning=chosen.evidence,
-                alpha=chosen.alpha,
-                visual_temperature=chosen.visual_temperature,
+                selection=chosen,
+                alpha=record.meta.alpha,
+                visual_temperature=record.meta.visual_temperature,
                 label_set_version=record.meta.version,
                 basis=view.basis,  # the arrays and numerics are those of the view scored above
             )
-            record.meta.trust_score = plan.score
             return await repo.commit(record, entry.record.meta.version)
 
-    def choose_settings(
-        self, view: LabelSetView, plan: _Plan, embeddings: np.ndarray, features: np.ndarray
-    ) -> ChosenSettings:
-        """The label set's (α, T_v), or — with tuning images — the ones with the best AURC on them. Only
-        what the score depends on is tuned: α for TrustVLM, α and T_v for TrustVLM*; the rest stays."""
-        if not plan.tuning_idx.size:
-            return ChosenSettings(view.alpha, view.visual_temperature)
-        idx = plan.tuning_idx
-        base = self._score(view, embeddings[idx], features[idx])
-        tuned = tune_trustvlm(
-            base.logits,
-            features[idx],
-            np.asarray(view.prototypes),
-            np.asarray(view.has_prototype),
-            plan.classes[idx],
-            visual_temperature=view.visual_temperature,
-            score="trustvlm_star" if judges_refined_prediction(plan.score) else "trustvlm",
-            prototype_topk=view.serving_topk(features[idx]),
-        )
-        evidence = TuningEvidence(tuned=list(tuned.tuned), n=int(idx.size), grid=tuned.grid)
-        return ChosenSettings(tuned.alpha, tuned.visual_temperature, evidence)
-
-    def _score(
-        self,
-        view: LabelSetView,
-        embeddings: np.ndarray,
-        features: np.ndarray,
-        chosen: ChosenSettings | None = None,
-    ) -> ScoredBatch:
+    def _score(self, view: LabelSetView, embeddings: np.ndarray, features: np.ndarray) -> ScoredBatch:
         return view.score(
-            embeddings,
-            features,
-            logit_scale=self.engine.logit_scale,
-            logit_bias=self.engine.logit_bias,
-            alpha=chosen.alpha if chosen is not None else None,
-            visual_temperature=chosen.visual_temperature if chosen is not None else None,
+            embeddings, features, logit_scale=self.engine.logit_scale, logit_bias=self.engine.logit_bias
         )
 
     def _threshold(
         self,
         view: LabelSetView,
         plan: _Plan,
-        chosen: ChosenSettings,
         embeddings: np.ndarray,
         features: np.ndarray,
         request: CalibrationRequest,
     ) -> CalibrationResult:
-        idx = plan.threshold_idx
-        scored = self._score(view, embeddings[idx], features[idx], chosen)
+        scored = self._score(view, embeddings, features)
         conf = scored.scores[plan.score]
         refined = judges_refined_prediction(plan.score)
         predicted = scored.refined_predictions if refined else scored.predictions
-        correct = (predicted == plan.classes[idx]).astype(np.int64)
+        correct = (np.asarray(predicted) == plan.classes).astype(np.int64)
         try:
             if request.rule == "target_risk":
                 assert request.target_risk is not None  # checked by _check_size
+                if plan.candidates > 1:
+                    return calibrate_selected_target_risk(
+                        conf, correct, request.target_risk, request.delta, plan.candidates
+                    )
                 return calibrate_target_risk(conf, correct, request.target_risk, request.delta)
             assert request.target_coverage is not None
             return calibrate_target_coverage(conf, correct, request.target_coverage)
@@ -188,9 +171,9 @@ class LabelSetCalibrator:
                 },
             ) from exc
 
-    def _plan(self, entry: Entry, labels: Sequence[str], request: CalibrationRequest, n_images: int) -> _Plan:
-        """Classes, score, threshold and tuning indices for the label set's current version;
-        ``InvalidInput`` for unknown classes, missing prototypes or too few images."""
+    def _plan(self, entry: Entry, labels: Sequence[str], request: CalibrationRequest) -> _Plan:
+        """Classes, score, the policies to encode under and the selection's M for the label set's current
+        version; ``InvalidInput`` for unknown classes, missing prototypes or too few images."""
         meta, view = entry.record.meta, entry.view
         classes = class_indices(meta, labels)
         score = request.score or meta.trust_score
@@ -201,21 +184,80 @@ class LabelSetCalibrator:
                 "first, or calibrate score 'msp'",
                 code="missing_prototypes",
             )
-        threshold_idx, tuning_idx = split_for_tuning(classes, request.tune and score != "msp", request.seed)
-        _check_size(request, len(threshold_idx), n_images)
-        return _Plan(classes, score, threshold_idx, tuning_idx)
+        select_alpha = score in SELECTED_SCORES and (request.tune or selects_alpha(meta))
+        policies: tuple[AspectPolicy, ...] = (meta.policy,)
+        if meta.preprocess == "auto" and view.has_prototype.any():
+            complete = complete_policies(entry.record.arrays, entry.record.arrays[COUNTS])
+            policies = tuple(p for p in policies_for("auto") if p == meta.policy or p in complete)
+        if len(policies) == 1 and not select_alpha:
+            plan = _Plan(classes, score, (meta.policy,), 1)
+        else:
+            plan = _Plan(classes, score, policies, len(selection_grid(meta.alpha)) * len(policies))
+        _check_size(request, classes.size, plan.candidates)
+        return plan
 
 
-def _check_size(request: CalibrationRequest, n_threshold: int, n_total: int) -> None:
+def select_on_calibration(
+    entry: Entry,
+    plan: _Plan,
+    encoded: Encoded,
+    engine: ClassificationEngine,
+    request: CalibrationRequest,
+) -> LabelSetSelection:
+    """Policy and α chosen on the calibration images (``app.labelsets.selection``): each policy's images
+    against that policy's prototypes — the served ones for the label set's policy, the kept support
+    encodings' for the other."""
+    meta, view = entry.record.meta, entry.view
+    encodings: dict[AspectPolicy, PolicyEncodings] = {}
+    for policy in plan.policies:
+        prototypes, has_prototype = _prototypes_under(entry, meta, view, policy)
+        embeddings, features = encoded[policy]
+        encodings[policy] = calibration_encodings(
+            embeddings,
+            features,
+            plan.classes,
+            np.asarray(view.text_embeddings),
+            prototypes,
+            has_prototype,
+            logit_scale=engine.logit_scale,
+            logit_bias=engine.logit_bias,
+        )
+    chosen = select_for_label_set(
+        encodings,
+        default_policy=meta.policy,
+        evidence="calibration",
+        score=plan.score,
+        visual_temperature=meta.visual_temperature,
+        fallback_alpha=meta.alpha,
+        seed=request.seed,
+    )
+    if not (plan.score in SELECTED_SCORES and (request.tune or selects_alpha(meta))):
+        chosen = chosen.model_copy(update={"alpha": meta.alpha})  # only the policy was chosen
+    return chosen
+
+
+def _prototypes_under(
+    entry: Entry, meta: LabelSetMeta, view: LabelSetView, policy: AspectPolicy
+) -> tuple[np.ndarray, np.ndarray]:
+    if policy == meta.policy:
+        return np.asarray(view.prototypes), np.asarray(view.has_prototype)
+    sums, counts = prototype_state(entry.record.arrays, policy, len(meta.labels))
+    return l2_normalize(sums), counts > 0
+
+
+def _check_size(request: CalibrationRequest, n_threshold: int, candidates: int = 1) -> None:
     if request.rule == "target_risk":
         if request.target_risk is None or not 0 < request.target_risk < 1:
             raise InvalidInput("rule target_risk needs target_risk in (0, 1)")
         if not 0 < request.delta < 1:
             raise InvalidInput("delta must be in (0, 1)")
-        needed = min_calibration_size(request.target_risk, request.delta)
+        needed = min_calibration_size(request.target_risk, request.delta / candidates)
         if n_threshold < needed:
             split_note = (
-                f" (tuning uses half of them, so send at least {2 * needed})" if n_threshold < n_total else ""
+                f" (the selection compares {candidates} candidates on them, so the bound is taken at "
+                f"δ/{candidates})"
+                if candidates > 1
+                else ""
             )
             raise InvalidInput(
                 f"{n_threshold} calibration images cannot support selective risk ≤ "
@@ -230,17 +272,3 @@ def _check_size(request: CalibrationRequest, n_threshold: int, n_total: int) -> 
             raise InvalidInput("rule target_coverage needs target_coverage in (0, 1]")
         if n_threshold < 1:
             raise InvalidInput("no calibration images", code="calibration_set_too_small")
-
-
-def split_for_tuning(classes: np.ndarray, tune: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(threshold indices, tuning indices): a seeded per-class half for tuning when ``tune``."""
-    everything = np.arange(classes.size)
-    if not tune:
-        return everything, np.zeros(0, np.int64)
-    rng = np.random.default_rng(seed)
-    tuning = []
-    for c in np.unique(classes):
-        members = rng.permutation(np.flatnonzero(classes == c))
-        tuning.append(members[: members.size // 2])
-    tuning_idx = np.sort(np.concatenate(tuning)) if tuning else np.zeros(0, np.int64)
-    return np.setdiff1d(everything, tuning_idx), tuning_idx

@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.engine.scoring import ScoredBatch, score_batch
+from app.labelsets.selection import LabelSetSelection, PreprocessSetting, SelectionMode
 from app.trust.calibration import CalibrationResult, Decision
 from app.trust.scores import (
     DEFAULT_ALPHA,
@@ -22,6 +23,7 @@ from app.trust.scores import (
     TrustScoreName,
     judges_refined_prediction,
 )
+from app.vlm.preprocessing import AspectPolicy
 
 if TYPE_CHECKING:
     from app.labelsets.index import VectorIndex
@@ -121,7 +123,10 @@ class CalibrationRecord(CalibrationResult):
     model_config = ConfigDict(extra="forbid", frozen=True)
     score: TrustScoreName
     n_tuning: int = Field(0, description="calibration images used only to tune alpha / T_v")
-    tuning: TuningEvidence | None = None
+    tuning: TuningEvidence | None = Field(None, description="records before issue 14: the half/half α tuning")
+    selection: LabelSetSelection | None = Field(
+        None, description="policy and α chosen on these calibration images (every candidate's evidence)"
+    )
     alpha: float
     visual_temperature: float
     label_set_version: int = Field(description="label-set version the threshold was computed for")
@@ -155,6 +160,19 @@ class LabelSetMeta(BaseModel):
     alpha: float = DEFAULT_ALPHA
     visual_temperature: float = Field(DEFAULT_VISUAL_TEMPERATURE, gt=0)
     trust_score: TrustScoreName = "trustvlm"
+    preprocess: PreprocessSetting = Field(
+        "crop", description="aspect policy setting: crop | letterbox | auto (chosen on evidence)"
+    )
+    policy: AspectPolicy = Field(
+        "crop", description="the aspect policy prototypes and queries use now (auto: the chosen one)"
+    )
+    image_space: str = Field("own", description="image space of the prototypes (the model's own)")
+    selection_mode: SelectionMode = Field(
+        "fixed", description="auto: α (0 = MSP) chosen on support / calibration evidence; fixed: as set"
+    )
+    selection: LabelSetSelection | None = Field(
+        None, description="how policy and α were chosen, with every candidate's evidence"
+    )
     calibration: CalibrationRecord | None = None
     adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
     created_at: str = Field(default_factory=utc_now)
@@ -211,6 +229,8 @@ class LabelSetView:
     calibration_problem: str | None = None
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
     adapted: bool = False
+    policy: AspectPolicy = "crop"  # the aspect policy queries must be encoded with (as the prototypes)
+    selection_evidence: str = "fixed"  # support-loo | calibration | fixed
 
     def prototype_topk(self, aux_features: np.ndarray, k: int = PROTOTYPE_TOPK) -> PrototypeTopK | None:
         """Nearest prototypes of raw image features via the FAISS index, for TrustVLM*'s visual softmax on

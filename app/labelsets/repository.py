@@ -23,6 +23,7 @@ from app.config import Settings
 from app.engine.engine import ClassificationEngine
 from app.engine.prompts import validate_labels, validate_templates
 from app.errors import Conflict, InvalidInput, NotFound, TrustserveError, Unavailable, shown
+from app.labelsets import support_features
 from app.labelsets.adaptation import drop_cache, has_cache
 from app.labelsets.index import IndexParams
 from app.labelsets.models import (
@@ -40,6 +41,8 @@ from app.labelsets.models import (
     utc_now,
 )
 from app.labelsets.postgres_store import StoreUnavailableError
+from app.labelsets.selection import PreprocessSetting, SelectionMode
+from app.labelsets.self_selection import change_preprocess
 from app.labelsets.store import (
     CorruptEntryError,
     LabelSetNotFoundError,
@@ -244,9 +247,12 @@ class LabelSetRepository:
         visual_temperature: float | None = None,
         trust_score: TrustScoreName | None = None,
         adaptation: AdaptationConfig | None = None,
+        preprocess: PreprocessSetting | None = None,
+        selection_mode: SelectionMode | None = None,
     ) -> LabelSetView:
         """A new label set at version 1 with its text embeddings computed once; ``Conflict`` when the id
-        exists."""
+        exists. ``preprocess`` defaults to the preset's policy; ``selection_mode`` (α chosen on evidence) to
+        the preset's ``trust.selection``, or ``fixed`` when ``alpha`` is given."""
         if not is_valid_slug(label_set_id):
             raise InvalidInput(
                 f"label-set id {shown(label_set_id)} must match ^[a-z0-9][a-z0-9-_]{{0,63}}$",
@@ -283,6 +289,9 @@ class LabelSetRepository:
                 ),
                 trust_score=trust_score or preset.trust.score,
                 adaptation=adaptation or AdaptationConfig(),
+                preprocess=preprocess or preset.preprocess,
+                policy=preset.preprocess if preprocess in (None, "auto") else preprocess,
+                selection_mode=selection_mode or ("fixed" if alpha is not None else preset.trust.selection),
             )
             arrays: dict[str, np.ndarray] = {
                 TEXT: text.astype(np.float32),
@@ -319,10 +328,13 @@ class LabelSetRepository:
         visual_temperature: float | None = None,
         trust_score: TrustScoreName | None = None,
         adaptation: AdaptationConfig | None = None,
+        selection_mode: SelectionMode | None = None,
+        preprocess: PreprocessSetting | None = None,
     ) -> LabelSetView:
         """Change settings. A change to what the decision score is computed from drops the calibration
         (it no longer holds): α, T_v, the trust score, and an adaptation change that moves prototypes
-        (disabling it clears the cache; a new ``max_weight`` re-blends cached prototypes)."""
+        (disabling it clears the cache; a new ``max_weight`` re-blends cached prototypes). An explicit
+        ``alpha`` fixes α (no more self-selection) unless ``selection_mode`` says ``auto``."""
         async with self.lock(label_set_id):
             entry = self.entry(label_set_id)
             meta = entry.record.meta
@@ -332,7 +344,13 @@ class LabelSetRepository:
                                 ("adaptation", adaptation)):  # fmt: skip
                 if value is not None and value != getattr(meta, name):
                     changes[name] = value
-            if not changes:
+            reencode = preprocess is not None and preprocess != meta.preprocess
+            mode = selection_mode or ("fixed" if alpha is not None else None)
+            if mode is not None and mode != meta.selection_mode:
+                changes["selection_mode"] = mode
+                if mode == "fixed":
+                    changes["selection"] = None
+            if not changes and not reencode:
                 return entry.view
             moves_prototypes = (
                 adaptation is not None
@@ -340,9 +358,15 @@ class LabelSetRepository:
                 and has_cache(entry.record.arrays)
                 and (not adaptation.enabled or adaptation.max_weight != meta.adaptation.max_weight)
             )
-            if changes.keys() & SCORE_SETTINGS or moves_prototypes:
+            if changes.keys() & SCORE_SETTINGS or moves_prototypes or reencode:
                 changes["calibration"] = None
             record = self.next_version(entry, expected_version, **changes)
+            if reencode:
+                assert preprocess is not None
+                try:
+                    change_preprocess(record, preprocess, self.engine.preset.preprocess)
+                except ValueError as exc:
+                    raise Conflict(str(exc), code="preprocess_needs_support_encodings") from exc
             if adaptation is not None and not adaptation.enabled:
                 drop_cache(record.arrays)
             return await self.commit(record, meta.version)
@@ -395,6 +419,7 @@ class LabelSetRepository:
             arrays = record.arrays
             for name in (TEXT, SUMS, COUNTS):
                 arrays[name] = np.delete(arrays[name], idx, axis=0)
+            support_features.remove_class(arrays, idx)
             if CACHE_CLASS in arrays:
                 keep = arrays[CACHE_CLASS] != idx
                 arrays[CACHE_FEATURES] = arrays[CACHE_FEATURES][keep]

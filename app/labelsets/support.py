@@ -1,8 +1,12 @@
 """Support images: labelled images whose image-space features become the class prototypes (TrustVLM's
-P_c = normalised mean of the support features, kept as running sums and counts)."""
+P_c = normalised mean of the support features, kept as running sums and counts), encoded with the label
+set's aspect policy (both policies for ``preprocess: auto``). Each image's encodings are also kept
+(bounded, ``app.labelsets.support_features``) for the leave-one-out self-selection, which runs here,
+whenever the support images change (``app.labelsets.self_selection``)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,21 +14,49 @@ from PIL import Image
 
 from app.engine.engine import ClassificationEngine
 from app.errors import Conflict, InvalidInput, shown
+from app.labelsets import support_features
 from app.labelsets.models import COUNTS, SUMS, LabelSetMeta, LabelSetView
 from app.labelsets.repository import LabelSetRepository
+from app.labelsets.selection import policies_for
+from app.labelsets.self_selection import apply_selection, support_selection
+from app.labelsets.store import StoredLabelSet
+from app.labelsets.support_features import append_support, kept_count
 from app.trust.prototypes import PrototypeBank
+from app.vlm.preprocessing import AspectPolicy
 
 Images = Sequence[Image.Image] | Sequence[bytes]
 
 
-async def encode(engine: ClassificationEngine, images: Images) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings, aux features) for decoded images or uploaded files (the engine decodes files a batch
-    at a time, after checking the request's pixel budget)."""
+async def encode(
+    engine: ClassificationEngine, images: Images, policy: AspectPolicy | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings, aux features) for decoded images or uploaded files under the aspect ``policy`` (the
+    engine decodes files a batch at a time, after checking the request's pixel budget)."""
     if all(isinstance(image, bytes) for image in images):
-        encoded = await engine.encode_uploads(list(images))  # type: ignore[arg-type]
+        encoded = await engine.encode_uploads(list(images), policy=policy)  # type: ignore[arg-type]
     else:
-        encoded = await engine.encode_images(list(images))  # type: ignore[arg-type]
+        encoded = await engine.encode_images(list(images), policy=policy)  # type: ignore[arg-type]
     return encoded.embeddings, encoded.aux_features
+
+
+async def encode_policies(
+    engine: ClassificationEngine, images: Images, meta: LabelSetMeta
+) -> dict[AspectPolicy, tuple[np.ndarray, np.ndarray]]:
+    """The images under every aspect policy the label set uses (one; both for ``preprocess: auto``)."""
+    return {p: await encode(engine, images, p) for p in policies_for(meta.preprocess)}
+
+
+def check_auto_room(meta: LabelSetMeta, kept: int, adding: int) -> None:
+    """``InvalidInput`` when an ``auto`` label set would exceed the kept-image bound (its prototypes
+    under the other policy are rebuilt from the kept images, so it cannot keep only some)."""
+    bound = support_features.MAX_KEPT_SUPPORT_IMAGES
+    if meta.preprocess == "auto" and kept + adding > bound:
+        raise InvalidInput(
+            f"a label set with preprocess 'auto' keeps every support image's encodings: at most "
+            f"{bound} support images (has {kept}, adding {adding}); set preprocess "
+            "to 'crop' or 'letterbox' for more",
+            code="too_many_support_images",
+        )
 
 
 def check_pairs(labels: Sequence[str], images: Images) -> None:
@@ -74,11 +106,17 @@ class SupportImages:
         All-or-nothing: unknown classes are refused before anything is encoded. Drops the calibration."""
         repo = self.repository
         check_pairs(labels, images)
-        class_indices(repo.get_meta(label_set_id), labels)
-        _, features = await encode(self.engine, images)
+        asked = repo.get_meta(label_set_id)
+        class_indices(asked, labels)
+        check_auto_room(asked, kept_count(repo.entry(label_set_id).record.arrays), len(images))
+        encoded = await encode_policies(self.engine, images, asked)
         async with repo.lock(label_set_id):
             entry = repo.entry(label_set_id)
             meta = entry.record.meta
+            if meta.preprocess != asked.preprocess or meta.policy not in encoded:
+                raise Conflict("the label set's preprocess setting changed meanwhile; retry")
+            check_auto_room(meta, kept_count(entry.record.arrays), len(images))
+            features = encoded[meta.policy][1]
             classes = class_indices(meta, labels)  # re-check: a class may have gone meanwhile
             if meta.feature_dim is not None and features.shape[1] != meta.feature_dim:
                 raise Conflict(
@@ -94,6 +132,23 @@ class SupportImages:
             bank.add(classes, features)
             state = bank.to_arrays()
             record.arrays[SUMS], record.arrays[COUNTS] = state["sums"], state["counts"]
+            append_support(record.arrays, classes, encoded)
+            await self.reselect(record)
             view = await repo.commit(record, meta.version)
         added = {meta.labels[i]: int(n) for i, n in zip(*np.unique(classes, return_counts=True))}
         return view, added
+
+    async def reselect(self, record: StoredLabelSet) -> None:
+        """The support images' leave-one-out choice of α / policy, written into ``record`` (a new version
+        without calibration); a thread, since the bootstrap takes a moment (never per request)."""
+        engine = self.engine
+        chosen = await asyncio.to_thread(
+            support_selection,
+            record,
+            default_policy=engine.preset.preprocess,
+            fallback_alpha=engine.preset.trust.alpha,
+            logit_scale=engine.logit_scale,
+            logit_bias=engine.logit_bias,
+        )
+        if chosen is not None:
+            apply_selection(record, chosen)

@@ -25,6 +25,7 @@ from app.labelsets.models import (
     LabelSetView,
 )
 from app.labelsets.store import StoredLabelSet
+from app.labelsets.support_features import check_support_arrays, support_array_names
 
 if TYPE_CHECKING:
     from app.engine.engine import ClassificationEngine
@@ -40,8 +41,11 @@ def check_arrays(record: StoredLabelSet, engine: ClassificationEngine) -> None:
     meta, arrays = record.meta, record.arrays
     required, optional = {TEXT, SUMS, COUNTS}, set(CACHE_ARRAYS)
     names = set(arrays)
-    if not required <= names or names - required - optional:
-        raise ValueError(f"expected arrays {sorted(required)} (+ the adaptation cache), got {sorted(names)}")
+    if not required <= names or names - required - optional - support_array_names():
+        raise ValueError(
+            f"expected arrays {sorted(required)} (+ the adaptation cache, kept support encodings), "
+            f"got {sorted(names)}"
+        )
     c = len(meta.labels)
     text, sums, counts = arrays[TEXT], arrays[SUMS], arrays[COUNTS]
     dim = engine.backend.embedding_dim
@@ -63,6 +67,7 @@ def check_arrays(record: StoredLabelSet, engine: ClassificationEngine) -> None:
         raise ValueError(
             f"prototype sums have width {sums.shape[1]}; this model's image space has {feature_dim}"
         )
+    check_support_arrays(arrays, c, meta.embedding_dim, meta.feature_dim)
     present = [name for name in optional if name in arrays]
     if present:
         if len(present) != len(optional) or sums.shape[1] == 0:
@@ -145,6 +150,8 @@ def build_view(
         calibration_problem=problem,
         adaptation=meta.adaptation,
         adapted=bool(cache_class.size),
+        policy=meta.policy,
+        selection_evidence=meta.selection.evidence if meta.selection is not None else "fixed",
     )
 
 

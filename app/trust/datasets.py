@@ -2,8 +2,10 @@
 
 ``load_dataset(name, split)`` returns RGB PIL images (decoded lazily), integer labels and class names
 worded as zero-shot labels. Names: ``fashion-mnist`` (Debian ``dataset-fashion-mnist``),
-``animal-mnist`` (PyPI ``animal-mnist``), ``digits`` (scikit-learn), ``conformal-clip-data`` (PyPI) and
-``imagefolder:<path>`` (one sub-folder per class, torchvision ``ImageFolder`` layout).
+``animal-mnist`` (PyPI ``animal-mnist``), ``digits`` (scikit-learn), ``conformal-clip-data`` (PyPI),
+``emoji`` (npm ``emoji-datasource-google``, fetched once: ``app.trust.emoji``) and ``imagefolder:<path>``
+(one sub-folder per class, torchvision ``ImageFolder`` layout). Image files are read as the server
+decodes uploads: transparency is composited on white.
 
 Splits: Fashion-MNIST has its official ``train``/``test``. The others have no official test split, so a
 stratified split with the fixed seed ``SPLIT_SEED`` makes disjoint ``train``/``test`` parts (``test`` =
@@ -32,6 +34,7 @@ from sklearn.model_selection import train_test_split
 
 from app.errors import require_module
 from app.trust.prototypes import draw_support_indices
+from app.vlm.preprocessing import rgb_on_white
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.3
@@ -124,14 +127,25 @@ def gray_array_images(pixels: np.ndarray, invert: bool) -> Callable[[int], Image
 
 
 def file_images(paths: Sequence[Path], invert: bool) -> Callable[[int], Image.Image]:
-    """Loader for image files: file i as RGB PIL, optionally inverted."""
+    """Loader for image files: file i as RGB PIL (alpha composited on white), optionally inverted."""
 
     def load(i: int) -> Image.Image:
         with Image.open(paths[i]) as image:
-            rgb = image.convert("RGB")
+            image.load()  # decode before the file closes: an RGB image is returned as is, still lazy
+            rgb = rgb_on_white(image)
         return ImageOps.invert(rgb) if invert else rgb
 
     return load
+
+
+def all_square(paths: Sequence[Path]) -> bool:
+    """Every image file is square (read from the headers only). On such a set the ``letterbox`` aspect
+    policy gives the same pixels as ``crop`` (``app.vlm.preprocessing``), so their encodings can be shared."""
+    for path in paths:
+        with Image.open(path) as image:
+            if image.size[0] != image.size[1]:
+                return False
+    return True
 
 
 def read_idx_gz(path: Path) -> np.ndarray:
@@ -230,7 +244,11 @@ def _fashion_mnist(split: str, invert: bool) -> Source:
     pixels = [read_idx_gz(FASHION_MNIST_DIR / f"{p}-images-idx3-ubyte.gz") for p in prefixes]
     labels = [read_idx_gz(FASHION_MNIST_DIR / f"{p}-labels-idx1-ubyte.gz") for p in prefixes]
     x, y = np.concatenate(pixels), np.concatenate(labels).astype(np.int64)
-    meta = {"source": str(FASHION_MNIST_DIR), "split_kind": "official"}
+    meta = {
+        "source": str(FASHION_MNIST_DIR),
+        "split_kind": "official",
+        "all_square": x.shape[1] == x.shape[2],
+    }
     return LazyImages(gray_array_images(x, invert), np.arange(len(y))), y, FASHION_MNIST_CLASSES, meta
 
 
@@ -242,7 +260,11 @@ def _animal_mnist(split: str, invert: bool) -> Source:
     if x.dtype != np.uint8 or x.ndim != 3 or len(x) != len(y):
         raise DatasetError(f"unexpected animal-mnist arrays {x.shape} {x.dtype} / {y.shape}")
     idx = split_indices(y, split)
-    meta = {"source": str(folder), "split_kind": f"stratified seed={SPLIT_SEED} test={TEST_FRACTION}"}
+    meta = {
+        "source": str(folder),
+        "split_kind": f"stratified seed={SPLIT_SEED} test={TEST_FRACTION}",
+        "all_square": x.shape[1] == x.shape[2],
+    }
     return LazyImages(gray_array_images(x, invert), idx), y[idx], ANIMAL_MNIST_CLASSES, meta
 
 
@@ -256,6 +278,7 @@ def _digits(split: str, invert: bool) -> Source:
     meta = {
         "source": "sklearn.datasets.load_digits",
         "split_kind": f"stratified seed={SPLIT_SEED} test={TEST_FRACTION}",
+        "all_square": x.shape[1] == x.shape[2],
     }
     return LazyImages(gray_array_images(x, invert), idx), y[idx], DIGIT_CLASSES, meta
 
@@ -282,8 +305,23 @@ def _conformal_clip_data(split: str, invert: bool) -> Source:
         "source": str(root),
         "split_kind": f"stratified seed={SPLIT_SEED} test={TEST_FRACTION}",
         "folders": folders,
+        "all_square": all_square([paths[i] for i in idx]),
     }
     return LazyImages(file_images(paths, invert), idx), y[idx], [TEXTILE_CLASSES[f] for f in folders], meta
+
+
+def _emoji(split: str, invert: bool) -> Source:
+    from app.trust.emoji import EmojiFetchError, emoji_index, fetch_emoji
+
+    try:
+        root = fetch_emoji()
+    except EmojiFetchError as exc:
+        raise DatasetError(f"emoji: {exc} (or run `trustserve datasets fetch emoji`)") from exc
+    paths, y, names, meta = emoji_index(root)
+    idx = split_indices(y, split)
+    meta["split_kind"] = f"stratified seed={SPLIT_SEED} test={TEST_FRACTION}"
+    meta["all_square"] = all_square([paths[i] for i in idx])
+    return LazyImages(file_images(paths, invert), idx), y[idx], names, meta
 
 
 def _imagefolder(root: Path, split: str, invert: bool) -> Source:
@@ -301,7 +339,7 @@ def _imagefolder(root: Path, split: str, invert: bool) -> Source:
         LazyImages(file_images(paths, invert), idx),
         y[idx],
         names,
-        {"source": str(root), "split_kind": kind},
+        {"source": str(root), "split_kind": kind, "all_square": all_square([paths[i] for i in idx])},
     )
 
 
@@ -311,6 +349,7 @@ READERS: dict[str, tuple[Callable[[str, bool], Source], bool]] = {
     "animal-mnist": (_animal_mnist, True),
     "digits": (_digits, True),
     "conformal-clip-data": (_conformal_clip_data, False),
+    "emoji": (_emoji, False),
 }
 DATASET_NAMES = (*READERS, "imagefolder:<path>")
 # datasets shipped by optional PyPI packages: name -> [(module, how to install it)]

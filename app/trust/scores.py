@@ -201,6 +201,10 @@ def trustvlm_scores(
     if visual_temperature <= 0:
         raise ValueError(f"visual_temperature must be > 0, got {visual_temperature}")
 
+    if prototype_topk is None:
+        return trustvlm_from_similarities(
+            z, feats @ protos.T, mask, alpha, visual_temperature, temperature=temperature
+        )
     rows = np.arange(n)
     prediction = z.argmax(axis=1)
 
@@ -214,12 +218,48 @@ def trustvlm_scores(
 
     if not mask.any():
         return TrustVLMResult(s_it, s_ii, trustvlm, np.full(n, np.nan), prediction, prediction.copy())
-    if prototype_topk is not None:
-        p_visual = visual_probs_from_topk(prototype_topk, c, visual_temperature)
-    else:
-        visual_logits = np.where(mask[None, :], feats @ protos.T / visual_temperature, -np.inf)
-        p_visual = softmax(visual_logits, axis=1)
+    p_visual = visual_probs_from_topk(prototype_topk, c, visual_temperature)
     q = softmax(z, axis=1) + alpha * p_visual
     refined = q.argmax(axis=1)
     trustvlm_star = q[rows, refined] + alpha * cosine_to(refined)
+    return TrustVLMResult(s_it, s_ii, trustvlm, trustvlm_star, prediction, refined)
+
+
+def trustvlm_from_similarities(
+    logits: np.ndarray,
+    similarities: np.ndarray,
+    valid: np.ndarray,
+    alpha: float = 1.0,
+    visual_temperature: float = 0.01,
+    *,
+    temperature: float = 1.0,
+) -> TrustVLMResult:
+    """TrustVLM and TrustVLM* from the cosines <ĝ(x), P_c> (B, C) instead of features and prototypes;
+    ``valid`` (C,) or (B, C) marks the prototypes that exist (per image: leave-one-out prototypes, where a
+    support image's own class may have none). The formulas of ``trustvlm_scores``."""
+    z = _as_logits(logits)
+    n, c = z.shape
+    sims = np.asarray(similarities, dtype=np.float64)
+    mask = np.broadcast_to(np.asarray(valid, dtype=bool), (n, c))
+    if sims.shape != (n, c):
+        raise ValueError(f"similarities {sims.shape} must match logits {z.shape}")
+    if visual_temperature <= 0:
+        raise ValueError(f"visual_temperature must be > 0, got {visual_temperature}")
+    rows = np.arange(n)
+    prediction = z.argmax(axis=1)
+
+    def cosine_to(classes: np.ndarray) -> np.ndarray:
+        return np.where(mask[rows, classes], sims[rows, classes], np.nan)
+
+    s_it = msp(z, temperature)
+    s_ii = cosine_to(prediction)
+    trustvlm = s_it + alpha * s_ii
+    has_any = mask.any(axis=1)
+    if not has_any.any():
+        return TrustVLMResult(s_it, s_ii, trustvlm, np.full(n, np.nan), prediction, prediction.copy())
+    visual_logits = np.where(mask, sims / visual_temperature, -np.inf)
+    visual_logits[~has_any] = 0.0  # rows without any prototype: NaN below, not a warning here
+    q = softmax(z, axis=1) + alpha * softmax(visual_logits, axis=1)
+    refined = np.where(has_any, q.argmax(axis=1), prediction)
+    trustvlm_star = np.where(has_any, q[rows, refined] + alpha * cosine_to(refined), np.nan)
     return TrustVLMResult(s_it, s_ii, trustvlm, trustvlm_star, prediction, refined)

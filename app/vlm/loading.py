@@ -69,3 +69,23 @@ def load_preset(name: str, **settings: object) -> LoadedModels:
 
     resolved = Settings(model=name, **settings)  # type: ignore[arg-type]
     return load_models(get_preset(resolved.model, resolved.models_dir), resolved)
+
+
+def load_image_space(preset: ModelPreset, name: str, settings: Settings) -> AuxImageEncoder:
+    """One of the preset's ``extra_image_spaces`` on the runtime layer (evaluation; label sets that select
+    it)."""
+    from app.vlm.aux.factory import create_aux_encoder
+
+    spec = preset.extra_image_spaces[name]
+    context = RuntimeContext(
+        runtime_request(settings, preset), ExportCache(settings.export_cache_dir), preset.name
+    )
+    try:
+        encoder = create_aux_encoder(spec, context)
+    finally:
+        context.close()
+    if encoder is None:
+        raise ValueError(
+            f"image space {name!r}: kind {SHARED_TOWER!r} is the preset's own space, not an extra one"
+        )
+    return encoder

@@ -5,11 +5,19 @@ One :class:`ImagePreprocessor` covers the eval transforms of the served models: 
 the shorter side, centre crop), SigLIP (squash to a square), timm and DINOv2 (resize to ``crop / crop_pct``,
 centre crop), EfficientNet-Lite. Resizing is PIL's (what torchvision's ``Resize`` does on PIL images, and
 what the transformers "slow" image processors do); the size arithmetic follows torchvision's.
+
+An *aspect policy* runs before a model's transform, on the image every encoder of a request sees
+(:func:`apply_aspect_policy`): ``crop`` leaves the image as it is, so the model's own transform decides
+(resize the shorter side + centre crop for CLIP and the offline model: a wide or tall image loses its
+edges); ``letterbox`` pads the image to a square with ``LETTERBOX_FILL`` (white, after compositing any alpha
+on white), so the whole image reaches the model and the centre crop that follows cuts nothing. On a square
+image both policies give identical pixels. Prototypes and queries of one label set must use one policy.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -17,6 +25,10 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 Interpolation = Literal["bicubic", "bilinear", "nearest", "lanczos"]
+AspectPolicy = Literal["crop", "letterbox"]
+ASPECT_POLICIES: tuple[AspectPolicy, ...] = ("crop", "letterbox")
+LETTERBOX_FILL = (255, 255, 255)  # white: the background alpha is composited on, and what clip art sits on
+LETTERBOX_MAX_SIDE = 1024  # ≥ 2× every served model's input side
 _PIL_RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
@@ -87,6 +99,47 @@ def _normalise(rgb: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...])
     for channel in range(planes.shape[0]):
         np.take(table[channel], planes[channel], out=out[channel])
     return out
+
+
+def rgb_on_white(image: Image.Image) -> Image.Image:
+    """RGB image; transparency (alpha channel, or a palette / ``transparency`` entry) composited on white,
+    as the server's decoder does (``app.engine.images``), never dropped to whatever colour hides under it."""
+    if image.mode == "P" or "transparency" in image.info:
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*LETTERBOX_FILL, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def letterbox(
+    image: Image.Image, fill: tuple[int, int, int] = LETTERBOX_FILL, max_side: int = LETTERBOX_MAX_SIDE
+) -> Image.Image:
+    """Pad to a square (side = the longer side) with ``fill``, image centred; alpha composited on white
+    first. A square image comes back unchanged (as RGB). An image whose longer side exceeds ``max_side`` is
+    first box-reduced by an integer factor, so the canvas is bounded (a 20,000 × 500 upload would otherwise
+    become a 400-megapixel square)."""
+    image = rgb_on_white(image)
+    w, h = image.size
+    if w == h:
+        return image
+    if max(w, h) > max_side:
+        image = image.reduce(math.ceil(max(w, h) / max_side))
+        w, h = image.size
+    side = max(w, h)
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def apply_aspect_policy(image: Image.Image, policy: AspectPolicy) -> Image.Image:
+    """The aspect policy's step before a model's own transform (see the module docstring)."""
+    if policy == "crop":
+        return rgb_on_white(image)
+    if policy == "letterbox":
+        return letterbox(image)
+    raise ValueError(f"unknown preprocessing policy {policy!r}; use one of {ASPECT_POLICIES}")
 
 
 def _center_crop(image: Image.Image, size: int) -> Image.Image:

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.trust.scores import DEFAULT_ALPHA, DEFAULT_VISUAL_TEMPERATURE, TrustScoreName
+from app.vlm.preprocessing import AspectPolicy
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
@@ -28,6 +29,10 @@ class TrustSpec(BaseModel):
     alpha: float = DEFAULT_ALPHA
     visual_temperature: float = DEFAULT_VISUAL_TEMPERATURE
     score: TrustScoreName = "trustvlm"
+    # "auto": α (0 = MSP) and the image space are self-selected on evidence (app.trust.selection) — the
+    # support images (leave-one-out) until calibration data exists; ``alpha`` is then only the fallback
+    # when the evidence is too thin. "fixed": always ``alpha`` on the preset's own space.
+    selection: Literal["fixed", "auto"] = "fixed"
 
 
 class ModelPreset(BaseModel):
@@ -41,6 +46,12 @@ class ModelPreset(BaseModel):
     logit_scale: float | None = None  # overrides the checkpoint's (fitted for the offline model)
     templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."])
     aux_encoder: AuxEncoderSpec = Field(default_factory=AuxEncoderSpec)
+    # image spaces TrustVLM's self-selection may choose besides ``aux_encoder`` (name -> encoder); each one
+    # is one more forward per image wherever it is computed (evaluation; label sets that select it)
+    extra_image_spaces: dict[str, AuxEncoderSpec] = Field(default_factory=dict)
+    # aspect policy before the model's transform (app.vlm.preprocessing): crop (the model's own centre
+    # crop) or letterbox (pad to a square on white); every image of every request path uses it
+    preprocess: AspectPolicy = "crop"
     trust: TrustSpec = Field(default_factory=TrustSpec)
     offline: bool = False  # true when it loads without any download
     # where this model runs, unless TRUSTSERVE_RUNTIME / TRUSTSERVE_PRECISION are set explicitly

@@ -81,6 +81,8 @@ def test_adaptation_changes_that_move_nothing_keep_the_calibration(client) -> No
 
 
 def test_tuning_trustvlm_changes_only_alpha(client) -> None:  # type: ignore[no-untyped-def]
+    """tune=true selects α (0 = MSP) on all the calibration images (issue 14) and never T_v; the choice,
+    every candidate's evidence and the Bonferroni-corrected guarantee are in the record."""
     create_with_support(client)
     before = client.get("/v1/label-sets/colours").json()
     body = _calibrate(
@@ -88,10 +90,14 @@ def test_tuning_trustvlm_changes_only_alpha(client) -> None:  # type: ignore[no-
     )
     assert body["visual_temperature"] == before["visual_temperature"] == 0.01
     cal = body["calibration"]
-    assert cal["visual_temperature"] == 0.01 and cal["n_tuning"] == 60
-    assert cal["tuning"]["tuned"] == ["alpha"] and cal["tuning"]["n"] == 60
-    assert {point["visual_temperature"] for point in cal["tuning"]["grid"]} == {0.01}
-    assert body["alpha"] == cal["alpha"] == min(cal["tuning"]["grid"], key=lambda g: g["aurc"])["alpha"]
+    assert cal["visual_temperature"] == 0.01 and cal["n_tuning"] == 0 and cal["n"] == 120
+    chosen = cal["selection"]
+    assert chosen["evidence"] == "calibration" and chosen["policy"] == body["preprocess"] == "crop"
+    rule = chosen["selection"]
+    assert rule["candidates"][0]["name"] == "msp" and len(rule["candidates"]) == 6
+    assert body["alpha"] == cal["alpha"] == chosen["alpha"] == rule["alpha"]
+    got = client.get("/v1/label-sets/colours").json()
+    assert got["selection"]["evidence"] == "calibration" and got["alpha"] == body["alpha"]
     star = _calibrate(
         client,
         "colours",
@@ -101,7 +107,9 @@ def test_tuning_trustvlm_changes_only_alpha(client) -> None:  # type: ignore[no-
         tune="true",
         score="trustvlm_star",
     )
-    assert star["calibration"]["tuning"]["tuned"] == ["alpha", "visual_temperature"]
+    assert star["visual_temperature"] == 0.01 and star["calibration"]["selection"]["selection"]["score"] == (
+        "trustvlm_star"
+    )
 
 
 def test_large_label_sets_are_calibrated_on_the_score_classify_serves(client) -> None:  # type: ignore[no-untyped-def]
@@ -128,3 +136,31 @@ def test_large_label_sets_are_calibrated_on_the_score_classify_serves(client) ->
         answer = _classify(client, "many", cal_images[start : start + 64])
         accepted += sum(result["decision"]["accept"] is True for result in answer["results"])
     assert accepted == round(cal["coverage"] * cal["n"])
+
+
+def test_policy_alpha_and_evidence_in_get_and_classify(client) -> None:  # type: ignore[no-untyped-def]
+    """issue 14: a label set's aspect policy, α and how they were chosen, in GET and in every answer."""
+    r = client.post(
+        "/v1/label-sets",
+        json={"id": "boxed", "labels": LABELS, "preprocess": "letterbox", "selection_mode": "auto"},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["preprocess"] == r.json()["policy"] == "letterbox"
+    labels = [label for label in LABELS for _ in range(8)]
+    r = upload(client, "boxed", labels, [png(colour_image(label, i)) for i, label in enumerate(labels)])
+    assert r.status_code == 200, r.text
+    got = client.get("/v1/label-sets/boxed").json()
+    assert got["selection_mode"] == "auto" and got["selection"]["evidence"] == "support-loo"
+    assert got["selection"]["selection"]["candidates"] or got["selection"]["selection"]["fallback"]
+    trust = _classify(client, "boxed", [png(colour_image("red", 990))])["results"][0]["trust"]
+    assert trust["preprocess"] == "letterbox" and trust["selection_evidence"] == "support-loo"
+    assert trust["alpha"] == got["alpha"]
+    r = client.patch("/v1/label-sets/boxed", json={"alpha": 1.5})  # the user's α wins
+    assert r.status_code == 200 and r.json()["selection_mode"] == "fixed" and r.json()["selection"] is None
+    trust = _classify(client, "boxed", [png(colour_image("red", 991))])["results"][0]["trust"]
+    assert trust["alpha"] == 1.5 and trust["selection_evidence"] == "fixed"
+    adhoc = client.post(
+        "/v1/classify", files=[("image", ("x.png", png(colour_image("red", 3)), "image/png"))],
+        data={"labels": json.dumps(LABELS)},
+    ).json()["results"][0]["trust"]  # fmt: skip
+    assert adhoc["preprocess"] == "crop" and adhoc["alpha"] is None and adhoc["selection_evidence"] is None

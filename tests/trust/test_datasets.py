@@ -192,3 +192,15 @@ def test_bad_requests_raise_dataset_error(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="stratified"):
         load_dataset(f"imagefolder:{tmp_path}", "test")
     assert len(load_dataset(f"imagefolder:{tmp_path}", "all")) == 5
+
+
+def test_rgb_image_files_are_read_before_they_close(tmp_path: Path) -> None:
+    """An RGB JPEG is returned as is by the alpha compositing; it must be decoded while its file is open
+    (conformal-clip-data failed with PIL's ``assert self.fp is not None`` when first converted)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for name in ("a", "b"):
+        for i in range(3):
+            Image.new("RGB", (8, 5), (200, 10 * i, 0)).save(tmp_path / name / f"{i}.jpg")
+    image = load_dataset(f"imagefolder:{tmp_path}", "all").images[4]
+    assert image.convert("L").size == (8, 5) and image.mode == "RGB"

@@ -83,7 +83,7 @@ def test_end_to_end_with_tiny_model_and_cache(tiny_models_dir: Path, tmp_path: P
     config = EvalConfig(
         model=TINY_PRESET, dataset="digits", shots=(1, 2), draws=2, test_limit=20, tune=True, calib_size=20,
         alpha_sweep=(0.0, 1.0), device="cpu", dtype="float32", models_dir=tiny_models_dir,
-        cache_dir=tmp_path / "cache", batch_size=32,
+        cache_dir=tmp_path / "cache", batch_size=32, bootstrap=100,
     )  # fmt: skip
     torch.manual_seed(0)  # weights not all-wrong on 20 digits (AUROC defined), whatever ran before
     model = LoadedModel.load(TINY_PRESET, models_dir=tiny_models_dir, device="cpu", dtype="float32")
@@ -96,7 +96,15 @@ def test_end_to_end_with_tiny_model_and_cache(tiny_models_dir: Path, tmp_path: P
     scores = summary["results"]["2"]["scores"]
     assert {"msp", "trustvlm", "trustvlm_star", "trustvlm (tuned)", "trustvlm[α=0]"} <= set(scores)
     assert scores["trustvlm[α=0]"]["mean"]["auroc"] == pytest.approx(scores["msp"]["mean"]["auroc"])
-    assert len(summary["results"]["2"]["per_draw"]) == 2 and len(summary["results"]["2"]["tuned"]) == 2
+    selections = summary["results"]["2"]["selections"]
+    assert len(summary["results"]["2"]["per_draw"]) == 2 and len(selections) == 2
+    assert selections[0]["trustvlm (tuned)"]["evidence"] == "calibration"
+    assert selections[0]["trustvlm (auto)"]["evidence"] == "support-loo"
+    assert {"trustvlm (auto)", "trustvlm_star (auto)", "trustvlm_star (tuned)"} <= set(scores)
+    vs_msp = summary["results"]["2"]["vs_msp"]
+    assert vs_msp["msp"]["delta_auroc"] == [0.0, 0.0, 0.0] and vs_msp["msp"]["eaurc_ratio"][0] == 1.0
+    assert len(vs_msp["trustvlm"]["delta_auroc"]) == 3 and vs_msp["trustvlm"]["eaurc_ratio"][0] > 0
+    assert summary["config"]["preprocess"] == "crop" and summary["config"]["image_spaces"] == ["own"]
     assert len(samples["labels"]) == 20 and len(samples["runs"]) == 4
     assert all(len(r["support_indices"]) == 10 * r["shots"] for r in samples["runs"])
     supports = {tuple(r["support_indices"]) for r in samples["runs"]}
@@ -105,12 +113,24 @@ def test_end_to_end_with_tiny_model_and_cache(tiny_models_dir: Path, tmp_path: P
     assert (out / "alpha_sweep_1shot.png").exists()
     assert "2-shot prototypes" in (out / "table.txt").read_text()
     cached = sorted((tmp_path / "cache").rglob("*.npz"))
-    assert len(cached) == 2
+    assert len(cached) == 2 and all(f.name.endswith("-crop.npz") for f in cached)
     stamps = [f.stat().st_mtime_ns for f in cached]
     # same model, other α: nothing is re-encoded, logit baselines are identical
     second = run_evaluation(EvalConfig(**{**config.__dict__, "alpha": 0.5, "tune": False}), model=model)
     assert [f.stat().st_mtime_ns for f in cached] == stamps
     assert second.samples["baseline_scores"] == first.samples["baseline_scores"]
+    # digits are square: letterbox gives crop's pixels, so it reuses crop's encodings
+    boxed = LoadedModel.load(
+        TINY_PRESET, models_dir=tiny_models_dir, device="cpu", dtype="float32", policy="letterbox"
+    )
+    third = run_evaluation(
+        EvalConfig(**{**config.__dict__, "tune": False, "preprocess": "letterbox"}), model=boxed
+    )
+    assert [f.stat().st_mtime_ns for f in cached] == stamps and len(
+        sorted((tmp_path / "cache").rglob("*.npz"))
+    ) == 2
+    assert third.summary["config"]["preprocess"] == "letterbox"
+    assert third.samples["baseline_scores"] == first.samples["baseline_scores"]
     assert first.summary["config"]["alpha"] == 1.0  # the tiny preset's trust.alpha (no --alpha given)
     assert second.summary["config"]["alpha"] == 0.5
     # random weights are seeded (the same in every load, so exports stay valid): the same entry is reused;
@@ -139,3 +159,12 @@ def test_cli_runs_and_prints_the_table(tiny_models_dir: Path, tmp_path: Path) ->
     assert "1-shot prototypes" in result.output and "AUROC" in result.output
     bad = CliRunner().invoke(cli, [*args[:5], "--shots", "0"])
     assert bad.exit_code != 0
+    stretch = CliRunner().invoke(cli, [*args, "--preprocess", "stretch"])
+    assert stretch.exit_code != 0 and "preprocess must be one of" in stretch.output
+
+
+def test_unknown_image_space_is_refused(tiny_models_dir: Path) -> None:
+    with pytest.raises(ValueError, match="has no image space"):
+        LoadedModel.load(
+            TINY_PRESET, models_dir=tiny_models_dir, device="cpu", dtype="float32", spaces=["lite9"]
+        )

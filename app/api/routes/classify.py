@@ -172,8 +172,8 @@ async def encode(
     request: Request, engine: ClassificationEngine, settings: Settings, target: Target, files: list[bytes]
 ) -> tuple[EncodedImages, np.ndarray]:
     """Image embeddings and the class text embeddings (stored in a label set, or encoded now)."""
-    if target.view is not None:
-        encoded = await unless_disconnected(request, engine.encode_uploads(files))
+    if target.view is not None:  # the label set's aspect policy: queries as its prototypes
+        encoded = await unless_disconnected(request, engine.encode_uploads(files, policy=target.view.policy))
         return encoded, target.view.text_embeddings
     assert target.templates is not None
     text_work = engine.text_embeddings(target.labels, target.templates, timeout_s=settings.request_timeout_s)
@@ -223,7 +223,13 @@ def _trust_note(view: LabelSetView | None, n_proto: int, has_proto: bool) -> str
 
 
 def build_results(
-    scored: ScoredBatch, labels: list[str], top_k: int, *, view: LabelSetView | None, image_space: str
+    scored: ScoredBatch,
+    labels: list[str],
+    top_k: int,
+    *,
+    view: LabelSetView | None,
+    image_space: str,
+    preprocess: str = "crop",
 ) -> list[ImageResult]:
     """Per-image answer; the decision is the label set's (its calibrated rule, when one applies)."""
     trust_score = view.trust_score if view is not None else "msp"
@@ -261,6 +267,9 @@ def build_results(
                     image_space=image_space,
                     prototypes_for_prediction=has_proto,
                     classes_with_prototypes=n_proto,
+                    preprocess=view.policy if view is not None else preprocess,
+                    alpha=view.alpha if view is not None else None,
+                    selection_evidence=view.selection_evidence if view is not None else None,
                     note=_trust_note(view, n_proto, has_proto),
                 ),
             )
@@ -307,7 +316,12 @@ async def _classify(
     with engine.metrics.timed("scoring", engine.model_id):
         scored = score(engine, target, encoded, text)
     results = build_results(
-        scored, target.labels, body.top_k, view=target.view, image_space=engine.aux_encoder_id
+        scored,
+        target.labels,
+        body.top_k,
+        view=target.view,
+        image_space=engine.aux_encoder_id,
+        preprocess=engine.preset.preprocess,
     )
     done = time.perf_counter()
     engine.metrics.observe_answers(

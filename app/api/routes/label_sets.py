@@ -140,6 +140,8 @@ async def create_label_set(body: LabelSetCreate, request: Request, service: Labe
         visual_temperature=body.visual_temperature,
         trust_score=body.trust_score,
         adaptation=body.adaptation,
+        preprocess=body.preprocess,
+        selection_mode=body.selection_mode,
     )
     return _out(service, body.id)
 
@@ -313,6 +315,7 @@ async def calibrate(
         version=view.version,
         alpha=view.alpha,
         visual_temperature=view.visual_temperature,
+        preprocess=view.policy,
         calibration=view.calibration,
     )
 
