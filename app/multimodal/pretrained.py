@@ -33,7 +33,8 @@ from app.multimodal.specs import (
     SpeechEmbeddingPreprocessing,
 )
 from app.runtime.cache import ExportCache
-from app.runtime.towers import RuntimeContext, TowerSource
+from app.runtime.source import TowerSource
+from app.runtime.towers import RuntimeContext
 from app.runtime.types import RuntimeRequest, TensorSpec, TowerSpec
 from app.vlm.backends.offline_conse import PIXEL_MEAN, PIXEL_STD, checkpoint_path, load_classifier
 

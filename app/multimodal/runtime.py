@@ -14,7 +14,8 @@ import numpy as np
 
 from app.multimodal.checkpoint import WEIGHTS_FILE, CheckpointConfig, CheckpointError, read_config
 from app.runtime.executors import TowerExecutor
-from app.runtime.towers import RuntimeContext, TowerSource
+from app.runtime.source import TowerSource
+from app.runtime.towers import RuntimeContext
 from app.runtime.types import TensorSpec, TowerReport, TowerSpec
 
 FUSION_TOWER = "fusion"

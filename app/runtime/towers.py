@@ -6,10 +6,8 @@ passes the parity check against the torch reference, and keeps the fastest; the 
 export (``verdicts/``), so a warm start re-reads it instead of measuring. A warm start of an exported
 runtime never imports torch.
 
-Parity (against torch fp32 on probe inputs): fp32 must be exact enough to be invisible, max |Δ| ≤ 1e-4 ·
-max(1, max |reference|) on every output; bf16 and int8 trade exactness for speed and only have to keep every
-output row's cosine to the reference ≥ 0.95 (bf16) / 0.8 (int8) — a check that the conversion works; their
-effect on answers is measured by ``benchmarks/runtime/quality.py`` (top-1 agreement, TrustVLM AUROC).
+The parity rule lives in :mod:`app.runtime.parity`, the speed measurement and verdict location in
+:mod:`app.runtime.auto`, what a backend describes in :mod:`app.runtime.source`.
 """
 
 from __future__ import annotations
@@ -18,25 +16,20 @@ import contextlib
 import hashlib
 import logging
 import shutil
-import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from app.runtime.auto import SPEED_BATCH, STATIC_PREFERENCE, measure_speeds, verdict_path
 from app.runtime.cache import CacheEntry, ExportCache, write_json_atomic
 from app.runtime.executors import OnnxRuntimeExecutor, OpenVinoExecutor, TowerExecutor, runtime_version
-from app.runtime.machine import (
-    cpu_supports_bf16,
-    effective_threads,
-    machine_fingerprint,
-    resolve_device_name,
-    torch_installed,
-)
+from app.runtime.machine import cpu_supports_bf16, effective_threads, resolve_device_name, torch_installed
+from app.runtime.parity import PARITY_BATCH, parity, passes
+from app.runtime.source import TowerSource
 from app.runtime.types import (
     RUNTIMES,
     Precision,
@@ -44,7 +37,6 @@ from app.runtime.types import (
     RuntimeRequest,
     RuntimeUnavailableError,
     TowerReport,
-    TowerSpec,
     UnsupportedSettingError,
 )
 
@@ -56,100 +48,8 @@ RUNTIME_PRECISIONS: dict[Runtime, frozenset[Precision]] = {
     "onnxruntime": frozenset({"fp32", "int8"}),
     "openvino": frozenset({"fp32", "bf16", "int8"}),
 }
-FP32_TOLERANCE = 1e-4
-# Reduced precisions only have to show a working conversion (outputs pointing the same way); what they
-# cost in answers is measured, not assumed: benchmarks/runtime/quality.py (top-1 agreement, AUROC).
-MIN_COSINE: dict[Precision, float] = {"fp32": 1.0, "bf16": 0.95, "int8": 0.8}
-PARITY_BATCH = 4
-SPEED_BATCH = 8
 MAX_CALIBRATION_IMAGES = 300
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
-# Order tried when speeds cannot be measured (no torch to build what is missing): the usual winner first.
-STATIC_PREFERENCE: tuple[Runtime, ...] = ("openvino", "onnxruntime", "torch")
-
-
-@dataclass
-class TowerSource:
-    """Everything the runtime layer needs to know about one tower, described by its backend.
-
-    ``identity``: what makes this tower's weights and graph (weights checksum, architecture, arguments that
-    change the graph); computed without torch. ``build_module``: the fp32 CPU torch module whose
-    ``forward(*inputs in spec order)`` returns the spec's outputs (called at most once, only to export or
-    for the torch runtime). ``probe_inputs(n)``: deterministic inputs for n items. ``precisions``: what the
-    tower may run at (others fall back to fp32, e.g. text towers). ``calibration_inputs``: image files ->
-    inputs, for int8.
-    """
-
-    model: str
-    tower: str
-    spec: TowerSpec
-    identity: dict[str, Any]
-    build_module: Callable[[], Any]
-    probe_inputs: Callable[[int], dict[str, np.ndarray]]
-    precisions: tuple[Precision, ...] = ("fp32",)
-    calibration_inputs: Callable[[Sequence[Path]], list[dict[str, np.ndarray]]] | None = None
-    transformer: bool = False
-    _module: Any = field(default=None, init=False, repr=False)
-
-    def module(self) -> Any:
-        if self._module is None:
-            if not torch_installed():
-                raise RuntimeUnavailableError(
-                    f"{self.model}/{self.tower}: the export cache has no usable entry and torch (needed to "
-                    "export) is not installed; build the cache with `trustserve models export` first"
-                )
-            self._module = self.build_module()
-        return self._module
-
-    def release(self) -> None:
-        self._module = None
-
-
-def parity(reference: list[np.ndarray], outputs: list[np.ndarray], precision: Precision) -> dict[str, Any]:
-    """Max |Δ|, the fp32 tolerance and the worst row cosine of every output against the reference."""
-    max_abs, worst_cos, passed = 0.0, 1.0, True
-    for ref, out in zip(reference, outputs, strict=True):
-        if ref.shape != out.shape or not np.isfinite(out).all():
-            return {"passed": False, "max_abs": float("inf"), "min_cosine": -1.0}
-        delta = float(np.abs(ref.astype(np.float64) - out).max(initial=0.0))
-        scale = max(1.0, float(np.abs(ref).max(initial=0.0)))
-        r, o = ref.reshape(len(ref), -1).astype(np.float64), out.reshape(len(out), -1).astype(np.float64)
-        cos = (r * o).sum(1) / (np.linalg.norm(r, axis=1) * np.linalg.norm(o, axis=1)).clip(min=1e-12)
-        max_abs, worst_cos = max(max_abs, delta / scale), min(worst_cos, float(cos.min(initial=1.0)))
-        if precision == "fp32":
-            passed &= delta <= FP32_TOLERANCE * scale
-    if precision != "fp32":
-        passed = worst_cos >= MIN_COSINE[precision]
-    return {"passed": bool(passed), "max_abs": max_abs, "min_cosine": worst_cos}
-
-
-def passes(check: dict[str, Any], precision: Precision) -> bool:
-    """The parity rule applied to stored numbers (``max_abs`` is already relative to max |reference|)."""
-    if precision == "fp32":
-        return float(check.get("max_abs", float("inf"))) <= FP32_TOLERANCE
-    return float(check.get("min_cosine", -1.0)) >= MIN_COSINE[precision]
-
-
-def measure_speeds(
-    executors: dict[str, TowerExecutor], inputs: dict[str, np.ndarray], budget_s: float = 6.0
-) -> dict[str, float]:
-    """Items per second of each executor on ``inputs``, timed round-robin (every round runs each executor
-    once, so a change in the machine's load hits all of them alike; a shared machine otherwise decides
-    the verdict): 2 warm-up runs each, then the median of 3 to 7 rounds (``budget_s`` decides)."""
-    batch = len(next(iter(inputs.values())))
-    for executor in executors.values():
-        for _ in range(2):
-            executor.run(inputs)
-    times: dict[str, list[float]] = {name: [] for name in executors}
-    deadline = time.perf_counter() + budget_s
-    rounds = 0
-    while rounds < 7 and (rounds < 3 or time.perf_counter() < deadline):
-        for name, executor in executors.items():
-            started = time.perf_counter()
-            executor.run(inputs)
-            times[name].append(time.perf_counter() - started)
-        rounds += 1
-    return {name: batch / statistics.median(values) for name, values in times.items()}
 
 
 class RuntimeContext:
@@ -428,32 +328,17 @@ class RuntimeContext:
         return executor, report
 
     # auto -------------------------------------------------------------------------------------------------
-    def _verdict_path(self, source: TowerSource, precision: Precision, candidates: list[Runtime]) -> Path:
-        fields = {
-            "model": source.model,
-            "tower": source.tower,
-            "identity": source.identity,
-            "signature": source.spec.describe(),
-            "precision": precision,
-            "device": self.device,
-            "machine": machine_fingerprint(self.threads),
-            "candidates": {r: runtime_version(r) for r in candidates},
-        }
-        return (
-            self.cache.root / "verdicts" / f"{self.cache.key(f'{source.model}-{source.tower}', fields)}.json"
-        )
-
     def _auto(self, source: TowerSource, precision: Precision) -> tuple[TowerExecutor, TowerReport]:
         candidates = self.candidates(precision)
         if not candidates:
             raise UnsupportedSettingError(
                 f"no installed runtime can run precision {precision!r} on {self.device}"
             )
-        verdict_path = self._verdict_path(source, precision, candidates)
+        verdict_file = verdict_path(self.cache, source, precision, self.device, self.threads, candidates)
         with contextlib.suppress(OSError, ValueError):
             import json
 
-            verdict = json.loads(verdict_path.read_text())
+            verdict = json.loads(verdict_file.read_text())
             chosen = verdict["chosen"]
             if chosen in candidates:
                 executor, report = self._load_one(source, chosen, precision)
@@ -483,7 +368,7 @@ class RuntimeContext:
             results[measured]["items_per_s"] = round(speed, 2)
         chosen = max(loaded, key=lambda r: results[r]["items_per_s"])
         with contextlib.suppress(OSError):
-            write_json_atomic(verdict_path, {"chosen": chosen, "results": results, "threads": self.threads})
+            write_json_atomic(verdict_file, {"chosen": chosen, "results": results, "threads": self.threads})
         log.info(
             "%s/%s auto: %s",
             source.model,

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from app.runtime.cache import ExportCache
-from app.runtime.towers import TowerSource
+from app.runtime.source import TowerSource
 from app.runtime.types import PRECISIONS, Precision, TensorSpec, TowerSpec
 from app.vlm.preprocessing import ImagePreprocessor, probe_images
 from app.vlm.tokenization import PROBE_TEXTS, TextTokenizer

@@ -11,7 +11,8 @@ import pytest
 
 from app.runtime import towers
 from app.runtime.machine import cpu_supports_bf16
-from app.runtime.towers import TowerSource, parity
+from app.runtime.parity import parity
+from app.runtime.source import TowerSource
 from app.runtime.types import UnsupportedSettingError
 from app.vlm.preprocessing import ImagePreprocessor, probe_images
 from app.vlm.towers import image_tower_source

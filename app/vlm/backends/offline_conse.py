@@ -31,7 +31,8 @@ import numpy as np
 from PIL import Image
 
 from app.runtime.executors import TowerExecutor
-from app.runtime.towers import RuntimeContext, TowerSource
+from app.runtime.source import TowerSource
+from app.runtime.towers import RuntimeContext
 from app.runtime.types import TowerReport
 from app.vlm.base import BackendCapabilities, ImageEncoding, l2_normalize, register_backend
 from app.vlm.preprocessing import ImagePreprocessor
