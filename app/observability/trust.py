@@ -4,7 +4,9 @@ At each scrape the first ``max_series`` monitored label sets (first come, and th
 their window goes) get series of their own; every other label set is aggregated into
 ``label_set="_other"``: answers summed, rates and accuracies averaged weighted by window size, drift the
 maximum (so a drift alert still fires for a set hidden in the aggregate). A label set whose window is gone
-(deleted, recalibrated away, evicted) loses its series at the next scrape.
+(deleted, recalibrated away, evicted) loses its series at the next scrape. While a window holds fewer
+than ``min_samples`` scores, the live acceptance, estimated accuracy and drift gauges are NaN (too few
+answers to say anything), so alert rules need no sample-count guard of their own.
 """
 
 from __future__ import annotations
@@ -93,12 +95,16 @@ class TrustExporter:
         if self._series.get(s.label_set, s.model) != s.model:
             self._remove(s.label_set)
         self._series[s.label_set] = s.model
-        m.trust_acceptance.labels(*labels).set(s.acceptance_rate)
+
+        def live(value: float) -> float:  # NaN while too few answers to say anything
+            return value if s.enough else float("nan")
+
+        m.trust_acceptance.labels(*labels).set(live(s.acceptance_rate))
         m.trust_calibration_coverage.labels(*labels).set(s.calibration_coverage)
-        m.trust_estimated_accuracy.labels(*labels).set(s.estimated_accuracy)
+        m.trust_estimated_accuracy.labels(*labels).set(live(s.estimated_accuracy))
         m.trust_calibration_accuracy.labels(*labels).set(s.calibration_accuracy)
-        m.trust_drift.labels(*labels, "psi").set(s.psi)
-        m.trust_drift.labels(*labels, "ks").set(s.ks)
+        m.trust_drift.labels(*labels, "psi").set(live(s.psi))
+        m.trust_drift.labels(*labels, "ks").set(live(s.ks))
         m.trust_window_samples.labels(*labels).set(s.samples)
         span = (s.window_end - s.window_start) if s.window_start is not None and s.window_end else 0.0
         m.trust_window_span.labels(*labels).set(span)
