@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.trust.conformal import ConformalThreshold
+from app.trust.monitoring import MonitorReference
 from app.trust.scores import PrototypeTopK
 
 if TYPE_CHECKING:
@@ -72,6 +74,16 @@ class CalibrationRecord(BaseModel):
     visual_temperature: float
     label_set_version: int = Field(description="label-set version the threshold was computed for")
     calibrated_at: str = Field(default_factory=utc_now)
+    conformal: ConformalThreshold | None = Field(
+        None, description="split-conformal threshold for prediction sets, fitted on the same images"
+    )
+    monitor: MonitorReference | None = Field(
+        None, description="calibration-time score distribution live traffic is compared with"
+    )
+
+    def identity(self) -> str:
+        """Names this calibration (a new one restarts the live monitor's window)."""
+        return f"{self.label_set_version}@{self.calibrated_at}"
 
 
 class Decision(BaseModel):

@@ -28,6 +28,7 @@ from app.engine.batcher import QueueFullError
 from app.engine.scoring import ScoredBatch, score_batch
 from app.labelsets.archive import as_first_version
 from app.labelsets.index import IndexParams, VectorIndex
+from app.labelsets.live_trust import fit_live_trust
 from app.labelsets.models import (
     AdaptationConfig,
     CalibrationRecord,
@@ -53,6 +54,7 @@ from app.trust.calibration import (
     min_calibration_size,
     tune_trustvlm,
 )
+from app.trust.conformal import DEFAULT_EPSILON, ConformalMethod
 from app.trust.prototypes import PrototypeBank
 from app.trust.scores import l2_normalize
 
@@ -88,6 +90,8 @@ class CalibrationRequest:
     tune: bool = False
     score: TrustScoreName | None = None
     seed: int = 0
+    epsilon: float = DEFAULT_EPSILON  # miscoverage of the conformal prediction sets
+    conformal_method: ConformalMethod = "lac"
 
 
 @dataclass
@@ -725,6 +729,17 @@ class LabelSetService:
                 raise unprocessable(str(exc), code="calibration_impossible",
                                     details={"min_samples": exc.min_samples, "n": int(correct.size),
                                              "accuracy": float(correct.mean())}) from exc  # fmt: skip
+            live = fit_live_trust(
+                scored,
+                classes[threshold_idx],
+                has_prototype=np.asarray(view.has_prototype),
+                score=score,
+                confidence=conf,
+                correct=correct,
+                accepted=result.accepts(conf),
+                epsilon=request.epsilon,
+                method=request.conformal_method,
+            )
             record = self._next(entry, expected_version, alpha=alpha, visual_temperature=temperature)
             record.meta.calibration = CalibrationRecord(
                 rule=result.rule,
@@ -741,6 +756,8 @@ class LabelSetService:
                 alpha=alpha,
                 visual_temperature=temperature,
                 label_set_version=record.meta.version,
+                conformal=live.conformal,
+                monitor=live.monitor,
             )
             record.meta.trust_score = score
             return await self._commit(record, entry.record.meta.version)

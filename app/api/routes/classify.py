@@ -23,6 +23,7 @@ from app.api.schemas import (
     ImageResult,
     LabelProbability,
     LabelSetRef,
+    PredictionSet,
     TrustInfo,
 )
 from app.api.validation import decode_base64_image, validate_labels, validate_templates
@@ -30,6 +31,7 @@ from app.config import Settings
 from app.engine.batcher import QueueFullError
 from app.engine.engine import ClassificationEngine
 from app.engine.scoring import ScoredBatch, score_batch
+from app.labelsets.live_trust import observe_answers, prediction_sets_for
 
 router = APIRouter(tags=["classify"])
 
@@ -197,7 +199,9 @@ def build_results(
     view: Any | None,
     image_space: str,
 ) -> list[ImageResult]:
-    """Per-image answer; the decision uses the label set's calibration when it has one."""
+    """Per-image answer; the decision uses the label set's calibration when it has one, and so does the
+    conformal prediction set."""
+    sets = prediction_sets_for(view, scored) if view is not None else None
     trust_score = view.trust_score if view is not None else "msp"
     n_proto = int(np.count_nonzero(view.has_prototype)) if view is not None else 0
     results = []
@@ -248,6 +252,16 @@ def build_results(
                 scores=scores,
                 confidence=confidence,
                 decision=decision,
+                prediction_set=None
+                if sets is None
+                else PredictionSet(
+                    labels=[labels[j] for j in sets[i].indices],
+                    indices=sets[i].indices,
+                    epsilon=sets[i].conformal.epsilon,
+                    method=sets[i].conformal.method,
+                    probabilities=sets[i].conformal.probabilities,
+                    guarantee=sets[i].conformal.guarantee,
+                ),
                 trust=TrustInfo(
                     image_space=image_space,
                     prototypes_for_prediction=has_proto,
@@ -363,6 +377,13 @@ async def _classify(
             engine.metrics.decisions.labels(
                 engine.model_id, set_label, "accept" if r.decision.accept else "reject"
             ).inc()
+    if view is not None:
+        observe_answers(
+            request.app.state.trust_monitor,
+            view,
+            [r.confidence for r in results],
+            [r.decision.accept for r in results],
+        )
     if label_sets is not None and view is not None and hasattr(label_sets, "observe_predictions"):
         label_sets.observe_predictions(view.id, encoded.aux_features, scored)
     return ClassifyResponse(

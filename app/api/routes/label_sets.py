@@ -21,11 +21,14 @@ from app.api.schemas_label_sets import (
     LabelSetOut,
     LabelSetSummary,
     LabelSetUpdate,
+    MonitorOut,
     SupportImagesOut,
     UnavailableLabelSet,
 )
 from app.labelsets.archive import ARCHIVE_MEDIA_TYPE, ArchiveError, read_archive, write_archive
+from app.labelsets.live_trust import stale_windows
 from app.labelsets.service import CalibrationRequest, LabelSetService
+from app.trust.conformal import CONFORMAL_METHODS, DEFAULT_EPSILON
 
 router = APIRouter(prefix="/v1/label-sets", tags=["label-sets"])
 ADMIN = [Depends(require_admin)]
@@ -53,6 +56,8 @@ _CALIBRATE_FORM = {
     "tune": {"type": "boolean", "description": "tune α / T_v on a held-out half first"},
     "score": {"type": "string", "enum": ["trustvlm", "trustvlm_star", "msp"]},
     "seed": {"type": "integer"},
+    "epsilon": {"type": "number", "description": "conformal set miscoverage ε (default 0.1)"},
+    "conformal_method": {"type": "string", "enum": ["lac", "aps"], "description": "default lac"},
 }
 
 
@@ -227,6 +232,7 @@ async def delete_label_set(
     version: int | None = Depends(expected_version),
 ) -> Response:
     await service.delete(label_set_id, expected_version=version)
+    request.app.state.trust_monitor.forget(label_set_id)
     request.app.state.metrics.forget_label_set(label_set_id)
     return Response(status_code=204)
 
@@ -318,6 +324,12 @@ async def calibrate(
         raise unprocessable(
             f"seed must be an integer, got {fields['seed'][:40]!r}", code="invalid_seed"
         ) from None
+    epsilon = _number(fields, "epsilon", DEFAULT_EPSILON)
+    if epsilon is None or not 0 < epsilon < 1:
+        raise unprocessable("epsilon must be in (0, 1)", code="invalid_epsilon")
+    method = fields.get("conformal_method", "lac")
+    if method not in CONFORMAL_METHODS:
+        raise unprocessable("conformal_method must be lac or aps", code="invalid_conformal_method")
     request_ = CalibrationRequest(
         rule=rule,  # type: ignore[arg-type]
         target_risk=_number(fields, "target_risk"),
@@ -326,6 +338,8 @@ async def calibrate(
         tune=tune in ("true", "1"),
         score=score,  # type: ignore[arg-type]
         seed=seed,
+        epsilon=epsilon,
+        conformal_method=method,  # type: ignore[arg-type]
     )
     view = await service.calibrate(label_set_id, labels, images, request_, expected_version=version)
     assert view.calibration is not None
@@ -347,3 +361,13 @@ async def export_label_set(label_set_id: str, service: LabelSetsDep) -> Response
         media_type=ARCHIVE_MEDIA_TYPE,
         headers={"Content-Disposition": f'attachment; filename="{label_set_id}.tar.gz"'},
     )
+
+
+@router.get("/{label_set_id}/monitor", dependencies=READ, response_model=MonitorOut,
+            summary="Live trust of a calibrated label set: acceptance, ATC accuracy, drift")  # fmt: skip
+async def monitor_label_set(label_set_id: str, request: Request, service: LabelSetsDep) -> MonitorOut:
+    view = service.get_view(label_set_id)
+    monitor = request.app.state.trust_monitor
+    if label_set_id in stale_windows(monitor, {label_set_id: view}):
+        monitor.forget(label_set_id)
+    return MonitorOut.of(view, monitor.snapshot(label_set_id), monitor.settings)
