@@ -10,8 +10,13 @@ Prediction", 2021, Sec. 1 and App. D).
 Two scores:
 - ``lac`` (least ambiguous set-valued classifier, Sadinle, Lei & Wasserman, JASA 2019): s = 1 − p_y. The
   smallest mean set size for a given coverage; sets are {y : p_y ≥ 1 − q̂}.
-- ``aps`` (adaptive prediction sets, Romano, Sesia & Candès, NeurIPS 2020), non-randomised: s = total mass
-  of the labels at least as probable as y (y included). Larger sets, closer to conditional coverage.
+- ``aps`` (adaptive prediction sets, Romano, Sesia & Candès, NeurIPS 2020) with the randomisation fixed at
+  u = 0: s = total mass of the labels more probable than y (y excluded), so the set is the most probable
+  labels while the mass before them is ≤ q̂ — never empty (the top label has s = 0). The u = 1 variant
+  (y included) is valid too but over-covers badly (0.99 for ε = 0.1 in tests/trust/test_conformal.py).
+  Larger sets than LAC, closer to conditional coverage.
+
+LAC sets can be empty (no label is plausible enough): an honest answer for an image unlike any class.
 
 Pure numpy; ``probabilities`` are (B, C) rows summing to 1.
 """
@@ -86,7 +91,7 @@ def _descending(p: np.ndarray) -> np.ndarray:
 
 
 def nonconformity(probabilities: np.ndarray, labels: np.ndarray, method: ConformalMethod) -> np.ndarray:
-    """s(x_i, y_i) for each row: LAC 1 − p_y; APS Σ_{k ranked at or above y} p_k."""
+    """s(x_i, y_i) for each row: LAC 1 − p_y; APS Σ_{k ranked above y} p_k."""
     p = _check_probabilities(probabilities)
     y = np.asarray(labels, dtype=np.int64).ravel()
     if y.shape[0] != p.shape[0] or (y.size and (y.min() < 0 or y.max() >= p.shape[1])):
@@ -98,20 +103,20 @@ def nonconformity(probabilities: np.ndarray, labels: np.ndarray, method: Conform
         order = _descending(p)
         cumulative = np.cumsum(np.take_along_axis(p, order, axis=1), axis=1)
         rank_of_y = np.argmax(order == y[:, None], axis=1)
-        return cumulative[rows, rank_of_y]
+        return cumulative[rows, rank_of_y] - p[rows, y]
     raise ConformalError(f"unknown conformal method {method!r}; use one of {CONFORMAL_METHODS}")
 
 
 def prediction_sets(probabilities: np.ndarray, threshold: float, method: ConformalMethod) -> list[np.ndarray]:
-    """Per image, the class indices whose score is ≤ ``threshold``, most probable first. The score is
-    monotone along the descending order for both methods, so each set is a prefix of that order."""
+    """Per image, the class indices whose score is ≤ ``threshold``, most probable first. Both scores grow
+    along the descending order, so each set is a prefix of that order."""
     p = _check_probabilities(probabilities)
     order = _descending(p)
     ranked = np.take_along_axis(p, order, axis=1)
     if method == "lac":
         inside = 1.0 - ranked <= threshold + _TIE_TOLERANCE
-    elif method == "aps":
-        inside = np.cumsum(ranked, axis=1) <= threshold + _TIE_TOLERANCE
+    elif method == "aps":  # mass of the labels ranked before each label
+        inside = np.cumsum(ranked, axis=1) - ranked <= threshold + _TIE_TOLERANCE
     else:
         raise ConformalError(f"unknown conformal method {method!r}; use one of {CONFORMAL_METHODS}")
     sizes = inside.sum(axis=1)

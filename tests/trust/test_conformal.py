@@ -51,14 +51,14 @@ def test_scores_by_hand() -> None:
     p = np.array([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]])
     y = np.array([1, 2])
     np.testing.assert_allclose(nonconformity(p, y, "lac"), [0.7, 0.7])
-    np.testing.assert_allclose(nonconformity(p, y, "aps"), [0.8, 0.9])
+    np.testing.assert_allclose(nonconformity(p, y, "aps"), [0.5, 0.6])
 
 
 def test_sets_are_ordered_prefixes() -> None:
     p = np.array([[0.2, 0.5, 0.3], [0.05, 0.15, 0.8]])
     lac = prediction_sets(p, 0.75, "lac")  # p >= 0.25
     assert [s.tolist() for s in lac] == [[1, 2], [2]]
-    aps = prediction_sets(p, 0.8, "aps")  # cumulative mass <= 0.8
+    aps = prediction_sets(p, 0.6, "aps")  # labels while the mass before them is <= 0.6
     assert [s.tolist() for s in aps] == [[1, 2], [2]]
     assert [s.tolist() for s in threshold_sets(p, 0.25)] == [[1, 2], [2]]
 
