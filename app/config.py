@@ -123,7 +123,7 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="live answers older than this leave the window"
     )
     monitor_min_samples: int = Field(
-        100, ge=1, description="answers in the window before live rates, ATC and drift are reported"
+        300, ge=1, description="answers in the window before live rates, ATC and drift are reported"
     )
     monitor_max_label_sets: int = Field(
         256, ge=1, le=100_000, description="label sets with a live window (least recently used dropped)"

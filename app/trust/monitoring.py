@@ -67,7 +67,7 @@ class MonitorSettings:
 
     window_size: int = 1000
     window_seconds: float = 3600.0
-    min_samples: int = 100
+    min_samples: int = 300  # PSI under no shift ≈ χ²₉ (1/n + 1/m): at n = 300, m ≥ 300, P(> 0.25) < 1e-4
     max_label_sets: int = 256
 
     def bytes_per_label_set(self, reference_points: int = 256) -> int:
