@@ -4,8 +4,11 @@ The calibration distribution is kept as a sketch: ``REFERENCE_POINTS`` order sta
 levels (i + ½)/m (``reference_quantiles``), so a label set's reference costs a few kB whatever its
 calibration size; the sketch's CDF differs from the calibration sample's by at most 1/(2m) (plus ties).
 
-- KS: the two-sample Kolmogorov-Smirnov statistic D = sup_x |F_live(x) − F_ref(x)| (scipy.stats.ks_2samp).
-  Only D is reported: its p-value would treat the sketch as a random sample, which it is not.
+- KS: the two-sample Kolmogorov-Smirnov statistic D = sup_x |F_live(x) − F_ref(x)|, evaluated at every
+  sample point with ``np.searchsorted`` (as ``scipy.stats.ks_2samp`` does; a unit test checks they agree):
+  scipy's call costs ≈ 1.3 ms per window, mostly p-value machinery, and this runs for every monitored label
+  set at every scrape. Only D is reported: a p-value would treat the sketch as a random sample, which it is
+  not.
 - PSI (population stability index, e.g. Yurdakul, "Statistical properties of population stability
   index", 2018): Σ_b (l_b − r_b) ln(l_b / r_b) over bins cut at the reference deciles, with live (l) and
   reference (r) bin fractions floored at ``PSI_FLOOR``. The usual reading: < 0.1 stable, 0.1–0.25 moderate
@@ -17,7 +20,6 @@ Undefined scores (NaN) are dropped by the caller; both statistics see finite num
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import ks_2samp
 
 REFERENCE_POINTS = 256
 PSI_BINS = 10
@@ -38,10 +40,14 @@ def reference_quantiles(scores: np.ndarray, points: int = REFERENCE_POINTS) -> n
 
 def ks_statistic(live: np.ndarray, reference: np.ndarray) -> float:
     """Two-sample KS statistic D in [0, 1]; NaN when either side is empty."""
-    a, b = np.asarray(live, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    a = np.sort(np.asarray(live, dtype=np.float64).ravel())
+    b = np.sort(np.asarray(reference, dtype=np.float64).ravel())
     if a.size == 0 or b.size == 0:
         return float("nan")
-    return float(ks_2samp(a, b).statistic)
+    points = np.concatenate([a, b])
+    cdf_a = np.searchsorted(a, points, side="right") / a.size
+    cdf_b = np.searchsorted(b, points, side="right") / b.size
+    return float(np.max(np.abs(cdf_a - cdf_b)))
 
 
 def psi(live: np.ndarray, reference: np.ndarray, bins: int = PSI_BINS) -> float:

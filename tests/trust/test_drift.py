@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import ks_2samp
 
 from app.trust.drift import ks_statistic, psi, reference_quantiles
 
@@ -35,3 +36,13 @@ def test_psi_by_hand_and_ties() -> None:
     assert psi(live, ref) == pytest.approx(expected)
     assert psi(np.ones(50), np.ones(100)) == pytest.approx(0.0)  # all tied: one bin, no drift
     assert np.isnan(psi(np.array([]), ref)) and np.isnan(ks_statistic(ref, np.array([])))
+
+
+def test_ks_matches_scipy_including_ties() -> None:
+    rng = np.random.default_rng(2)
+    for a, b in (
+        (rng.normal(size=300), rng.normal(0.3, size=256)),
+        (np.round(rng.normal(size=200), 1), np.round(rng.normal(size=100), 1)),  # many ties
+        (np.ones(5), np.ones(7)),
+    ):
+        assert ks_statistic(a, b) == pytest.approx(ks_2samp(a, b).statistic, abs=1e-12)
