@@ -3,7 +3,7 @@
 Calibration calls ``fit_live_trust`` on the images its threshold was chosen on (after the threshold):
 it fits the split-conformal threshold (``app.trust.conformal``) and the monitor's reference
 (``app.trust.monitoring``). Both are stored inside the calibration record, so every change that drops the
-decision threshold drops them too. Classify calls ``prediction_sets_for`` and ``observe_answers``.
+decision threshold drops them too. Classify calls ``prediction_sets_for`` and ``record_live_answers``.
 
 Which probabilities the sets use (``app.engine.scoring.conformal_probabilities``): TrustVLM*'s
 q/(1 + α) when every class has a prototype, else the zero-shot softmax; calibration and classify call the
@@ -78,7 +78,7 @@ def prediction_sets_for(view: LabelSetView, scored: ScoredBatch) -> list[Predict
     return [PredictionSet([int(i) for i in s], cal.conformal) for s in sets]
 
 
-def observe_answers(
+def record_live_answers(
     monitor: TrustMonitor,
     view: LabelSetView,
     confidences: Sequence[float | None],

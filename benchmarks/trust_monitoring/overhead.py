@@ -5,7 +5,7 @@ One process, the real app (create_app, the embedded offline model, in-process AS
 1. a Fashion-MNIST label set gets 4 support images per class and a coverage-rule calibration on 200
    images; then ``--requests`` single-image classify requests are timed end to end (median, p95);
 2. on the same label set and the same scored outputs, the per-request monitoring work is timed alone:
-   ``observe_answers`` (append to the live window) — the only monitoring code on the classify path — and,
+   ``record_live_answers`` (append to the live window) — the only monitoring code on the classify path — and,
    for reference, ``prediction_sets_for`` (the conformal set, a feature rather than monitoring) and one
    scrape-time export of ``--label-sets`` full windows (not on the classify path);
 3. memory: tracemalloc over creating ``--label-sets`` full windows, per label set, next to the stated
@@ -31,7 +31,7 @@ from fastapi.testclient import TestClient
 from app.api.app import create_app
 from app.config import Settings
 from app.engine.scoring import score_batch
-from app.labelsets.live_trust import observe_answers, prediction_sets_for
+from app.labelsets.live_trust import record_live_answers, prediction_sets_for
 from app.observability.metrics import ServiceMetrics
 from app.observability.trust import TrustExporter
 from app.trust.datasets import load_dataset
@@ -96,7 +96,7 @@ def run(requests: int, label_sets: int, store_dir: str) -> dict[str, Any]:
             has_prototype=view.has_prototype, alpha=view.alpha, visual_temperature=view.visual_temperature,
         )  # fmt: skip
         monitor = app.state.trust_monitor
-        observe = _timed(lambda: observe_answers(monitor, view, [1.2], [True]), 2000)
+        observe = _timed(lambda: record_live_answers(monitor, view, [1.2], [True]), 2000)
         sets = _timed(lambda: prediction_sets_for(view, scored), 2000)
         reference = view.calibration.monitor
 
@@ -121,7 +121,7 @@ def run(requests: int, label_sets: int, store_dir: str) -> dict[str, Any]:
             "p95": 1000 * float(np.quantile(latencies, 0.95)),
             "requests": requests,
         },
-        "observe_answers_us": {
+        "record_live_answers_us": {
             "median": 1e6 * statistics.median(observe),
             "p95": 1e6 * float(np.quantile(observe, 0.95)),
         },

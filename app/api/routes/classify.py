@@ -31,7 +31,7 @@ from app.config import Settings
 from app.engine.batcher import QueueFullError
 from app.engine.engine import ClassificationEngine
 from app.engine.scoring import ScoredBatch, score_batch
-from app.labelsets.live_trust import observe_answers, prediction_sets_for
+from app.labelsets.live_trust import record_live_answers, prediction_sets_for
 
 router = APIRouter(tags=["classify"])
 
@@ -378,7 +378,7 @@ async def _classify(
                 engine.model_id, set_label, "accept" if r.decision.accept else "reject"
             ).inc()
     if view is not None:
-        observe_answers(
+        record_live_answers(
             request.app.state.trust_monitor,
             view,
             [r.confidence for r in results],
