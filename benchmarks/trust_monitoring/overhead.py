@@ -31,7 +31,7 @@ from fastapi.testclient import TestClient
 from app.api.app import create_app
 from app.config import Settings
 from app.engine.scoring import score_batch
-from app.labelsets.live_trust import record_live_answers, prediction_sets_for
+from app.labelsets.live_trust import prediction_sets_for, record_live_answers
 from app.observability.metrics import ServiceMetrics
 from app.observability.trust import TrustExporter
 from app.trust.datasets import load_dataset

@@ -31,7 +31,7 @@ from app.config import Settings
 from app.engine.batcher import QueueFullError
 from app.engine.engine import ClassificationEngine
 from app.engine.scoring import ScoredBatch, score_batch
-from app.labelsets.live_trust import record_live_answers, prediction_sets_for
+from app.labelsets.live_trust import prediction_sets_for, record_live_answers
 
 router = APIRouter(tags=["classify"])
 
