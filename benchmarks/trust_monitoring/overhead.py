@@ -86,7 +86,7 @@ def run(requests: int, label_sets: int, store_dir: str) -> dict[str, Any]:
             latencies.append(time.perf_counter() - start)
             assert r.status_code == 200
         app = client.app
-        view = app.state.label_sets.get_view("f")
+        view = app.state.label_sets.repository.get_view("f")
         engine = app.state.engine
         rng = np.random.default_rng(0)
         scored = score_batch(

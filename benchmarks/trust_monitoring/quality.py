@@ -34,15 +34,8 @@ from app.trust.atc import atc_estimate, fit_atc_threshold
 from app.trust.conformal import fit_conformal, nonconformity, prediction_sets
 from app.trust.datasets import load_dataset
 from app.trust.drift import ks_statistic, psi, reference_quantiles
-from app.trust.evaluation import (
-    EncodedSet,
-    EncodingCache,
-    EvalConfig,
-    EvalInputs,
-    LoadedModel,
-    cache_path,
-    encode_inputs,
-)
+from app.trust.encoding import EncodingCache, LoadedModel, cache_path
+from app.trust.evaluation import EncodedSet, EvalConfig, EvalInputs, encode_inputs
 from app.trust.prototypes import PrototypeBank
 from app.trust.scores import softmax, trustvlm_scores
 
