@@ -208,6 +208,9 @@ class MonitorOut(BaseModel):
         note = None
         if cal is None:
             note = "not calibrated: nothing to compare live traffic with"
+        elif view.calibration_problem is not None:
+            note = f"the calibration does not apply: {view.calibration_problem}; recalibrate"
+            ref, snap = None, None
         elif ref is None:
             note = "calibrated before monitoring existed: recalibrate to monitor this label set"
         elif snap is None or snap.samples == 0:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.engine.scoring import ScoredBatch, conformal_probabilities
-from app.labelsets.models import LabelSetView
+from app.labelsets.models import CalibrationRecord, LabelSetView
 from app.trust.conformal import (
     DEFAULT_EPSILON,
     ConformalMethod,
@@ -65,10 +65,16 @@ class PredictionSet:
     conformal: ConformalThreshold
 
 
+def applicable_calibration(view: LabelSetView) -> CalibrationRecord | None:
+    """The label set's calibration when it applies to what is served now (``calibration_problem`` is the
+    decision's own test: runtime, precision or adapted prototypes changed); else None."""
+    return view.calibration if view.calibration_problem is None else None
+
+
 def prediction_sets_for(view: LabelSetView, scored: ScoredBatch) -> list[PredictionSet] | None:
-    """The conformal set of every image, or None when the label set has no conformal threshold (not
-    calibrated, or calibrated before sets existed)."""
-    cal = view.calibration
+    """The conformal set of every image, or None when the label set has no conformal threshold that
+    applies (not calibrated, calibrated before sets existed, or the calibration no longer applies)."""
+    cal = applicable_calibration(view)
     if cal is None or cal.conformal is None:
         return None
     probabilities, source = conformal_probabilities(scored, view.has_prototype)
@@ -84,8 +90,8 @@ def record_live_answers(
     confidences: Sequence[float | None],
     accepted: Sequence[bool | None],
 ) -> None:
-    """Append a calibrated label set's answers to its live window (no-op when not calibrated)."""
-    cal = view.calibration
+    """Append a calibrated label set's answers to its live window (no-op when no calibration applies)."""
+    cal = applicable_calibration(view)
     if cal is None or cal.monitor is None or not confidences:
         return
     monitor.observe(
@@ -104,7 +110,7 @@ def stale_windows(monitor: TrustMonitor, views: dict[str, LabelSetView]) -> list
     stale = []
     for label_set_id in monitor.ids():
         view = views.get(label_set_id)
-        cal = view.calibration if view is not None else None
+        cal = applicable_calibration(view) if view is not None else None
         if cal is None or cal.monitor is None or cal.identity() != monitor.identity(label_set_id):
             stale.append(label_set_id)
     return stale

@@ -7,6 +7,8 @@ import math
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.api.test_calibration_contract import _adapted_label_set
+from tests.api.test_calibration_contract import _classify as _classify_images
 from tests.api.test_label_set_routes import LABELS, calibration_form, create_with_support, png
 from tests.labelsets.conftest import colour_image
 
@@ -96,3 +98,16 @@ def test_delete_removes_the_window_and_bad_parameters_are_refused(client) -> Non
     assert client.delete("/v1/label-sets/colours").status_code == 204
     assert _trust_series(client) == {}
     assert client.get("/v1/label-sets/colours/monitor").status_code == 404
+
+
+def test_a_calibration_that_no_longer_applies_gives_no_sets_and_no_window(client) -> None:  # type: ignore[no-untyped-def]
+    """Adapted prototypes make the decision threshold not apply (issue 16's basis): the conformal
+    threshold and the monitor's reference go with it."""
+    got = _adapted_label_set(client)
+    assert got["calibration_applies"] is False
+    answer = _classify_images(client, "colours", [png(colour_image("red", 7))])["results"][0]
+    assert answer["decision"]["accept"] is None and answer["prediction_set"] is None
+    assert _trust_series(client) == {}
+    body = client.get("/v1/label-sets/colours/monitor").json()
+    assert body["window"]["samples"] == 0 and "does not apply" in body["note"]
+    assert body["calibration_coverage"] is None
