@@ -124,6 +124,22 @@ class Settings(BaseSettings):
     max_audio_channels: int = Field(8, ge=1)
     text_cache_size: int = Field(100_000, ge=0)
 
+    # live trust monitoring per calibrated label set (app/trust/monitoring.py); memory bound in total:
+    # monitor_max_label_sets × (17 B × monitor_window_size + 2 kB)
+    monitor_window_size: int = Field(1000, ge=10, le=100_000, description="live answers kept per label set")
+    monitor_window_seconds: float = Field(
+        3600.0, gt=0, description="live answers older than this leave the window"
+    )
+    monitor_min_samples: int = Field(
+        300, ge=1, description="answers in the window before live rates, ATC and drift are reported"
+    )
+    monitor_max_label_sets: int = Field(
+        256, ge=1, le=100_000, description="label sets with a live window (least recently used dropped)"
+    )
+    monitor_max_series: int = Field(
+        50, ge=0, le=10_000, description="label sets with own Prometheus series; the rest: label_set=_other"
+    )
+
     # auth, exposure and CORS
     api_keys: SecretStr | None = Field(None, description="comma list of key[:scope], scope read|admin")
     api_keys_file: Path | None = None

@@ -25,13 +25,16 @@ from app.api.routes import classify, health, label_sets, models, multimodal
 from app.config import Settings
 from app.engine.engine import ClassificationEngine
 from app.engine.images import ImageLimits
+from app.labelsets.live_trust import stale_windows
 from app.labelsets.postgres_store import PostgresStore
 from app.labelsets.service import LabelSetService, create_store
 from app.labelsets.sync import LabelSetSync
 from app.multimodal.limits import AudioLimits, InputLimits
 from app.multimodal.service import MultimodalService
 from app.observability.metrics import ServiceMetrics
+from app.observability.trust import TrustExporter
 from app.runtime.cache import ExportCache
+from app.trust.monitoring import MonitorSettings, TrustMonitor
 from app.vlm.loading import runtime_request
 
 log = logging.getLogger(__name__)
@@ -149,6 +152,7 @@ def create_app(settings: Settings | None = None, *, engine: ClassificationEngine
     app.state.multimodal = None
     app.state.startup_error = None
     app.state.readiness_checks = {}
+    app.state.trust_monitor = _trust_monitoring(app, settings, metrics)
     install_error_handlers(app)
     for module in (health, models, classify, label_sets, multimodal):
         app.include_router(module.router)
@@ -159,6 +163,30 @@ def create_app(settings: Settings | None = None, *, engine: ClassificationEngine
         )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, limits=BodyLimits.from_settings(settings))
     return app
+
+
+def _trust_monitoring(app: FastAPI, settings: Settings, metrics: ServiceMetrics) -> TrustMonitor:
+    """The live trust monitor, exported to /metrics at each scrape; windows of label sets that are gone or
+    were recalibrated are dropped first."""
+    monitor = TrustMonitor(
+        MonitorSettings(
+            window_size=settings.monitor_window_size,
+            window_seconds=settings.monitor_window_seconds,
+            min_samples=settings.monitor_min_samples,
+            max_label_sets=settings.monitor_max_label_sets,
+        )
+    )
+    exporter = TrustExporter(metrics, monitor, settings.monitor_max_series)
+
+    def export() -> None:
+        service = app.state.label_sets
+        if service is not None:
+            for label_set_id in stale_windows(monitor, {v.id: v for v in service.repository.list_views()}):
+                monitor.forget(label_set_id)
+        exporter.export()
+
+    metrics.before_render(export)
+    return monitor
 
 
 def _log_exposure(settings: Settings, auth: ApiKeyAuth) -> None:

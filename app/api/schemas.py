@@ -46,6 +46,17 @@ class TrustInfo(BaseModel):
     note: str | None = None
 
 
+class PredictionSet(BaseModel):
+    """Split-conformal prediction set of a calibrated label set (app/trust/conformal.py)."""
+
+    labels: list[str] = Field(description="the labels in the set, most probable first")
+    indices: list[int]
+    epsilon: float = Field(description="target miscoverage ε")
+    method: Literal["lac", "aps"]
+    probabilities: str = Field(description="trustvlm_star (q / (1 + α)) or softmax")
+    guarantee: str
+
+
 class ImageResult(BaseModel):
     index: int = Field(description="position of the image in the request")
     prediction: LabelProbability
@@ -56,6 +67,9 @@ class ImageResult(BaseModel):
     scores: dict[str, float | None] = Field(description=SCORE_DOC)
     confidence: float | None = Field(description="value of the configured trust score (decision.score)")
     decision: Decision
+    prediction_set: PredictionSet | None = Field(
+        None, description="conformal set of plausible labels; null unless the label set is calibrated"
+    )
     trust: TrustInfo
 
 

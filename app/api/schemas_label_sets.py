@@ -6,6 +6,8 @@ the calibration applies to what is served now."""
 
 from __future__ import annotations
 
+import math
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,6 +24,7 @@ from app.labelsets.models import (
     LabelSetView,
 )
 from app.labelsets.selection import PreprocessSetting, SelectionMode
+from app.trust.monitoring import MonitorSettings, MonitorSnapshot
 from app.trust.scores import TrustScoreName
 from app.vlm.preprocessing import AspectPolicy
 
@@ -175,3 +178,89 @@ class CalibrateOut(BaseModel):
     visual_temperature: float
     preprocess: AspectPolicy = Field(description="aspect policy the label set serves with now")
     calibration: CalibrationRecord
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _iso(timestamp: float | None) -> str | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+class MonitorWindow(BaseModel):
+    """The live window the numbers were computed on."""
+
+    samples: int = Field(description="answers in the window")
+    undefined_scores: int = Field(description="answers whose trust score was undefined (rejected)")
+    max_samples: int
+    max_age_s: float
+    min_samples: int = Field(description="answers needed before rates, ATC and drift are reported")
+    start: str | None = Field(description="time of the oldest answer in the window (UTC)")
+    end: str | None = Field(description="time of the newest answer in the window (UTC)")
+
+
+class MonitorDrift(BaseModel):
+    psi: float | None = Field(description="population stability index over calibration deciles")
+    ks: float | None = Field(description="two-sample Kolmogorov-Smirnov statistic D")
+
+
+class MonitorOut(BaseModel):
+    """GET /v1/label-sets/{id}/monitor: the numbers /metrics exports for this label set (this replica)."""
+
+    id: str
+    version: int
+    calibrated: bool
+    score: str | None = Field(description="the decision score being watched")
+    window: MonitorWindow
+    live_acceptance_rate: float | None
+    calibration_coverage: float | None
+    estimated_accuracy: float | None = Field(
+        description="ATC estimate of the window's accuracy, no labels needed (Garg et al., ICLR 2022)"
+    )
+    calibration_accuracy: float | None
+    drift: MonitorDrift
+    note: str | None = None
+
+    @classmethod
+    def of(cls, view: LabelSetView, snap: MonitorSnapshot | None, settings: MonitorSettings) -> MonitorOut:
+        cal = view.calibration
+        ref = cal.monitor if cal is not None else None
+        note = None
+        if cal is None:
+            note = "not calibrated: nothing to compare live traffic with"
+        elif view.calibration_problem is not None:
+            note = f"the calibration does not apply: {view.calibration_problem}; recalibrate"
+            ref, snap = None, None
+        elif ref is None:
+            note = "calibrated before monitoring existed: recalibrate to monitor this label set"
+        elif snap is None or snap.samples == 0:
+            note = "no answers in the window yet"
+        elif not snap.enough:
+            note = f"fewer than {settings.min_samples} answers in the window: rates and drift not reported"
+        enough = snap is not None and snap.enough
+
+        def live(value: float | None) -> float | None:
+            return _finite(value) if enough and value is not None else None
+
+        return cls(
+            id=view.id,
+            version=view.version,
+            calibrated=cal is not None,
+            score=ref.score if ref is not None else None,
+            window=MonitorWindow(
+                samples=snap.samples if snap else 0,
+                undefined_scores=snap.undefined_scores if snap else 0,
+                max_samples=settings.window_size,
+                max_age_s=settings.window_seconds,
+                min_samples=settings.min_samples,
+                start=_iso(snap.window_start) if snap else None,
+                end=_iso(snap.window_end) if snap else None,
+            ),
+            live_acceptance_rate=live(snap.acceptance_rate if snap else None),
+            calibration_coverage=ref.calibration_coverage if ref is not None else None,
+            estimated_accuracy=live(snap.estimated_accuracy if snap else None),
+            calibration_accuracy=ref.calibration_accuracy if ref is not None else None,
+            drift=MonitorDrift(psi=live(snap.psi if snap else None), ks=live(snap.ks if snap else None)),
+            note=note,
+        )

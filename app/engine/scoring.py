@@ -29,6 +29,7 @@ class ScoredBatch:
     scores: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (B,), NaN where not computable
     refined_predictions: np.ndarray | None = None  # TrustVLM* argmax, when prototypes exist
     prototype_available: np.ndarray | None = None  # (B,) whether the predicted class has a prototype
+    refined_probabilities: np.ndarray | None = None  # (B, C) TrustVLM*'s q / (1 + α), when prototypes exist
 
 
 def compute_logits(
@@ -74,5 +75,17 @@ def score_batch(
         scores["trustvlm"] = result.trustvlm
         scores["trustvlm_star"] = result.trustvlm_star
         batch.refined_predictions = result.refined_prediction
+        batch.refined_probabilities = result.refined_probabilities
         batch.prototype_available = has_prototype[predictions]
     return batch
+
+
+def conformal_probabilities(batch: ScoredBatch, has_prototype: np.ndarray | None) -> tuple[np.ndarray, str]:
+    """The class probabilities prediction sets are built from, and their name: TrustVLM*'s
+    q / (1 + α) when every class has a prototype (the label set's most accurate distribution, so the
+    smallest sets at a given coverage), else the zero-shot softmax. Calibration and classify call this
+    one function, so a conformal threshold is applied to the numbers it was fitted on."""
+    full = has_prototype is not None and bool(np.all(has_prototype))
+    if full and batch.refined_probabilities is not None:
+        return batch.refined_probabilities, "trustvlm_star"
+    return batch.probabilities, "softmax"

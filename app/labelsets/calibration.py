@@ -1,4 +1,4 @@
-"""Calibrating a label set's reject rule on labelled images, in three steps:
+"""Calibrating a label set's reject rule on labelled images, in four steps:
 
 1. ``select_on_calibration`` (when the label set self-selects, or with ``tune``): the aspect policy
    (``preprocess: auto``: the images are encoded under both) and α (0 = MSP) are chosen on ALL the
@@ -10,6 +10,11 @@
    candidate was chosen on these images); target coverage has no guarantee to protect.
 3. the record: the rule's result, the settings, and the basis the scores were computed from
    (``app.labelsets.basis``), stored with the label set as a new version.
+4. ``live_trust``: on the same images, the conformal threshold of the prediction sets and the live
+   monitor's reference (``app.labelsets.live_trust``), stored inside the record so that whatever drops the
+   threshold drops them too. After a selection among several candidates the conformal threshold is fitted
+   on the images the selection saw (no split): its coverage is then approximate, not the exact
+   finite-sample guarantee (see docs/TRUST_MONITORING.md).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from app.config import Settings
 from app.engine.engine import ClassificationEngine
 from app.engine.scoring import ScoredBatch
 from app.errors import Conflict, InvalidInput
+from app.labelsets.live_trust import LiveTrustFit, fit_live_trust
 from app.labelsets.models import COUNTS, CalibrationRecord, LabelSetMeta, LabelSetView
 from app.labelsets.repository import Entry, LabelSetRepository
 from app.labelsets.selection import (
@@ -48,6 +54,7 @@ from app.trust.calibration import (
     calibrate_target_risk,
     min_calibration_size,
 )
+from app.trust.conformal import DEFAULT_EPSILON, ConformalMethod
 from app.trust.scores import TrustScoreName, judges_refined_prediction, l2_normalize
 from app.trust.selection import calibrate_selected_target_risk
 from app.vlm.preprocessing import AspectPolicy
@@ -66,6 +73,8 @@ class CalibrationRequest:
     tune: bool = False
     score: TrustScoreName | None = None
     seed: int = 0
+    epsilon: float = DEFAULT_EPSILON  # miscoverage of the conformal prediction sets
+    conformal_method: ConformalMethod = "lac"
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,7 @@ class LabelSetCalibrator:
                 view = await asyncio.to_thread(build_view, record, self.engine, repo.index_params)
             embeddings, features = encoded[record.meta.policy]
             result = self._threshold(view, plan, embeddings, features, request)
+            live = self._live_trust(view, plan, embeddings, features, request, result)
             record.meta.calibration = CalibrationRecord(
                 **result.model_dump(),
                 score=plan.score,
@@ -129,6 +139,8 @@ class LabelSetCalibrator:
                 visual_temperature=record.meta.visual_temperature,
                 label_set_version=record.meta.version,
                 basis=view.basis,  # the arrays and numerics are those of the view scored above
+                conformal=live.conformal,
+                monitor=live.monitor,
             )
             return await repo.commit(record, entry.record.meta.version)
 
@@ -170,6 +182,33 @@ class LabelSetCalibrator:
                     "accuracy": float(correct.mean()),
                 },
             ) from exc
+
+    def _live_trust(
+        self,
+        view: LabelSetView,
+        plan: _Plan,
+        embeddings: np.ndarray,
+        features: np.ndarray,
+        request: CalibrationRequest,
+        result: CalibrationResult,
+    ) -> LiveTrustFit:
+        """Conformal threshold and monitor reference on the threshold's images, scored as served."""
+        scored = self._score(view, embeddings, features)
+        conf = scored.scores[plan.score]
+        predicted = (
+            scored.refined_predictions if judges_refined_prediction(plan.score) else scored.predictions
+        )
+        return fit_live_trust(
+            scored,
+            plan.classes,
+            has_prototype=np.asarray(view.has_prototype),
+            score=plan.score,
+            confidence=conf,
+            correct=np.asarray(predicted) == plan.classes,
+            accepted=result.accepts(conf),
+            epsilon=request.epsilon,
+            method=request.conformal_method,
+        )
 
     def _plan(self, entry: Entry, labels: Sequence[str], request: CalibrationRequest) -> _Plan:
         """Classes, score, the policies to encode under and the selection's M for the label set's current

@@ -23,6 +23,7 @@ from typing import Annotated, Any
 import typer
 
 from app.trust.calibration import DEFAULT_DELTA
+from app.trust.conformal import DEFAULT_EPSILON, ConformalMethod
 from app.trust.scores import TrustScoreName
 
 
@@ -42,10 +43,20 @@ def _request_fields(
     tune: bool,
     score: str | None,
     seed: int,
+    epsilon: float = DEFAULT_EPSILON,
+    conformal_method: str = "lac",
 ) -> dict[str, str]:
     if (target_risk is None) == (target_coverage is None):
         raise typer.BadParameter("give exactly one of --target-risk or --target-coverage")
-    fields = {"delta": str(delta), "tune": str(tune).lower(), "seed": str(seed)}
+    if not 0 < epsilon < 1:
+        raise typer.BadParameter("--epsilon must be in (0, 1)")
+    fields = {
+        "delta": str(delta),
+        "tune": str(tune).lower(),
+        "seed": str(seed),
+        "epsilon": str(epsilon),
+        "conformal_method": conformal_method,
+    }
     if target_risk is not None:
         fields.update(rule="target_risk", target_risk=str(target_risk))
     else:
@@ -106,6 +117,8 @@ async def _in_process(
             tune=fields["tune"] == "true",
             score=fields.get("score"),
             seed=int(fields["seed"]),
+            epsilon=float(fields["epsilon"]),
+            conformal_method=fields["conformal_method"],
         )
         try:
             view = await service.calibration.calibrate(label_set, labels, list(images), request)
@@ -133,6 +146,10 @@ def calibrate_command(
     limit: Annotated[int | None, typer.Option(help="class-balanced subset of this many images")] = None,
     invert: Annotated[bool | None, typer.Option(help="invert images (dataset default when unset)")] = None,
     seed: Annotated[int, typer.Option(help="seed of the subset and of the tuning split")] = 0,
+    epsilon: Annotated[
+        float, typer.Option(help="miscoverage ε of the conformal prediction sets")
+    ] = DEFAULT_EPSILON,
+    conformal_method: Annotated[ConformalMethod, typer.Option(help="lac or aps")] = "lac",
     server: Annotated[
         str | None, typer.Option(help="URL of a running server, e.g. http://127.0.0.1:8000")
     ] = None,
@@ -144,7 +161,9 @@ def calibrate_command(
     model: Annotated[str | None, typer.Option(help="model preset (TRUSTSERVE_MODEL)")] = None,
 ) -> None:
     """Calibrate a label set's reject rule on labelled images and store it with the label set."""
-    fields = _request_fields(target_risk, delta, target_coverage, tune, score, seed)
+    fields = _request_fields(
+        target_risk, delta, target_coverage, tune, score, seed, epsilon, conformal_method
+    )
     try:
         labels, images = _load_images(source, split, limit, seed, invert)
     except ValueError as exc:

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from app.engine.scoring import ScoredBatch, score_batch
 from app.labelsets.selection import LabelSetSelection, PreprocessSetting, SelectionMode
 from app.trust.calibration import CalibrationResult, Decision
+from app.trust.conformal import ConformalThreshold
+from app.trust.monitoring import MonitorReference
 from app.trust.scores import (
     DEFAULT_ALPHA,
     DEFAULT_VISUAL_TEMPERATURE,
@@ -134,6 +136,16 @@ class CalibrationRecord(CalibrationResult):
         None, description="what the scores were computed from (null: recorded before this was kept)"
     )
     calibrated_at: str = Field(default_factory=utc_now)
+    conformal: ConformalThreshold | None = Field(
+        None, description="split-conformal threshold for prediction sets, fitted on the same images"
+    )
+    monitor: MonitorReference | None = Field(
+        None, description="calibration-time score distribution live traffic is compared with"
+    )
+
+    def identity(self) -> str:
+        """Names this calibration (a new one restarts the live monitor's window)."""
+        return f"{self.label_set_version}@{self.calibrated_at}"
 
     @model_validator(mode="before")
     @classmethod

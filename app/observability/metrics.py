@@ -7,7 +7,7 @@ buckets; the Grafana dashboard in deploy/ only uses names defined here (a test c
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
@@ -89,6 +89,58 @@ class ServiceMetrics:
             registry=r,
         )
         self.label_sets = Gauge("trustserve_label_sets", "label sets loaded in memory", registry=r)
+        # live trust monitoring (app/trust/monitoring.py), set at scrape time by app/observability/trust.py;
+        # label_set="_other" aggregates the label sets beyond the series cap
+        trust = ["model", "label_set"]
+        self.trust_acceptance = Gauge(
+            "trustserve_trust_live_acceptance_ratio",
+            "fraction of the live window the calibrated rule accepted",
+            trust,
+            registry=r,
+        )
+        self.trust_calibration_coverage = Gauge(
+            "trustserve_trust_calibration_coverage_ratio",
+            "fraction of the calibration images the rule accepted (what acceptance should be near)",
+            trust,
+            registry=r,
+        )
+        self.trust_estimated_accuracy = Gauge(
+            "trustserve_trust_estimated_accuracy_ratio",
+            "accuracy of the live window estimated without labels (ATC, Garg et al., ICLR 2022)",
+            trust,
+            registry=r,
+        )
+        self.trust_calibration_accuracy = Gauge(
+            "trustserve_trust_calibration_accuracy_ratio",
+            "accuracy on the calibration images (the ATC estimate's in-distribution value)",
+            trust,
+            registry=r,
+        )
+        self.trust_drift = Gauge(
+            "trustserve_trust_drift",
+            "drift of live trust scores from calibration (statistic: psi or ks); NaN below min samples",
+            [*trust, "statistic"],
+            registry=r,
+        )
+        self.trust_window_samples = Gauge(
+            "trustserve_trust_window_samples", "answers in the live window", trust, registry=r
+        )
+        self.trust_window_span = Gauge(
+            "trustserve_trust_window_span_seconds",
+            "time from the oldest to the newest answer in the live window",
+            trust,
+            registry=r,
+        )
+        self.trust_monitored = Gauge(
+            "trustserve_trust_monitored_label_sets",
+            "label sets with a live window (also those aggregated into label_set=_other)",
+            registry=r,
+        )
+        self._before_render: list[Callable[[], None]] = []
+
+    def before_render(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` before each exposition (gauges computed at scrape time)."""
+        self._before_render.append(hook)
 
     @contextmanager
     def timed(self, stage: str, model: str) -> Iterator[None]:
@@ -114,7 +166,7 @@ class ServiceMetrics:
 
     def forget_label_set(self, label_set_id: str) -> None:
         """Remove every series of a deleted label set (so /metrics does not keep it forever)."""
-        for metric in (self.images_classified, self.trust_score, self.decisions):
+        for metric in (self.images_classified, self.trust_score, self.decisions, *self.trust_gauges()):
             names = metric._labelnames  # the label names given at construction
             series = {
                 tuple(sample.labels[n] for n in names)
@@ -125,6 +177,20 @@ class ServiceMetrics:
             for values in series:
                 metric.remove(*values)
 
+    def trust_gauges(self) -> tuple[Gauge, ...]:
+        """The per-label-set live trust gauges."""
+        return (
+            self.trust_acceptance,
+            self.trust_calibration_coverage,
+            self.trust_estimated_accuracy,
+            self.trust_calibration_accuracy,
+            self.trust_drift,
+            self.trust_window_samples,
+            self.trust_window_span,
+        )
+
     def render(self) -> bytes:
         """Prometheus text exposition format."""
+        for hook in self._before_render:
+            hook()
         return generate_latest(self.registry)

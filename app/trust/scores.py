@@ -128,7 +128,8 @@ class TrustVLMResult:
     s_it: MSP of softmax(z / T). s_ii: cosine of the image to the prototype of ŷ = argmax z.
     trustvlm: s_it + α · s_ii (prediction ŷ). trustvlm_star: max q + α · <ĝ, P_ŷ*>, judged against
     refined_prediction ŷ* = argmax q. prediction: ŷ. When no class has a prototype, ŷ* = ŷ and the
-    starred score is NaN.
+    starred score is NaN. refined_probabilities: q / (1 + α), TrustVLM*'s class distribution (rows sum
+    to 1), None without prototypes.
     """
 
     s_it: np.ndarray
@@ -137,6 +138,7 @@ class TrustVLMResult:
     trustvlm_star: np.ndarray
     prediction: np.ndarray
     refined_prediction: np.ndarray
+    refined_probabilities: np.ndarray | None = None
 
     def scores(self) -> dict[str, np.ndarray]:
         """The four scores keyed by ``TRUSTVLM_SCORE_NAMES``."""
@@ -222,7 +224,7 @@ def trustvlm_scores(
     q = softmax(z, axis=1) + alpha * p_visual
     refined = q.argmax(axis=1)
     trustvlm_star = q[rows, refined] + alpha * cosine_to(refined)
-    return TrustVLMResult(s_it, s_ii, trustvlm, trustvlm_star, prediction, refined)
+    return TrustVLMResult(s_it, s_ii, trustvlm, trustvlm_star, prediction, refined, q / (1.0 + alpha))
 
 
 def trustvlm_from_similarities(
@@ -262,4 +264,4 @@ def trustvlm_from_similarities(
     q = softmax(z, axis=1) + alpha * softmax(visual_logits, axis=1)
     refined = np.where(has_any, q.argmax(axis=1), prediction)
     trustvlm_star = np.where(has_any, q[rows, refined] + alpha * cosine_to(refined), np.nan)
-    return TrustVLMResult(s_it, s_ii, trustvlm, trustvlm_star, prediction, refined)
+    return TrustVLMResult(s_it, s_ii, trustvlm, trustvlm_star, prediction, refined, q / (1.0 + alpha))

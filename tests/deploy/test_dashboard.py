@@ -4,8 +4,9 @@ Two references: the families ``ServiceMetrics`` declares (complete, because a la
 samples in /metrics until a label combination is used) and a live /metrics scrape of a real server after
 real classify traffic (catches series that the client library does not emit, such as ``_sum`` of a
 histogram with negative buckets). ``trustserve_decisions_total`` has samples only once a calibrated label
-set answers and ``trustserve_overload_rejections_total`` only after a 429, so for those two the live check
-is by family, not by sample.
+set answers, ``trustserve_overload_rejections_total`` only after a 429 and the live trust gauges only once a
+calibrated label set has a live window, so for those the live check is by family, not by sample (the
+trust gauges' samples are checked against a real Prometheus in tests/deploy/test_trust_alerts.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,18 @@ from tests.deploy.promql import (
 FAMILIES_WITHOUT_SAMPLES_YET = {
     "trustserve_decisions": "needs a label set with a calibrated threshold",
     "trustserve_overload_rejections": "needs a full queue (429)",
+    **{
+        f"trustserve_trust_{name}": "needs answers of a calibrated label set (live trust monitoring)"
+        for name in (
+            "live_acceptance_ratio",
+            "calibration_coverage_ratio",
+            "estimated_accuracy_ratio",
+            "calibration_accuracy_ratio",
+            "drift",
+            "window_samples",
+            "window_span_seconds",
+        )
+    },
 }
 
 
@@ -49,7 +62,7 @@ def scraped(exposition: str) -> tuple[set[str], set[str]]:
 def test_queries_are_found() -> None:
     queries = all_queries()
     assert len(queries) >= 30
-    assert sum(where.startswith("alert") for where, _ in queries) == 6
+    assert sum(where.startswith("alert") for where, _ in queries) == 9
 
 
 @pytest.mark.parametrize(("where", "expr"), [pytest.param(w, q, id=w) for w, q in all_queries()])
@@ -110,6 +123,9 @@ def test_dashboard_panels_cover_the_issue_list() -> None:
         "trust-score distribution",
         "reject rate by label set and model",
         "model ready",
+        "live acceptance vs calibration coverage",
+        "estimated accuracy (atc)",
+        "trust-score drift from calibration",
     ):
         assert topic in titles, topic
     ids = [p["id"] for p in dashboard["panels"]]

@@ -49,13 +49,17 @@ def test_calibrate_folder_in_process(app_factory, tiny_models_dir: Path, tmp_pat
     store_dir = tmp_path / "store"
     torch.manual_seed(0)  # the same random weights as the server that built the label set
     result = CliRunner().invoke(
-        _app(), ["colours", str(folder), "--target-coverage", "0.5", "--store-dir", str(store_dir)]
-    )
+        _app(),
+        ["colours", str(folder), "--target-coverage", "0.5", "--store-dir", str(store_dir),
+         "--epsilon", "0.2", "--conformal-method", "aps"],
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout[result.stdout.index("{") :])
     assert printed["rule"] == "target_coverage" and printed["n"] == 30
     stored = DirectoryStore(store_dir).load("colours").meta.calibration
     assert stored is not None and stored.threshold == pytest.approx(printed["threshold"])
+    assert stored.conformal is not None and stored.conformal.method == "aps" and stored.conformal.n == 30
+    assert printed["conformal"]["epsilon"] == 0.2 and stored.monitor is not None
 
 
 def test_calibrate_needs_exactly_one_target(tmp_path: Path) -> None:
@@ -63,6 +67,9 @@ def test_calibrate_needs_exactly_one_target(tmp_path: Path) -> None:
         _app(), ["colours", str(tmp_path), "--target-risk", "0.1", "--target-coverage", "0.5"]
     )
     assert result.exit_code == 2 and "exactly one" in result.output
+    args = ["colours", str(tmp_path), "--target-risk", "0.1", "--epsilon", "1.5"]
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 2 and "epsilon" in result.output
 
 
 def _png(image) -> bytes:  # type: ignore[no-untyped-def]

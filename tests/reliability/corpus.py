@@ -494,6 +494,23 @@ def _label_set_cases() -> list[Case]:
             lambda: Request("GET", f"{base}/..%2F..%2Fetc/export"),
         ),
         Case(
+            "monitor: path traversal",
+            f"GET {base}/{{id}}/monitor",
+            lambda: Request("GET", f"{base}/..%2F..%2Fetc/monitor"),
+        ),
+        Case(
+            "monitor: unknown id",
+            f"GET {base}/{{id}}/monitor",
+            lambda: Request("GET", f"{base}/nope/monitor"),
+            statuses=(404,),
+        ),
+        Case(
+            "monitor: junk query (ignored)",
+            f"GET {base}/{{id}}/monitor",
+            lambda: Request("GET", f"{base}/{TARGET_SET}/monitor", {"params": {"window": "-1' OR 1=1"}}),
+            expect="2xx",
+        ),
+        Case(
             "patch: alpha NaN",
             f"PATCH {base}/{{id}}",
             lambda: raw("PATCH", item, b'{"alpha": NaN}', "application/json"),
@@ -632,6 +649,21 @@ def _label_set_cases() -> list[Case]:
             statuses=(404,),
         ),
         # calibrate
+        Case(
+            "calibrate: epsilon NaN",
+            f"POST {base}/{{id}}/calibrate",
+            lambda: calibrate_form(rule="target_coverage", target_coverage="0.5", epsilon="nan"),
+        ),
+        Case(
+            "calibrate: epsilon 1",
+            f"POST {base}/{{id}}/calibrate",
+            lambda: calibrate_form(rule="target_coverage", target_coverage="0.5", epsilon="1"),
+        ),
+        Case(
+            "calibrate: unknown conformal method",
+            f"POST {base}/{{id}}/calibrate",
+            lambda: calibrate_form(rule="target_coverage", target_coverage="0.5", conformal_method="raps"),
+        ),
         Case(
             "calibrate: target_risk NaN",
             f"POST {base}/{{id}}/calibrate",

@@ -38,6 +38,7 @@ READ = {
     "GET /v1/label-sets",
     "GET /v1/label-sets/{label_set_id}",
     "GET /v1/label-sets/{label_set_id}/export",
+    "GET /v1/label-sets/{label_set_id}/monitor",
     "GET /v1/multimodal/models",
     "POST /v1/multimodal/{model}/predict",
 }

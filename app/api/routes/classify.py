@@ -39,6 +39,7 @@ from app.api.schemas import (
     ImageResult,
     LabelProbability,
     LabelSetRef,
+    PredictionSet,
     TrustInfo,
 )
 from app.config import Settings
@@ -46,6 +47,7 @@ from app.engine.engine import ClassificationEngine, EncodedImages
 from app.engine.prompts import validate_labels, validate_templates
 from app.engine.scoring import ScoredBatch, score_batch
 from app.errors import Conflict, InvalidInput, UnsupportedMedia
+from app.labelsets.live_trust import prediction_sets_for, record_live_answers
 from app.labelsets.models import LabelSetView, uncalibrated_decision
 from app.labelsets.service import LabelSetService
 from app.trust.scores import judges_refined_prediction
@@ -231,7 +233,9 @@ def build_results(
     image_space: str,
     preprocess: str = "crop",
 ) -> list[ImageResult]:
-    """Per-image answer; the decision is the label set's (its calibrated rule, when one applies)."""
+    """Per-image answer; the decision is the label set's (its calibrated rule, when one applies), and so
+    is the conformal prediction set."""
+    sets = prediction_sets_for(view, scored) if view is not None else None
     trust_score = view.trust_score if view is not None else "msp"
     n_proto = int(np.count_nonzero(view.has_prototype)) if view is not None else 0
     results = []
@@ -263,6 +267,16 @@ def build_results(
                 scores=scores,
                 confidence=confidence,
                 decision=decision,
+                prediction_set=None
+                if sets is None
+                else PredictionSet(
+                    labels=[labels[j] for j in sets[i].indices],
+                    indices=sets[i].indices,
+                    epsilon=sets[i].conformal.epsilon,
+                    method=sets[i].conformal.method,
+                    probabilities=sets[i].conformal.probabilities,
+                    guarantee=sets[i].conformal.guarantee,
+                ),
                 trust=TrustInfo(
                     image_space=image_space,
                     prototypes_for_prediction=has_proto,
@@ -329,6 +343,13 @@ async def _classify(
         target.metric_label,
         ((r.decision.score, r.confidence, r.decision.accept) for r in results),
     )
+    if target.view is not None:
+        record_live_answers(
+            request.app.state.trust_monitor,
+            target.view,
+            [r.confidence for r in results],
+            [r.decision.accept for r in results],
+        )
     if label_sets is not None and target.view is not None:
         label_sets.adaptation.observe_predictions(target.view.id, encoded.aux_features, scored)
     view = target.view

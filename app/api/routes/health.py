@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -52,4 +54,6 @@ async def metrics(request: Request) -> Response:
     engine = getattr(state, "engine", None)
     if engine is not None:
         state.metrics.queue_depth.labels(engine.model_id).set(engine.batcher.queue_depth)
-    return Response(state.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
+    # off the event loop: the live trust gauges are computed at scrape time (one per monitored label set)
+    body = await asyncio.to_thread(state.metrics.render)
+    return Response(body, media_type=PROMETHEUS_CONTENT_TYPE)

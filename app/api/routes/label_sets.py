@@ -31,6 +31,7 @@ from app.api.schemas_label_sets import (
     LabelSetOut,
     LabelSetSummary,
     LabelSetUpdate,
+    MonitorOut,
     SupportImagesOut,
     UnavailableLabelSet,
 )
@@ -38,8 +39,10 @@ from app.config import Settings
 from app.errors import InvalidInput
 from app.labelsets.archive import ARCHIVE_MEDIA_TYPE, ArchiveError, read_archive, write_archive
 from app.labelsets.calibration import CalibrationRequest
+from app.labelsets.live_trust import stale_windows
 from app.labelsets.service import LabelSetService
 from app.trust.calibration import CALIBRATION_RULES, DEFAULT_DELTA
+from app.trust.conformal import CONFORMAL_METHODS, DEFAULT_EPSILON
 from app.trust.scores import TRUST_SCORE_NAMES
 
 router = APIRouter(prefix="/v1/label-sets", tags=["label-sets"])
@@ -70,6 +73,11 @@ _CALIBRATE_FIELDS = {
     "tune": {"type": "boolean", "description": "tune α (and T_v for trustvlm_star) on a held-out half first"},
     "score": {"type": "string", "enum": list(TRUST_SCORE_NAMES)},
     "seed": {"type": "integer"},
+    "epsilon": {
+        "type": "number",
+        "description": f"conformal miscoverage ε (default {DEFAULT_EPSILON:g})",
+    },
+    "conformal_method": {"type": "string", "enum": list(CONFORMAL_METHODS), "description": "default lac"},
 }
 
 
@@ -219,6 +227,7 @@ async def delete_label_set(
     version: int | None = Depends(expected_version),
 ) -> Response:
     await service.repository.delete(label_set_id, expected_version=version)
+    request.app.state.trust_monitor.forget(label_set_id)
     request.app.state.metrics.forget_label_set(label_set_id)
     return Response(status_code=204)
 
@@ -280,6 +289,15 @@ def calibration_request(fields: dict[str, str]) -> CalibrationRequest:
     def number(name: str) -> float | None:
         return form_float(fields[name], name) if name in fields else None
 
+    epsilon = form_float(fields["epsilon"], "epsilon") if "epsilon" in fields else DEFAULT_EPSILON
+    if not 0 < epsilon < 1:
+        raise InvalidInput("epsilon must be in (0, 1)", code="invalid_epsilon")
+    method = fields.get("conformal_method", "lac")
+    if method not in CONFORMAL_METHODS:
+        raise InvalidInput(
+            f"conformal_method must be one of {list(CONFORMAL_METHODS)}", code="invalid_conformal_method"
+        )
+
     return CalibrationRequest(
         rule=rule,
         target_risk=number("target_risk"),
@@ -288,6 +306,8 @@ def calibration_request(fields: dict[str, str]) -> CalibrationRequest:
         tune=form_bool(fields.get("tune", "false"), "tune"),
         score=score,
         seed=form_int(fields.get("seed", "0"), "seed"),
+        epsilon=epsilon,
+        conformal_method=method,
     )
 
 
@@ -329,3 +349,13 @@ async def export_label_set(label_set_id: str, service: LabelSetsDep) -> Response
         media_type=ARCHIVE_MEDIA_TYPE,
         headers={"Content-Disposition": f'attachment; filename="{label_set_id}.tar.gz"'},
     )
+
+
+@router.get("/{label_set_id}/monitor", dependencies=READ, response_model=MonitorOut,
+            summary="Live trust of a calibrated label set: acceptance, ATC accuracy, drift")  # fmt: skip
+async def monitor_label_set(label_set_id: str, request: Request, service: LabelSetsDep) -> MonitorOut:
+    view = service.repository.get_view(label_set_id)
+    monitor = request.app.state.trust_monitor
+    if label_set_id in stale_windows(monitor, {label_set_id: view}):
+        monitor.forget(label_set_id)
+    return MonitorOut.of(view, monitor.snapshot(label_set_id), monitor.settings)
