@@ -12,7 +12,9 @@ from pathlib import Path
 import typer
 
 from app.trust.datasets import require_dataset_packages
-from app.trust.evaluation import DEFAULT_CACHE_DIR, EvalConfig, render_tables, run_evaluation
+from app.trust.eval_config import DEFAULT_CACHE_DIR, EvalConfig
+from app.trust.eval_report import render_tables
+from app.trust.evaluation import run_evaluation
 from app.vlm.presets import DEFAULT_MODELS_DIR
 
 

@@ -6,331 +6,42 @@ drawn with a seed from the ``train`` split (disjoint from the test images), once
 judged against its own prediction (argmax z; ŷ* for TrustVLM*) with the metrics of ``metrics.md``.
 Results are the mean and sample standard deviation (ddof = 1) over the support draws.
 
-Image encodings are cached on disk (one ``.npz`` per model preset + dataset + split + limit + seed +
-inversion, holding the encoded indices), so a second run with other α / T_v / shots re-encodes nothing.
+This module runs the protocol end to end (``run_evaluation``); its parts live beside it: the run's
+settings in ``eval_config``, the encoded inputs (through the on-disk encoding cache, so a second run with
+other α / T_v / shots re-encodes nothing) in ``eval_inputs``, the numpy scoring core in ``eval_scoring``,
+the self-selected rows and intervals in ``eval_selection``, and the tables, JSON files and plots in
+``eval_report``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from app.trust.datasets import LabelledImages, load_dataset
-from app.trust.encoding import PRIMARY_SPACE, EncodingCache, LoadedModel, cache_path
+from app.trust.datasets import load_dataset
+from app.trust.encoding import PRIMARY_SPACE, LoadedModel
+from app.trust.eval_config import EvalConfig
+from app.trust.eval_inputs import DatasetLoader, encode_inputs
+from app.trust.eval_report import EvalResult, plot_alpha_sweep, plot_risk_coverage, write_outputs
+from app.trust.eval_scoring import EncodedSet, ScoredRun, aggregate, reports_for, score_run
 from app.trust.eval_selection import intervals_against, selected_rows
-from app.trust.metrics import (
-    REPORT_METRICS,
-    failure_detection_report,
-    format_metrics_table,
-    risk_coverage_curve,
-)
-from app.trust.plots import save_risk_coverage_plot, save_sweep_plot
-from app.trust.prototypes import PrototypeBank, draw_support_indices
+from app.trust.metrics import REPORT_METRICS, format_metrics_table
+from app.trust.prototypes import PrototypeBank
 from app.trust.scores import BASELINE_SCORES, trustvlm_scores
 from app.trust.selection import DEFAULT_BOOTSTRAP, Candidate
-from app.vlm.preprocessing import ASPECT_POLICIES
-from app.vlm.presets import DEFAULT_MODELS_DIR
 
 log = logging.getLogger(__name__)
-
-DatasetLoader = Callable[..., LabelledImages]
-# Scores whose values are probabilities (ECE is reported for them).
-PROBABILITY_SCORES = frozenset({"msp", "s_it"})
-PLOTTED_SCORES = ("msp", "s_ii", "trustvlm", "trustvlm_star", "trustvlm (tuned)", "trustvlm@lite0")
-DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trustserve" / "eval"
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Everything that defines one evaluation run (stored in the summary JSON)."""
-
-    model: str
-    dataset: str
-    shots: tuple[int, ...] = (16,)
-    draws: int = 3
-    test_limit: int | None = 2000
-    alpha: float | None = None  # None: the preset's trust.alpha
-    visual_temperature: float | None = None  # None: the preset's trust.visual_temperature
-    temperature: float = 1.0
-    alpha_sweep: tuple[float, ...] = ()
-    tv_sweep: tuple[float, ...] = ()
-    tune: bool = False
-    calib_size: int = 1000
-    preprocess: str | None = None  # aspect policy (crop | letterbox); None: the preset's
-    image_spaces: tuple[str, ...] | None = None  # the preset's spaces to load ("own", extras); None: all
-    bootstrap: int = 1000  # paired bootstrap resamples: test-set intervals against MSP (and ≤ 400 for the
-    # selection rule's standard errors)
-    invert: bool | None = None
-    seed: int = 0
-    batch_size: int = 64
-    device: str = "auto"
-    dtype: str = "auto"
-    runtime: str = "auto"  # as TRUSTSERVE_RUNTIME
-    precision: str = "fp32"  # as TRUSTSERVE_PRECISION
-    calibration_dir: Path | None = None  # int8 calibration images (never the test split)
-    models_dir: Path = DEFAULT_MODELS_DIR
-    cache_dir: Path | None = DEFAULT_CACHE_DIR
-
-    def __post_init__(self) -> None:
-        if not self.shots or min(self.shots) < 1:
-            raise ValueError(f"shots must be positive integers, got {self.shots}")
-        if self.draws < 1:
-            raise ValueError(f"draws must be ≥ 1, got {self.draws}")
-        temperatures = (self.visual_temperature or 1.0, self.temperature, *self.tv_sweep)
-        if min(temperatures) <= 0:
-            raise ValueError("temperatures must be > 0")
-        if self.tune and self.calib_size < 10:
-            raise ValueError("tuning needs a calibration split of at least 10 images")
-        if self.preprocess is not None and self.preprocess not in ASPECT_POLICIES:
-            raise ValueError(f"preprocess must be one of {ASPECT_POLICIES}, got {self.preprocess!r}")
-        if self.bootstrap < 0:
-            raise ValueError("bootstrap must be ≥ 0")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Scoring (numpy only; no model)
-
-
-@dataclass
-class EncodedSet:
-    """Logits and image-space features of labelled images; ``spaces`` holds every loaded image space's
-    features by name (``features`` is the preset's own, ``spaces["own"]``)."""
-
-    logits: np.ndarray
-    features: np.ndarray
-    labels: np.ndarray
-    spaces: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-@dataclass
-class ScoredRun:
-    """Every score's confidences and the prediction each one is judged against, for one support draw."""
-
-    confidences: dict[str, np.ndarray]
-    predictions: dict[str, np.ndarray]
-    params: dict[str, Any] = field(default_factory=dict)
-
-
-def score_run(
-    test: EncodedSet,
-    prototypes: np.ndarray,
-    has_prototype: np.ndarray,
-    *,
-    alpha: float,
-    visual_temperature: float,
-    temperature: float = 1.0,
-    alpha_sweep: Sequence[float] = (),
-    tv_sweep: Sequence[float] = (),
-    tuned: Mapping[str, tuple[float, float]] | None = None,
-) -> ScoredRun:
-    """All scores for one prototype set: baselines, S_it, S_ii, TrustVLM, TrustVLM* at the fixed (α, T_v),
-    plus one column per α of ``alpha_sweep`` (TrustVLM), per T_v of ``tv_sweep`` (TrustVLM*), and the
-    tuned (α, T_v) per score in ``tuned`` (column ``<score> (tuned)``)."""
-    prediction = test.logits.argmax(axis=1)
-    run = ScoredRun({}, {})
-
-    def add(name: str, confidence: np.ndarray, judged: np.ndarray) -> None:
-        run.confidences[name] = confidence
-        run.predictions[name] = judged
-
-    def trust(a: float, tv: float) -> Any:
-        return trustvlm_scores(
-            test.logits, test.features, prototypes, has_prototype, a, tv, temperature=temperature
-        )
-
-    for name, fn in BASELINE_SCORES.items():
-        add(name, fn(test.logits, temperature), prediction)
-    main = trust(alpha, visual_temperature)
-    add("s_it", main.s_it, prediction)
-    add("s_ii", main.s_ii, prediction)
-    add("trustvlm", main.trustvlm, prediction)
-    add("trustvlm_star", main.trustvlm_star, main.refined_prediction)
-    for a in alpha_sweep:
-        swept = trust(a, visual_temperature)
-        add(f"trustvlm[α={a:g}]", swept.trustvlm, prediction)
-        add(f"trustvlm_star[α={a:g}]", swept.trustvlm_star, swept.refined_prediction)
-    for tv in tv_sweep:
-        swept = trust(alpha, tv)
-        add(f"trustvlm_star[T_v={tv:g}]", swept.trustvlm_star, swept.refined_prediction)
-    for score, (a, tv) in (tuned or {}).items():
-        result = trust(a, tv)
-        judged = result.refined_prediction if score == "trustvlm_star" else prediction
-        add(f"{score} (tuned)", getattr(result, score), judged)
-    return run
-
-
-def reports_for(run: ScoredRun, labels: np.ndarray) -> dict[str, dict[str, Any] | None]:
-    """Failure-detection report per score (``None`` when a score is NaN somewhere: missing prototypes)."""
-    reports: dict[str, dict[str, Any] | None] = {}
-    for name, conf in run.confidences.items():
-        if np.isnan(conf).any():
-            reports[name] = None
-            continue
-        correct = run.predictions[name] == labels
-        reports[name] = failure_detection_report(conf, correct, probabilities=name in PROBABILITY_SCORES)
-    return reports
-
-
-def aggregate(per_draw: Sequence[Mapping[str, Mapping[str, Any] | None]]) -> dict[str, dict[str, Any]]:
-    """Mean and sample std (ddof = 1; 0 for a single draw) over draws, per score and metric; a metric
-    undefined in any draw is ``None``."""
-    out: dict[str, dict[str, Any]] = {}
-    for name in per_draw[0]:
-        reports = [d[name] for d in per_draw]
-        if any(r is None for r in reports):
-            out[name] = {"mean": None, "std": None}
-            continue
-        mean: dict[str, float | None] = {}
-        std: dict[str, float | None] = {}
-        for metric in reports[0]:  # type: ignore[union-attr]
-            values = [r[metric] for r in reports]  # type: ignore[index]
-            if any(v is None for v in values):
-                mean[metric] = std[metric] = None
-                continue
-            arr = np.asarray(values, dtype=np.float64)
-            mean[metric] = float(arr.mean())
-            std[metric] = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
-        out[name] = {"mean": mean, "std": std}
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The whole run
-
-
-@dataclass
-class EvalResult:
-    """What ``run_evaluation`` produced: the summary (JSON-ready), the per-sample record, the tables."""
-
-    summary: dict[str, Any]
-    samples: dict[str, Any]
-    tables: dict[int, str]
-    plots: list[Path] = field(default_factory=list)
 
 
 def _round(values: np.ndarray, digits: int = 6) -> list[float | None]:
     return [None if math.isnan(v) else round(float(v), digits) for v in np.asarray(values, dtype=np.float64)]
-
-
-def _calibration_indices(train_size: int, support: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """A seeded calibration subset of the train split, disjoint from one draw's support: the first ``size``
-    images of one fixed permutation that are not support images (so the draws' calibration sets overlap
-    as much as their supports allow, and little is encoded twice)."""
-    order = np.random.default_rng(seed + 10_007).permutation(train_size)
-    return np.sort(order[~np.isin(order, support)][:size])
-
-
-@dataclass
-class EvalInputs:
-    """Everything scoring needs, after encoding: test set, support features per (shots, draw), calibration."""
-
-    test: EncodedSet
-    support: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]  # (shots, draw) -> (indices, features)
-    support_labels: dict[tuple[int, int], np.ndarray]
-    calibration: dict[tuple[int, int], EncodedSet]  # (shots, draw) -> disjoint from that draw's support
-    support_sets: dict[tuple[int, int], EncodedSet]  # (shots, draw) -> logits, features of every space
-    class_names: list[str]
-    dataset_info: dict[str, Any]
-    encode_seconds: float
-
-
-def encode_inputs(config: EvalConfig, model: LoadedModel, dataset_loader: DatasetLoader) -> EvalInputs:
-    """Load the test split (limited) and the train split, draw the supports (and the calibration subset),
-    and encode exactly the images needed, reusing the on-disk cache."""
-    started = time.perf_counter()
-    test_data = dataset_loader(
-        config.dataset, "test", invert=config.invert, limit=config.test_limit, seed=config.seed
-    )
-    train_data = dataset_loader(config.dataset, "train", invert=config.invert)
-    if list(test_data.class_names) != list(train_data.class_names):
-        raise ValueError("train and test splits disagree on the class names")
-    invert_tag = {None: "default", True: "inv", False: "raw"}[config.invert]
-    text = model.class_embeddings(test_data.class_names)
-
-    def logits_of(emb: np.ndarray) -> np.ndarray:
-        return model.logit_scale * emb.astype(np.float64) @ text.T.astype(np.float64) + model.logit_bias
-
-    test_tag = f"test-limit{config.test_limit}-seed{config.seed}-{invert_tag}"
-    test_arrays = _encode(config, model, test_data, test_tag, np.arange(len(test_data)))
-    draws = {
-        (k, d): draw_support_indices(train_data.labels, k, config.seed + d)
-        for k in config.shots
-        for d in range(config.draws)
-    }
-    calib = {
-        key: _calibration_indices(len(train_data), idx, config.calib_size, config.seed)
-        for key, idx in draws.items()
-        if config.tune
-    }
-    train_idx = np.unique(np.concatenate([*draws.values(), *calib.values()]))
-    train_arrays = _encode(config, model, train_data, f"train-{invert_tag}", train_idx)
-    row = {int(ix): p for p, ix in enumerate(train_idx)}
-
-    def encoded(arrays: dict[str, np.ndarray], positions: np.ndarray, labels: np.ndarray) -> EncodedSet:
-        spaces = {name: arrays[f"features:{name}"][positions] for name in model.spaces}
-        return EncodedSet(
-            logits_of(arrays["embeddings"][positions]), spaces[PRIMARY_SPACE], np.asarray(labels), spaces
-        )
-
-    def train_set(indices: np.ndarray) -> EncodedSet:
-        return encoded(
-            train_arrays, np.array([row[int(i)] for i in indices], dtype=np.int64), train_data.labels[indices]
-        )
-
-    support_sets = {key: train_set(idx) for key, idx in draws.items()}
-    return EvalInputs(
-        test=encoded(test_arrays, np.arange(len(test_data)), test_data.labels),
-        support={key: (idx, support_sets[key].features) for key, idx in draws.items()},
-        support_labels={key: train_data.labels[idx] for key, idx in draws.items()},
-        calibration={key: train_set(idx) for key, idx in calib.items()},
-        support_sets=support_sets,
-        class_names=list(test_data.class_names),
-        dataset_info={
-            "name": config.dataset,
-            "class_names": list(test_data.class_names),
-            "n_test": len(test_data),
-            "n_train": len(train_data),
-            "n_calibration": int(min((c.size for c in calib.values()), default=0)),
-            "policy": model.policy,
-            "image_spaces": {name: model.space_name(name) for name in model.spaces},
-            "test_metadata": {k: v for k, v in test_data.metadata.items() if _jsonable(v)},
-        },
-        encode_seconds=time.perf_counter() - started,
-    )
-
-
-def _encode(
-    config: EvalConfig, model: LoadedModel, data: LabelledImages, tag: str, indices: np.ndarray
-) -> dict[str, np.ndarray]:
-    """``embeddings`` and ``features:<space>`` of ``data`` at ``indices``, each unit through its cache."""
-    desc = f"encode {config.dataset}/{tag.split('-')[0]} ({model.policy})"
-
-    def vlm(images: list[Image.Image]) -> dict[str, np.ndarray]:
-        emb, feat = model.encode_images(images, config.batch_size, desc, progress=False)
-        return {"embeddings": emb, f"features:{PRIMARY_SPACE}": feat}
-
-    arrays = EncodingCache(cache_path(config.cache_dir, model, data, tag)).lookup(
-        vlm, data, indices, config.batch_size, desc
-    )
-    for space in model.extra_spaces:
-
-        def extra(images: list[Image.Image], space: str = space) -> dict[str, np.ndarray]:
-            return {f"features:{space}": model.encode_space(space, images, config.batch_size)}
-
-        arrays |= EncodingCache(cache_path(config.cache_dir, model, data, tag, space)).lookup(
-            extra, data, indices, config.batch_size, f"{desc} [{space}]"
-        )
-    return arrays
 
 
 def _add_space_rows(
@@ -355,44 +66,6 @@ def _add_space_rows(
             run.confidences[f"{score}@{space}"] = getattr(result, score)
             judged = result.refined_prediction if score == "trustvlm_star" else prediction
             run.predictions[f"{score}@{space}"] = judged
-
-
-def _plots_for_draw(
-    config: EvalConfig,
-    run: ScoredRun,
-    labels: np.ndarray,
-    reports: Mapping[str, Any],
-    shots: int,
-    out_dir: Path,
-) -> Path:
-    names = [n for n in PLOTTED_SCORES if reports.get(n) is not None]
-    curves = {n: risk_coverage_curve(run.confidences[n], run.predictions[n] == labels) for n in names}
-    return save_risk_coverage_plot(
-        curves,
-        out_dir / f"risk_coverage_{shots}shot.png",
-        f"{config.model} on {config.dataset} (test n={labels.size}), {shots}-shot, draw 0",
-        aurc={n: float(reports[n]["aurc"]) for n in names},
-    )
-
-
-def _alpha_sweep_plot(
-    config: EvalConfig, scores: Mapping[str, Any], shots: int, out_dir: Path
-) -> Path | None:
-    sweep = {
-        a: scores[f"trustvlm[α={a:g}]"]["mean"]["auroc"]
-        for a in config.alpha_sweep
-        if scores[f"trustvlm[α={a:g}]"]["mean"] and scores[f"trustvlm[α={a:g}]"]["mean"]["auroc"] is not None
-    }
-    if not sweep:
-        return None
-    return save_sweep_plot(
-        sweep,
-        out_dir / f"alpha_sweep_{shots}shot.png",
-        xlabel="α",
-        ylabel="AUROC (fraction)",
-        title=f"TrustVLM AUROC vs α, {config.dataset}, {shots}-shot",
-        log_x=True,
-    )
 
 
 def _tuned_vs_default(runs: list[ScoredRun], labels: np.ndarray, config: EvalConfig) -> dict[str, Any]:
@@ -518,7 +191,7 @@ def run_evaluation(
                 }
             )
             if out_dir is not None and d == 0:
-                plots.append(_plots_for_draw(config, run, test.labels, reports, k, out_dir))
+                plots.append(plot_risk_coverage(config, run, test.labels, reports, k, out_dir))
         per_shot[k] = {
             "scores": aggregate(draw_reports),
             "per_draw": draw_reports,
@@ -535,7 +208,7 @@ def run_evaluation(
             "tuned_vs_default": _tuned_vs_default(draw_runs, test.labels, config) if config.bootstrap else {},
         }
         if out_dir is not None and config.alpha_sweep:
-            sweep_plot = _alpha_sweep_plot(config, per_shot[k]["scores"], k, out_dir)
+            sweep_plot = plot_alpha_sweep(config, per_shot[k]["scores"], k, out_dir)
             plots += [sweep_plot] if sweep_plot else []
     score_seconds = time.perf_counter() - score_started
 
@@ -585,57 +258,3 @@ def run_evaluation(
     if out_dir is not None:
         write_outputs(result, out_dir)
     return result
-
-
-def _jsonable(value: Any) -> bool:
-    try:
-        json.dumps(value)
-    except TypeError:
-        return False
-    return True
-
-
-def render_tables(result: EvalResult) -> str:
-    """The printed report: one table per shot count, in the papers' units, mean ± std over draws."""
-    cfg = result.summary["config"]
-    lines = [
-        f"model {cfg['model']}  dataset {cfg['dataset']}  test n={result.summary['dataset']['n_test']}  "
-        f"draws={cfg['draws']}  α={cfg['alpha']:g}  T_v={cfg['visual_temperature']:g}  "
-        f"preprocess={cfg['preprocess']}  spaces={','.join(cfg['image_spaces'])}  "
-        f"zero-shot accuracy {100 * result.summary['zero_shot_accuracy']:.2f} %",
-        "units: ACC/AUROC/FPR95/AUPR/ECE ×100, AURC/E-AURC ×1000; mean ± sample std over support draws",
-    ]
-    for k, table in result.tables.items():
-        lines += ["", f"{k}-shot prototypes", table]
-        lines += _selection_lines(result.summary["results"][str(k)])
-    return "\n".join(lines)
-
-
-def _selection_lines(results: Mapping[str, Any]) -> list[str]:
-    """What the self-selection chose per draw, and every row against MSP with its interval."""
-    lines = ["", "self-selected (per draw: chosen candidate; evidence, samples; fallback if any):"]
-    for row in results["selections"][0] if results["selections"] else []:
-        picks = []
-        for draw in results["selections"]:
-            sel = draw[row]
-            picks.append(f"{sel['chosen']}" + (" (fallback)" if sel["fallback"] else ""))
-        first = results["selections"][0][row]
-        lines.append(f"  {row:<28} {', '.join(picks)}   [{first['evidence']}, n={first['n']}]")
-    if results.get("vs_msp"):
-        lines += ["", "against MSP (paired bootstrap of the test images, mean over draws, 95 % interval):"]
-        lines.append(f"  {'score':<28} {'ΔAUROC ×100':>26}  {'E-AURC / MSP':>22}")
-        for row, iv in results["vs_msp"].items():
-            d, r = iv["delta_auroc"], iv["eaurc_ratio"]
-            lines.append(
-                f"  {row:<28} {100 * d[0]:+7.2f} [{100 * d[1]:+7.2f}, {100 * d[2]:+7.2f}]"
-                f"  {r[0]:5.2f}× [{r[1]:5.2f}, {r[2]:5.2f}]"
-            )
-    return lines
-
-
-def write_outputs(result: EvalResult, out_dir: Path) -> None:
-    """``summary.json``, ``samples.json`` and ``table.txt`` under ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str))
-    (out_dir / "samples.json").write_text(json.dumps(result.samples))
-    (out_dir / "table.txt").write_text(render_tables(result) + "\n")

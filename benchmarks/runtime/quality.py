@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from app.runtime.machine import cpu_supports_bf16
-from app.trust.evaluation import EvalConfig, run_evaluation
+from app.trust.eval_config import EvalConfig
+from app.trust.evaluation import run_evaluation
 from benchmarks.runtime.calibration_images import write_calibration_images
 
 CONFIGS = [

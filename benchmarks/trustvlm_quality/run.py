@@ -29,7 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.trust.evaluation import DEFAULT_CACHE_DIR, EvalConfig, render_tables, run_evaluation
+from app.trust.eval_config import DEFAULT_CACHE_DIR, EvalConfig
+from app.trust.eval_report import render_tables
+from app.trust.evaluation import run_evaluation
 
 HERE = Path(__file__).resolve().parent
 TEST_LIMITS = {"fashion-mnist": 2000, "animal-mnist": 2000}  # others: the whole test split

@@ -1,5 +1,6 @@
-"""Tests for app.trust.evaluation and ``trustserve eval``: real datasets loader (scikit-learn digits) and a
-tiny random-weight open_clip model (real code path; its accuracy means nothing), plus the numpy core."""
+"""Tests for app.trust.evaluation (and its eval_* parts) and ``trustserve eval``: real datasets loader
+(scikit-learn digits) and a tiny random-weight open_clip model (real code path; its accuracy means
+nothing), plus the numpy core (``eval_scoring``)."""
 
 import json
 from pathlib import Path
@@ -10,14 +11,9 @@ import torch
 from typer.testing import CliRunner
 
 from app.trust.encoding import LoadedModel
-from app.trust.evaluation import (
-    EncodedSet,
-    EvalConfig,
-    aggregate,
-    reports_for,
-    run_evaluation,
-    score_run,
-)
+from app.trust.eval_config import EvalConfig
+from app.trust.eval_scoring import EncodedSet, aggregate, reports_for, score_run
+from app.trust.evaluation import run_evaluation
 from app.trust.metrics import failure_detection_report
 from app.trust.prototypes import PrototypeBank
 from app.trust.scores import l2_normalize
