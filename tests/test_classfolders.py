@@ -106,7 +106,9 @@ def test_every_archive_form_gives_the_same_images(form: str) -> None:
 
 
 def test_links_are_skipped_never_followed() -> None:
-    data = make_tar({"cat/1.png": image_bytes()}, links={"cat/2.png": "/etc/passwd", "dog/x.png": "../cat/1.png"})
+    data = make_tar(
+        {"cat/1.png": image_bytes()}, links={"cat/2.png": "/etc/passwd", "dog/x.png": "../cat/1.png"}
+    )
     images = read_class_archive(data, LIMITS)
     assert images.labels == ["cat"] and images.skipped == 2
 

@@ -47,6 +47,7 @@ def docs_page(request: Request, viewer: str, title: str) -> HTMLResponse:
 <p id="docs-status" role="status"></p>
 <div id="docs-root"></div>
 <script src="{assets}/{bundle}"></script>
+<script src="{scripts}/spec.js"></script>
 <script src="{scripts}/{viewer}-init.js"></script>
 </body>
 </html>

@@ -1,5 +1,5 @@
 """The endpoints added for the web console and the label-set commands, over HTTP on the real app with the
-tiny model: GET /v1/access, POST /v1/label-sets/{id}/images/archive, POST /v1/label-sets/{id}/risk-coverage."""
+tiny model: GET /v1/access, POST /v1/label-sets/{id}/images/archive and POST .../{id}/risk-coverage."""
 
 from __future__ import annotations
 
@@ -62,7 +62,9 @@ def test_support_images_from_an_archive_of_class_folders(client, form: str) -> N
     if form == "zip raw":
         r = client.post(url, content=make_zip(members), headers={"content-type": "application/zip"})
     elif form == "tar.gz raw":
-        r = client.post(url, content=gzip.compress(make_tar(members)), headers={"content-type": "application/gzip"})
+        r = client.post(
+            url, content=gzip.compress(make_tar(members)), headers={"content-type": "application/gzip"}
+        )
     else:
         r = client.post(url, files={"archive": ("set.tar", make_tar(members), "application/x-tar")})
     assert r.status_code == 200, r.text
@@ -86,7 +88,10 @@ def test_archive_errors_change_nothing(app_factory) -> None:  # type: ignore[no-
         422,
         "unknown_class",
     )
-    assert post(make_zip({f"colours/red/{i}.png": b"" for i in range(9)})) == (413, "archive_too_many_entries")
+    assert post(make_zip({f"colours/red/{i}.png": b"" for i in range(9)})) == (
+        413,
+        "archive_too_many_entries",
+    )
     assert post(make_zip({"colours/notes.txt": b"x"})) == (422, "no_images")
     assert post(make_zip({"red.png": png(colour_image("red"))})) == (422, "image_outside_class_folder")
     assert 400 <= post(make_zip({"colours/red/1.png": b"\x89PNG\r\n\x1a\nbroken"}))[0] < 500
@@ -122,7 +127,9 @@ def test_risk_coverage_is_the_curve_of_the_scores_classify_serves(client) -> Non
     assert body["score"] == calibration["score"] and body["n"] == 30 and body["version"] == 3
     # the same images through /v1/classify give the same curve
     labels = json.loads(data["labels"])
-    answer = client.post("/v1/classify", files=[("image", f[1]) for f in files], data={"label_set": "colours"})
+    answer = client.post(
+        "/v1/classify", files=[("image", f[1]) for f in files], data={"label_set": "colours"}
+    )
     results = answer.json()["results"]
     conf = [res["confidence"] for res in results]
     correct = [int(res["prediction"]["label"] == label) for res, label in zip(results, labels)]
