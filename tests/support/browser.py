@@ -165,6 +165,7 @@ def full_page_screenshot(driver: Any, name: str, max_height: int = 5000) -> Path
     width, height = driver.get_window_size()["width"], driver.get_window_size()["height"]
     page = int(driver.execute_script("return document.documentElement.scrollHeight"))
     driver.set_window_size(width, min(max(page + 120, height), max_height))
+    driver.execute_script("window.scrollTo(0, 0)")
     try:
         return screenshot(driver, name)
     finally:
