@@ -22,6 +22,7 @@ cli.add_typer(models_cli, name="models")
 def _mount_domain_commands() -> None:
     """Commands that live with their domain (one import each)."""
     from app.labelsets.cli import calibrate_command
+    from app.labelsets.remote_cli import label_sets_app
     from app.multimodal.cli import datasets_app, eval_multimodal, fair_protocol, train_multimodal
     from app.trust.eval_cli import eval_command
 
@@ -29,6 +30,7 @@ def _mount_domain_commands() -> None:
     cli.command("calibrate", help="Calibrate a label set's reject rule on labelled images.")(
         calibrate_command
     )
+    cli.add_typer(label_sets_app, name="label-sets")
     cli.add_typer(datasets_app, name="datasets", help="Build the reproducible benchmark datasets.")
     cli.command("train-multimodal", help="Train a multimodal classifier (ACR, ablations).")(train_multimodal)
     cli.command("eval-multimodal", help="Evaluate multimodal failure detection.")(eval_multimodal)
