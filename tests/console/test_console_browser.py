@@ -5,6 +5,7 @@ every console page go to runs/console-screenshots/ (not committed)."""
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,63 @@ def test_delete_needs_the_id_typed_in(server: LiveServer, browser: Any) -> None:
     field.send_keys("to-delete", Keys.ENTER)
     wait_for(lambda: css(browser, "main:not([aria-busy]) h1").text == "Label sets", what="back to the list")
     assert httpx.get(f"{server.url}/v1/label-sets/to-delete").status_code == 404
+
+
+def test_support_from_a_zip_of_class_folders_then_export_and_import(
+    server: LiveServer, browser: Any, folders: dict[str, Path], tmp_path: Path
+) -> None:
+    r = httpx.post(f"{server.url}/v1/label-sets", json={"id": "zipped", "labels": COLOURS})
+    assert r.status_code == 201, r.text
+    archive = tmp_path / "support.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(folders["support"].rglob("*")):
+            zf.write(path, path.relative_to(folders["support"]).as_posix())
+    open_page(browser, f"{server.url}/ui/#/label-sets/zipped", "Label set zipped")
+    css(browser, "[data-testid=support-archive]").send_keys(str(archive))
+    css(browser, "[data-testid=add-support]").click()
+    wait_for(lambda: all(f"{label} 3 yes" in text_of(browser, "[data-testid=classes]") for label in COLOURS),
+             what="support counts after the archive")  # fmt: skip
+    counts = {
+        c["label"]: c["support_images"]
+        for c in httpx.get(f"{server.url}/v1/label-sets/zipped").json()["classes"]
+    }
+    assert counts == dict.fromkeys(COLOURS, 3)
+
+    exported = tmp_path / "zipped.tar.gz"
+    exported.write_bytes(httpx.get(f"{server.url}/v1/label-sets/zipped/export").content)
+    open_page(browser, f"{server.url}/ui/#/label-sets", "Label sets")
+    css(browser, "[data-testid=import-file]").send_keys(str(exported))
+    css(browser, "[data-testid=import-id]").send_keys("zipped-copy")
+    css(browser, "[data-testid=import]").click()
+    wait_for(
+        lambda: css(browser, "main:not([aria-busy]) h1").text == "Label set zipped-copy", what="the import"
+    )
+    assert all(f"{label} 3 yes" in text_of(browser, "[data-testid=classes]") for label in COLOURS)
+    assert foreign_requests(browser, server.url) == []
+    assert console_errors(browser) == []
+
+
+def test_monitor_answers_of_the_monitoring_issue_are_charted(server: LiveServer, browser: Any) -> None:
+    """The page maps GET /v1/label-sets/{id}/monitor to its charts in one function; fed the flat shape of
+    the monitoring issue's snapshot (its fields, as JSON), it finds all three series and the window."""
+    open_page(browser, f"{server.url}/ui/", "Try it")
+    snapshot = {
+        "label_set": "x", "model": "m", "version": 3, "score": "trustvlm", "samples": 240,
+        "undefined_scores": 0, "window_start": 1_790_000_000.0, "window_end": 1_790_000_600.0,
+        "acceptance_rate": 0.61, "calibration_coverage": 0.8, "estimated_accuracy": 0.83,
+        "calibration_accuracy": 0.9, "psi": 0.42, "ks": 0.2, "min_samples": 100, "enough": True,
+    }  # fmt: skip
+    numbers = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "import('/ui/static/js/render/monitor.js').then((m) => done(m.monitorNumbers(arguments[0])))"
+        ".catch((e) => done(String(e)));",
+        snapshot,
+    )
+    assert isinstance(numbers, dict), numbers
+    assert numbers["acceptanceRate"] == 0.61 and numbers["calibrationCoverage"] == 0.8
+    assert numbers["estimatedAccuracy"] == 0.83
+    assert (numbers["drift"], numbers["driftName"]) == (0.42, "PSI")
+    assert numbers["window"]["samples"] == 240 and numbers["window"]["from"].startswith("2026-09-21")
 
 
 def test_readable_on_a_phone(server: LiveServer) -> None:

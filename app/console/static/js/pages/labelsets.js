@@ -69,8 +69,8 @@ function createForm() {
 
 function importForm() {
   const file = h("input", { type: "file", accept: ".tar.gz,.tgz,application/gzip", required: true, "data-testid": "import-file" });
-  const newId = h("input", { type: "text", pattern: "[a-z0-9][a-z0-9_\\-]{0,63}" });
-  const submit = h("button", { type: "submit" }, "Import");
+  const newId = h("input", { type: "text", pattern: "[a-z0-9][a-z0-9_\\-]{0,63}", "data-testid": "import-id" });
+  const submit = h("button", { type: "submit", "data-testid": "import" }, "Import");
   const status = h("div", { "aria-live": "polite" });
   const formEl = h("form", { class: "card", "aria-labelledby": "import-h", "data-write": "" },
     h("h2", { id: "import-h" }, "Import an exported label set"),

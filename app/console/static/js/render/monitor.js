@@ -7,6 +7,20 @@ function first(...values) {
   return values.find((v) => typeof v === "number" && Number.isFinite(v));
 }
 
+function driftNameOf(m, drift) {
+  if (first(m.drift_statistic, drift.statistic, drift.value) !== undefined || typeof m.drift === "number") return "drift";
+  if (first(m.psi, drift.psi) !== undefined) return "PSI";
+  if (first(m.ks, drift.ks) !== undefined) return "KS";
+  return "drift";
+}
+
+function isoTime(seconds) {
+  return typeof seconds === "number" ? new Date(seconds * 1000).toISOString() : null;
+}
+
+/** The charted numbers of one monitor answer, whichever of the plausible shapes it has (flat fields as
+ * in issue 17's snapshot — acceptance_rate, calibration_coverage, estimated_accuracy, psi, ks, samples,
+ * window_start/end in epoch seconds — or nested objects). */
 export function monitorNumbers(m) {
   const drift = m.drift && typeof m.drift === "object" ? m.drift : {};
   const acceptance = m.acceptance && typeof m.acceptance === "object" ? m.acceptance : {};
@@ -14,10 +28,11 @@ export function monitorNumbers(m) {
   return {
     acceptanceRate: first(m.acceptance_rate, acceptance.rate, acceptance.live, m.live && m.live.acceptance_rate),
     calibrationCoverage: first(m.calibration_coverage, acceptance.calibration_coverage, acceptance.calibration, m.calibration && m.calibration.coverage),
-    drift: first(m.drift_statistic, drift.statistic, drift.value, typeof m.drift === "number" ? m.drift : undefined),
-    driftName: drift.name || drift.method || drift.kind || m.drift_method || "drift",
+    drift: first(m.drift_statistic, drift.statistic, drift.value, typeof m.drift === "number" ? m.drift : undefined, m.psi, drift.psi, m.ks, drift.ks),
+    driftName: drift.name || drift.method || drift.kind || m.drift_method || driftNameOf(m, drift),
     estimatedAccuracy: first(typeof m.estimated_accuracy === "number" ? m.estimated_accuracy : undefined, accuracy.value, accuracy.estimate, m.atc && m.atc.estimated_accuracy),
-    window: m.window ?? null,
+    window: m.window ?? (m.samples === undefined ? null
+      : { samples: m.samples, from: isoTime(m.window_start), to: isoTime(m.window_end) }),
     history: Array.isArray(m.history) ? m.history : null,
   };
 }
