@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from selenium.common.exceptions import WebDriverException
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select
@@ -308,6 +309,25 @@ def test_monitor_answers_of_the_monitoring_issue_are_charted(server: LiveServer,
     assert numbers["estimatedAccuracy"] == 0.83
     assert (numbers["drift"], numbers["driftName"]) == (0.42, "PSI")
     assert numbers["window"]["samples"] == 240 and numbers["window"]["from"].startswith("2026-09-21")
+
+
+def test_the_pages_are_reachable_with_the_keyboard_alone(server: LiveServer, browser: Any) -> None:
+    open_page(browser, f"{server.url}/ui/", "Try it")
+    active = lambda: browser.switch_to.active_element  # noqa: E731
+    assert active().tag_name == "h1"  # a new page moves the focus to its heading
+    for _ in range(12):  # back from the heading through the header: key form, then the page links
+        ActionChains(browser).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
+        if active().text == "Label sets":
+            break
+    assert active().text == "Label sets", "the navigation is not reachable with Tab"
+    active().send_keys(Keys.ENTER)
+    wait_for(
+        lambda: css(browser, "main:not([aria-busy]) h1").text == "Label sets", what="Label sets by keyboard"
+    )
+    assert active().text == "Label sets" and active().tag_name == "h1"
+    ActionChains(browser).send_keys(Keys.TAB).perform()  # the next stop is the page's first control
+    assert browser.execute_script("return document.querySelector('main').contains(document.activeElement)")
+    assert active().tag_name in ("a", "input", "button")
 
 
 def test_readable_on_a_phone(server: LiveServer) -> None:
