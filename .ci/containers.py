@@ -12,6 +12,9 @@ project's dependencies):
     python3 .ci/containers.py check-server URL --read-key K --admin-key K
     python3 .ci/containers.py check-prometheus URL --target trustserve:8000
     python3 .ci/containers.py check-replicas URL1 URL2 --balancer URL --read-key K --admin-key K
+    python3 .ci/containers.py check-runtime URL --runtime onnxruntime  # every tower served from the cache
+    python3 .ci/containers.py check-multimodal URL --logs FILE [--tolerate-torch-skip]
+    python containers.py torch-free                  # run INSIDE an image: no torch, no CUDA stack
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -33,6 +37,18 @@ import httpx
 
 LABELS = ["espresso", "a cat", "a rocket"]
 EXPECTED = "espresso"  # scikit-image's coffee photo
+MULTIMODAL_DIR = Path(__file__).resolve().parent.parent / "models" / "multimodal"
+IMAGE_MODELS_DIR = "/opt/trustserve/models"
+# What the slim image may log for a multimodal checkpoint whose feature extractor still runs in torch
+# (EfficientNet-Lite0 for av-digits-acr; moving it onto ONNX Runtime is issue 13's phase 2). Nothing else.
+TORCH_SKIP = (
+    "skipping broken multimodal checkpoint {folder}: modality 'image': cannot load its pretrained "
+    "extractor: No module named 'torch'"
+)
+# Neither may be installed in the slim image (import names; distributions are checked by prefix too)
+TORCH_MODULES = ("torch", "torchvision", "open_clip", "timm", "transformers", "efficientnet_lite_pytorch")
+TORCH_DISTRIBUTIONS = ("torch", "torchvision", "open-clip-torch", "timm", "transformers", "triton")
+CUDA_DISTRIBUTION_PREFIX = "nvidia-"
 APT_SOURCES = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
@@ -322,6 +338,87 @@ def check_replicas(
     print(f"the load balancer {balancer} answers with it too")
 
 
+def check_runtime(url: str, runtime: str, read_key: str) -> None:
+    """Every tower of the served model runs on ``runtime`` from the export cache (a hit: nothing was
+    exported at start-up, which would need torch)."""
+    response = httpx.get(f"{url}/v1/models", headers=auth(read_key), timeout=10)
+    expect_status(response, 200, "/v1/models")
+    for model in response.json()["models"]:
+        towers = model.get("runtime") or {}
+        if not towers:
+            raise CheckFailed(f"/v1/models: {model.get('id')} reports no runtime per tower")
+        for tower, info in towers.items():
+            if (info.get("runtime"), info.get("cache")) != (runtime, "hit"):
+                raise CheckFailed(
+                    f"{model.get('id')}/{tower} runs on {info.get('runtime')} (cache {info.get('cache')}), "
+                    f"not on {runtime} from the baked export cache"
+                )
+        runs = ", ".join(f"{tower} {info['runtime']} (cache hit)" for tower, info in towers.items())
+        print(f"{model.get('id')}: {runs}")
+
+
+def log_messages(path: Path) -> list[str]:
+    """The ``message`` of every JSON log line of a container (other lines as they are)."""
+    messages = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            messages.append(line)
+            continue
+        messages.append(str(record.get("message", line)) if isinstance(record, dict) else line)
+    return messages
+
+
+def check_multimodal(url: str, read_key: str, logs: Path, tolerate_torch_skip: bool) -> None:
+    """Every checkpoint under models/multimodal is served (a prediction from zero feature vectors answers
+    200), or, with ``tolerate_torch_skip``, was skipped with exactly ``TORCH_SKIP`` in the logs."""
+    expected = {
+        json.loads((folder / "config.json").read_text())["name"]: folder.name
+        for folder in sorted(MULTIMODAL_DIR.iterdir())
+        if (folder / "config.json").is_file()
+    }
+    response = httpx.get(f"{url}/v1/multimodal/models", headers=auth(read_key), timeout=10)
+    expect_status(response, 200, "/v1/multimodal/models")
+    served = {m["name"]: m for m in response.json()["models"]}
+    messages = log_messages(logs)
+    for name, folder in expected.items():
+        if name in served:
+            inputs = {m["name"]: [0.0] * math.prod(m["input_shape"]) for m in served[name]["modalities"]}
+            predicted = httpx.post(
+                f"{url}/v1/multimodal/{name}/predict",
+                json={"inputs": inputs},
+                headers=auth(read_key),
+                timeout=60,
+            )
+            expect_status(predicted, 200, f"multimodal predict with {name}")
+            print(f"multimodal {name}: served, predict 200")
+            continue
+        skip = TORCH_SKIP.format(folder=f"{IMAGE_MODELS_DIR}/multimodal/{folder}")
+        if tolerate_torch_skip and skip in messages:
+            print(f"multimodal {name}: skipped, as expected until its extractor runs without torch: {skip}")
+            continue
+        related = [m for m in messages if folder in m] or ["(nothing in the logs)"]
+        raise CheckFailed(f"multimodal checkpoint {name} is not served: {related[-3:]}")
+
+
+def check_torch_free() -> None:
+    """Run by the image's own Python: torch and the libraries built on it cannot be imported, and no
+    distribution of them or of the CUDA stack is installed."""
+    import importlib.metadata
+    import importlib.util
+
+    importable = [m for m in TORCH_MODULES if importlib.util.find_spec(m) is not None]
+    names = sorted({(d.metadata["Name"] or "").lower() for d in importlib.metadata.distributions()})
+    installed = [n for n in names if n in TORCH_DISTRIBUTIONS or n.startswith(CUDA_DISTRIBUTION_PREFIX)]
+    if importable or installed:
+        raise CheckFailed(f"the image has torch or CUDA: importable {importable}, installed {installed}")
+    print(
+        f"torch-free: none of {list(TORCH_MODULES)} importable, no torch or nvidia-* among {len(names)} "
+        "installed distributions"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -350,7 +447,15 @@ def main(argv: list[str] | None = None) -> None:
     replicas.add_argument("second")
     replicas.add_argument("--balancer", required=True)
     replicas.add_argument("--timeout", type=float, default=60)
-    for command in (server, replicas):
+    runtime = commands.add_parser("check-runtime")
+    runtime.add_argument("url")
+    runtime.add_argument("--runtime", required=True)
+    multimodal = commands.add_parser("check-multimodal")
+    multimodal.add_argument("url")
+    multimodal.add_argument("--logs", type=Path, required=True)
+    multimodal.add_argument("--tolerate-torch-skip", action="store_true")
+    commands.add_parser("torch-free")
+    for command in (server, replicas, runtime, multimodal):
         command.add_argument("--read-key", default=os.environ.get("CI_READ_KEY"))
         command.add_argument("--admin-key", default=os.environ.get("CI_ADMIN_KEY"))
     args = parser.parse_args(argv)
@@ -376,6 +481,12 @@ def main(argv: list[str] | None = None) -> None:
             check_replicas(
                 args.first, args.second, args.balancer, args.read_key, args.admin_key, args.timeout
             )
+        elif args.command == "check-runtime":
+            check_runtime(args.url, args.runtime, args.read_key)
+        elif args.command == "check-multimodal":
+            check_multimodal(args.url, args.read_key, args.logs, args.tolerate_torch_skip)
+        elif args.command == "torch-free":
+            check_torch_free()
     except CheckFailed as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -4,11 +4,14 @@
 #   1. podman, buildah, podman-compose, debootstrap from Debian;
 #   2. base images made with debootstrap (localhost/debian:bookworm) and Debian's python3, prometheus,
 #      postgresql and nginx packages (deploy/debian/);
-#   3. the project image (Dockerfile, target runtime) with the host's pip set-up mounted read-only;
-#   4. one container: /readyz, the coffee photo classified as espresso, API keys enforced, HEALTHCHECK;
-#   5. deploy/docker-compose.yml (trustserve + Prometheus): the scrape of trustserve:8000 is up;
-#   6. deploy/docker-compose.replicas.yml (PostgreSQL + 2 replicas + nginx): a label set created on one
-#      replica is served by the other.
+#   3. the project images (Dockerfile targets runtime and slim) with the host's pip set-up mounted read-only;
+#   4. one container of each: /readyz, the coffee photo classified as espresso, API keys enforced,
+#      HEALTHCHECK, the multimodal checkpoint; the slim one also: no torch in the image, every tower on
+#      ONNX Runtime from the baked export cache;
+#   5. deploy/docker-compose.yml (trustserve + Prometheus) on the slim image: the scrape of trustserve:8000
+#      is up;
+#   6. deploy/docker-compose.replicas.yml (PostgreSQL + 2 replicas + nginx) on the slim image: a label set
+#      created on one replica is served by the other.
 # Every check is explicit (podman-compose exits 0 even when a service fails). Everything started is removed
 # on exit, failure included; images, built layers and pip's download cache are kept for the next run.
 # Prints the timings and sizes docs/DEPLOY.md reports.
@@ -24,8 +27,12 @@ PYTHON_IMAGE=localhost/debian-python:$RELEASE
 PROMETHEUS_IMAGE=localhost/debian-prometheus:$RELEASE
 POSTGRES_IMAGE=localhost/debian-postgresql:$RELEASE
 NGINX_IMAGE=localhost/debian-nginx:$RELEASE
-export TRUSTSERVE_IMAGE_TAG=${TRUSTSERVE_IMAGE_TAG:-ci}
-PROJECT_IMAGE=localhost/trustserve:$TRUSTSERVE_IMAGE_TAG
+IMAGE_TAG=${CI_IMAGE_TAG:-ci}
+PROJECT_IMAGE=localhost/trustserve:$IMAGE_TAG
+SLIM_IMAGE=localhost/trustserve:$IMAGE_TAG-slim
+SLIM_RUNTIME=onnxruntime  # the Dockerfile's default SLIM_RUNTIME
+# the compose stacks run the slim image (image: trustserve:${TRUSTSERVE_IMAGE_TAG}): it starts in seconds
+export TRUSTSERVE_IMAGE_TAG=$IMAGE_TAG-slim
 RUN_ID=tsci$$
 WORK=$(mktemp -d /var/tmp/trustserve-containers.XXXXXX)
 STARTED=$(date +%s)
@@ -130,8 +137,8 @@ image_size() { podman image inspect --format '{{.Size}}' "$1" | awk '{printf "%.
 # --- 3. the project image -------------------------------------------------------------------------------
 in_image() { podman run --rm --no-healthcheck --user 0 --entrypoint "$2" "$1" "${@:3}"; }
 
-build_project_image() {
-  local start index mounts inputs built_from before after target image extra kind
+build_image() {  # target image stages...: podman build of a Dockerfile target, then checks of the image
+  local target=$1 image=$2 stages=("${@:3}") start index mounts inputs built_from before after stage tag extra kind
   index=$(python3 -m pip config get global.index-url 2>/dev/null || echo https://pypi.org/simple)
   mapfile -t mounts < <(checks pip-mounts)
   # torch from the configured package index (PyPI: its x86_64 wheel is the CUDA build); the host's pip
@@ -141,40 +148,58 @@ build_project_image() {
   # buildah's own cache check hashes the 6 GB environment (minutes): an image labelled with the digest of
   # the same inputs (build context files, build arguments, base image) is used as it is
   inputs=$(checks build-inputs Dockerfile .dockerignore pyproject.toml app models deploy/docker \
-    --extra "$(podman image inspect --format '{{.Id}}' "$PYTHON_IMAGE")" "$index" runtime)
+    --extra "$(podman image inspect --format '{{.Id}}' "$PYTHON_IMAGE")" "$index" "$target")
   built_from=$(podman image inspect --format '{{index .Labels "org.trustserve.build-inputs"}}' \
-    "$PROJECT_IMAGE" 2>/dev/null || true)
-  before=$(podman image inspect --format '{{.Id}}' "$PROJECT_IMAGE" 2>/dev/null || true)
+    "$image" 2>/dev/null || true)
+  before=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
   start=$(now)
   if [ "$built_from" = "$inputs" ] && [ -z "${CI_REBUILD_IMAGE:-}" ]; then
-    record "$PROJECT_IMAGE build" "skipped: inputs unchanged"
+    record "$image build" "skipped: inputs unchanged"
   else
-    # the stages the runtime image copies from are tagged too (localhost/trustserve-<stage>), so pruning
-    # old images keeps them and their layers stay cached
-    for target in deps builder runtime-user runtime; do
-      image=localhost/trustserve-$target:$TRUSTSERVE_IMAGE_TAG extra=()
-      [ "$target" = runtime ] && image=$PROJECT_IMAGE extra=(--label "org.trustserve.build-inputs=$inputs")
-      "${build[@]}" "${extra[@]}" --target "$target" -t "$image" . >>"$WORK/build-trustserve.log" 2>&1 \
-        || { grep -v '^WARNING: Location' "$WORK/build-trustserve.log" | tail -40 >&2; fail "building $image"; }
+    # the stages the image copies from are tagged too (localhost/trustserve-<stage>), so pruning old
+    # images keeps them and their layers stay cached
+    for stage in "${stages[@]}" "$target"; do
+      tag=localhost/trustserve-$stage:$IMAGE_TAG extra=()
+      [ "$stage" = "$target" ] && tag=$image extra=(--label "org.trustserve.build-inputs=$inputs")
+      "${build[@]}" "${extra[@]}" --target "$stage" -t "$tag" . >>"$WORK/build-$target.log" 2>&1 \
+        || { grep -v '^WARNING: Location' "$WORK/build-$target.log" | tail -40 >&2; fail "building $tag"; }
     done
-    after=$(podman image inspect --format '{{.Id}}' "$PROJECT_IMAGE")
+    after=$(podman image inspect --format '{{.Id}}' "$image")
     kind="built"
     [ "$before" = "$after" ] && kind="all layers cached"
-    record "$PROJECT_IMAGE build ($kind)" "$(since "$start") s"
+    record "$image build ($kind)" "$(since "$start") s"
     podman image prune -f >/dev/null  # earlier builds' untagged images; tagged images keep their layers
   fi
-  record "$PROJECT_IMAGE size" "$(image_size "$PROJECT_IMAGE")"
-  record "  of which /opt/venv" "$(in_image "$PROJECT_IMAGE" du -sh /opt/venv | cut -f1)"
+  record "$image size" "$(image_size "$image")"
+  record "  of which /opt/venv" "$(in_image "$image" du -sh /opt/venv | cut -f1)"
   # nothing of the host's pip set-up may be in the image, not even an empty mount point
   local targets leaked
   targets=$(printf '%s\n' "${mounts[@]}" | grep -v '^-v$' | cut -d: -f2 | grep -vx /etc/ssl/certs/ca-certificates.crt)
   # shellcheck disable=SC2086  # one path per word
-  leaked=$(in_image "$PROJECT_IMAGE" sh -c 'for p; do [ ! -e "$p" ] || echo "$p"; done' sh $targets)
-  [ -z "$leaked" ] || fail "the image contains the host's pip set-up: $leaked"
-  in_image "$PROJECT_IMAGE" cat /etc/ssl/certs/ca-certificates.crt >"$WORK/image-ca.crt"
-  checks no-local-ca "$WORK/image-ca.crt" || fail "the image trusts this host's own CA certificates"
-  [ "$(podman image inspect --format '{{.Config.Healthcheck}}' "$PROJECT_IMAGE")" != "<nil>" ] \
-    || fail "$PROJECT_IMAGE has no HEALTHCHECK (built in OCI format?)"
+  leaked=$(in_image "$image" sh -c 'for p; do [ ! -e "$p" ] || echo "$p"; done' sh $targets)
+  [ -z "$leaked" ] || fail "$image contains the host's pip set-up: $leaked"
+  in_image "$image" cat /etc/ssl/certs/ca-certificates.crt >"$WORK/image-ca.crt"
+  checks no-local-ca "$WORK/image-ca.crt" || fail "$image trusts this host's own CA certificates"
+  [ "$(podman image inspect --format '{{.Config.Healthcheck}}' "$image")" != "<nil>" ] \
+    || fail "$image has no HEALTHCHECK (built in OCI format?)"
+}
+
+check_slim_image() {  # the slim image holds no torch and no CUDA stack, and the baked export cache
+  podman run --rm --no-healthcheck --entrypoint python -v "$PWD/.ci/containers.py:/tmp/containers.py:ro" \
+    "$SLIM_IMAGE" /tmp/containers.py torch-free || fail "$SLIM_IMAGE is not torch-free"
+  record "  of which the export cache" "$(in_image "$SLIM_IMAGE" du -sh /opt/trustserve/export | cut -f1)"
+  # the server reads the cache but cannot change it
+  [ "$(podman run --rm --no-healthcheck --entrypoint sh "$SLIM_IMAGE" -c \
+    'test -w /opt/trustserve/export && echo writable || echo read-only')" = read-only ] \
+    || fail "$SLIM_IMAGE: the export cache is writable by the server's user"
+}
+
+check_torch_build() {  # which torch the full image has: from PyPI on x86_64 it is the CUDA build
+  local build
+  build=$(podman run --rm --no-healthcheck --entrypoint python "$PROJECT_IMAGE" -c \
+    'import torch; print("torch", torch.__version__ + ", CUDA", torch.version.cuda or "none (CPU build)")') \
+    || fail "$PROJECT_IMAGE: torch does not import"
+  record "  torch in it" "$build"
 }
 
 # --- 4. one container -----------------------------------------------------------------------------------
@@ -190,17 +215,27 @@ generate_keys() {
   export POSTGRES_PASSWORD
 }
 
-run_single_container() {
-  local name=${RUN_ID}-server port start ready
+run_single_container() {  # image label [check options]: one container, its checks, then removed
+  local image=$1 label=$2 name=${RUN_ID}-$2 port start ready settings=()
+  # the full image runs its towers in torch, as the CUDA variant does on a GPU. Its default runtime, auto,
+  # exports every tower to ONNX and OpenVINO and times them on each start (its cache is not a volume):
+  # 146-228 s to ready at load 11-18 here, too close to the 300 s limit. The slim image runs the exports.
+  [ "$image" = "$PROJECT_IMAGE" ] && settings=(-e TRUSTSERVE_RUNTIME=torch)
   port=$(free_port)
   start=$(now)
-  podman run -d --name "$name" --init -p "127.0.0.1:$port:8000" \
+  podman run -d --name "$name" --init -p "127.0.0.1:$port:8000" "${settings[@]}" \
     -v "$WORK/api-keys:/run/secrets/trustserve-api-keys:ro" \
     -e TRUSTSERVE_API_KEYS_FILE=/run/secrets/trustserve-api-keys \
-    "$PROJECT_IMAGE" >/dev/null 2>"$WORK/podman-run.log" || { cat "$WORK/podman-run.log" >&2; fail "podman run"; }
+    "$image" >/dev/null 2>"$WORK/podman-run.log" || { cat "$WORK/podman-run.log" >&2; fail "podman run $image"; }
   ready=$(checks wait-ready "http://127.0.0.1:$port" --timeout 300) || fail "$name never became ready"
-  record "container start to /readyz 200" "$ready s (podman run to ready: $(since "$start") s)"
+  record "$label: container start to /readyz 200" "$ready s (podman run to ready: $(since "$start") s)"
   checks check-server "http://127.0.0.1:$port" || fail "checks against $name"
+  podman logs "$name" >"$WORK/$label.log" 2>&1
+  checks check-multimodal "http://127.0.0.1:$port" --logs "$WORK/$label.log" "${@:3}" \
+    || fail "multimodal checkpoints on $name"
+  if [ "$image" = "$SLIM_IMAGE" ]; then
+    checks check-runtime "http://127.0.0.1:$port" --runtime "$SLIM_RUNTIME" || fail "runtimes on $name"
+  fi
   [ "$(podman exec "$name" id -u)" = 10001 ] || fail "$name does not run as uid 10001"
   podman healthcheck run "$name" || fail "HEALTHCHECK of $name"
   local health
@@ -279,13 +314,20 @@ log "base images without a registry"
 build_debian_image
 build_debian_images
 log "project image ($PROJECT_IMAGE)"
-build_project_image
+build_image runtime "$PROJECT_IMAGE" deps builder runtime-user
+check_torch_build  # the CUDA variant when torch is a CUDA build: it runs on CPU here, no GPU in CI
+log "slim image ($SLIM_IMAGE): exported models, no torch"
+build_image slim "$SLIM_IMAGE" export serving-deps
+check_slim_image
 generate_keys
-log "one container"
-run_single_container
-log "compose: trustserve + Prometheus"
+log "one container of the full image"
+run_single_container "$PROJECT_IMAGE" full
+log "one container of the slim image"
+# the multimodal demo's image features still need torch (EfficientNet-Lite0): skipped, and only so
+run_single_container "$SLIM_IMAGE" slim --tolerate-torch-skip
+log "compose: trustserve + Prometheus ($SLIM_IMAGE)"
 run_monitoring_stack
-log "compose: PostgreSQL + 2 replicas + nginx"
+log "compose: PostgreSQL + 2 replicas + nginx ($SLIM_IMAGE)"
 run_replicas_stack
 record "containers total" "$(($(date +%s) - STARTED)) s"
 log "container timings (load average: $(cut -d' ' -f1-3 /proc/loadavg))"

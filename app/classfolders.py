@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from app.errors import InvalidInput, TooLarge
 from app.labelsets.archive import ArchiveError, gunzip_bounded
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -30,13 +31,16 @@ SKIPPED_NAMES_SHOWN = 20  # skipped entries named in an answer (the count is alw
 _ZIP_CENTRAL_ENTRY = b"PK\x01\x02"  # every zip entry has one central-directory header with this signature
 
 
-class ClassFolderError(ValueError):
-    """The upload or folder is not usable as class folders; ``status`` and ``code`` say how to answer."""
+class ClassFolderError(InvalidInput):
+    """The upload or folder is not usable as class folders (a domain error: the API answers 422)."""
 
-    def __init__(self, message: str, *, status: int = 422, code: str = "invalid_archive") -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
+    code = "invalid_archive"
+
+
+class ArchiveTooLarge(TooLarge, ClassFolderError):
+    """The archive breaks a bound (entries, bytes after decompression): the API answers 413."""
+
+    code = "archive_too_large"
 
 
 @dataclass(frozen=True)
@@ -109,26 +113,23 @@ def read_class_archive(data: bytes, limits: ArchiveLimits) -> ClassFolderImages:
         try:
             data = gunzip_bounded(data, tar_budget)
         except ArchiveError as exc:
-            raise ClassFolderError(str(exc), status=413 if "expands" in str(exc) else 422) from None
+            if "expands" in str(exc):
+                raise ArchiveTooLarge(str(exc)) from None
+            raise ClassFolderError(str(exc)) from None
         if len(data) < 262 or data[257:262] != b"ustar":
             raise ClassFolderError("the gzip file does not hold a tar archive", code="unsupported_archive")
     return _read_tar(data, limits)
 
 
-def _too_many(limits: ArchiveLimits) -> ClassFolderError:
-    return ClassFolderError(
+def _too_many(limits: ArchiveLimits) -> ArchiveTooLarge:
+    return ArchiveTooLarge(
         f"the archive holds more than {limits.max_members} entries; upload it in parts",
-        status=413,
         code="archive_too_many_entries",
     )
 
 
-def _too_large(limits: ArchiveLimits) -> ClassFolderError:
-    return ClassFolderError(
-        f"the archive expands to more than {limits.max_bytes} bytes; upload it in parts",
-        status=413,
-        code="archive_too_large",
-    )
+def _too_large(limits: ArchiveLimits) -> ArchiveTooLarge:
+    return ArchiveTooLarge(f"the archive expands to more than {limits.max_bytes} bytes; upload it in parts")
 
 
 class _Budget:

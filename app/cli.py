@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 cli = typer.Typer(
     name="trustserve",
@@ -19,18 +22,28 @@ models_cli = typer.Typer(help="The model repository (models/*.yaml).", no_args_i
 cli.add_typer(models_cli, name="models")
 
 
+# Packages a serving-only install leaves out (the slim image: deploy/docker/requirements-serving.txt). Without
+# them the evaluation and training commands are not mounted; serve, models and calibrate still work.
+FULL_INSTALL_ONLY = ("torch", "matplotlib")
+
+
 def _mount_domain_commands() -> None:
     """Commands that live with their domain (one import each)."""
     from app.labelsets.cli import calibrate_command
     from app.labelsets.remote_cli import label_sets_app
-    from app.multimodal.cli import datasets_app, eval_multimodal, fair_protocol, train_multimodal
-    from app.trust.eval_cli import eval_command
 
-    cli.command("eval", help="Evaluate a model preset's scores on a labelled image dataset.")(eval_command)
     cli.command("calibrate", help="Calibrate a label set's reject rule on labelled images.")(
         calibrate_command
     )
     cli.add_typer(label_sets_app, name="label-sets")
+    try:
+        from app.multimodal.cli import datasets_app, eval_multimodal, fair_protocol, train_multimodal
+        from app.trust.eval_cli import eval_command
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] in FULL_INSTALL_ONLY:
+            return  # a serving-only install
+        raise
+    cli.command("eval", help="Evaluate a model preset's scores on a labelled image dataset.")(eval_command)
     cli.add_typer(datasets_app, name="datasets", help="Build the reproducible benchmark datasets.")
     cli.command("train-multimodal", help="Train a multimodal classifier (ACR, ablations).")(train_multimodal)
     cli.command("eval-multimodal", help="Evaluate multimodal failure detection.")(eval_multimodal)
@@ -42,11 +55,11 @@ def _mount_domain_commands() -> None:
 _mount_domain_commands()
 
 
-def uvicorn_options(settings: object) -> dict[str, object]:
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Connection settings uvicorn takes from ``Settings`` (idle keep-alive connections are closed after
     ``keep_alive_timeout_s``; body limits are enforced by the app's middleware)."""
     return {
-        "timeout_keep_alive": getattr(settings, "keep_alive_timeout_s", 5.0),
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
         "timeout_graceful_shutdown": 10,
         "log_config": None,
     }
@@ -71,7 +84,7 @@ def serve(
     from app.config import Settings
     from app.observability.logging import configure_logging
 
-    overrides = {
+    overrides: dict[str, Any] = {
         k: v
         for k, v in {
             "host": host,
@@ -146,7 +159,7 @@ def models_export(
     from app.vlm.loading import load_models
     from app.vlm.presets import get_preset
 
-    overrides = {
+    overrides: dict[str, Any] = {
         "model": preset,
         "runtime": runtime,
         "precision": precision,
@@ -170,7 +183,14 @@ def models_export(
 
 
 def main() -> None:
-    cli()
+    """The ``trustserve`` entry point: a missing optional package is one line saying what to install."""
+    from app.errors import MissingDependencyError
+
+    try:
+        cli()
+    except MissingDependencyError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from app.runtime.cache import DEFAULT_CACHE_DIR as DEFAULT_EXPORT_CACHE_DIR
 from app.vlm.presets import DEFAULT_MODELS_DIR
 
+# Below this many prototypes an exact flat index is as fast as HNSW (benchmarks/faiss/README.md).
+DEFAULT_HNSW_THRESHOLD = 50_000
+
 
 class _YamlConfigSource(PydanticBaseSettingsSource):
     """Reads the YAML file named by TRUSTSERVE_CONFIG_FILE (lowest priority after defaults)."""
@@ -61,6 +64,11 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     store_dir: Path = Field(Path("./trustserve-data"), description="label-set store directory")
     database_url: SecretStr | None = Field(None, description="postgresql://... to share label sets")
+    index_hnsw_threshold: int = Field(
+        DEFAULT_HNSW_THRESHOLD,
+        ge=1,
+        description="label sets with this many prototypes or more search them with HNSW, fewer exactly",
+    )
     label_sync_interval_s: float = Field(
         5.0, gt=0, le=300, description="replicas: fallback version check period (LISTEN/NOTIFY is primary)"
     )
@@ -110,8 +118,8 @@ class Settings(BaseSettings):
     max_new_prompts_per_write: int = Field(
         30_000, ge=1, description="label × template prompts a label-set create / add-classes may encode"
     )
-    max_label_set_labels: int = Field(100_000, ge=2)
-    max_calibration_images: int = Field(20_000, ge=1)
+    max_label_set_labels: int = Field(100_000, ge=2, description="labels one label set may hold")
+    max_calibration_images: int = Field(20_000, ge=1, description="labelled images per calibration")
     max_archive_members: int = Field(
         4096, ge=1, description="entries in an uploaded archive of class folders (support images)"
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from app.api.errors import http_status
 from app.classfolders import (
     SKIPPED_NAMES_SHOWN,
     ArchiveLimits,
@@ -118,7 +119,7 @@ def test_entry_count_is_bounded_before_the_entries_are_parsed() -> None:
     for data in (make_zip(members), make_tar(members), gzip.compress(make_tar(members))):
         with pytest.raises(ClassFolderError) as err:
             read_class_archive(data, LIMITS)
-        assert err.value.status == 413 and err.value.code == "archive_too_many_entries"
+        assert http_status(err.value) == 413 and err.value.code == "archive_too_many_entries"
 
 
 def test_expanded_bytes_are_bounded_from_the_headers_and_while_inflating() -> None:
@@ -127,10 +128,10 @@ def test_expanded_bytes_are_bounded_from_the_headers_and_while_inflating() -> No
     assert len(zipped) < 10_000
     with pytest.raises(ClassFolderError) as err:
         read_class_archive(zipped, LIMITS)
-    assert err.value.status == 413 and err.value.code == "archive_too_large"
+    assert http_status(err.value) == 413 and err.value.code == "archive_too_large"
     with pytest.raises(ClassFolderError) as err:
         read_class_archive(gzip.compress(make_tar(big)), LIMITS)
-    assert err.value.status == 413
+    assert http_status(err.value) == 413
     # the sum counts, not just each entry
     halves = {f"cat/{i}.png": b"\x00" * (LIMITS.max_bytes // 2 + 1) for i in range(2)}
     with pytest.raises(ClassFolderError):
@@ -158,7 +159,7 @@ def test_a_zip_that_lies_about_a_size_is_refused() -> None:
 def test_broken_archives_are_clear_errors(data: bytes) -> None:
     with pytest.raises(ClassFolderError) as err:
         read_class_archive(data, LIMITS)
-    assert 400 <= err.value.status < 500 and str(err.value)
+    assert 400 <= http_status(err.value) < 500 and str(err.value)
 
 
 def test_an_image_outside_any_folder_is_an_error_not_a_guess() -> None:

@@ -36,8 +36,7 @@ from app.config import Settings
 from app.engine.engine import ClassificationEngine
 from app.engine.images import ImageLimits
 from app.labelsets.postgres_store import PostgresStore
-from app.labelsets.service import LabelSetService
-from app.labelsets.store import DirectoryStore, LabelSetStore
+from app.labelsets.service import LabelSetService, create_store
 from app.labelsets.sync import LabelSetSync
 from app.multimodal.limits import AudioLimits, InputLimits
 from app.multimodal.service import MultimodalService
@@ -46,13 +45,6 @@ from app.runtime.cache import ExportCache
 from app.vlm.loading import runtime_request
 
 log = logging.getLogger(__name__)
-
-
-def create_store(settings: Settings) -> LabelSetStore:
-    """The label-set store: PostgreSQL when a database URL is set, else the directory store."""
-    if settings.database_url is not None:
-        return PostgresStore(settings.database_url.get_secret_value())
-    return DirectoryStore(settings.store_dir)
 
 
 def _observe_multimodal_batch(metrics: ServiceMetrics, model: str, size: int, seconds: float) -> None:
@@ -95,10 +87,11 @@ async def _start_services(app: FastAPI, settings: Settings, engine: Classificati
             on_batch=lambda model, size, seconds: _observe_multimodal_batch(
                 state.metrics, model, size, seconds
             ),
+            on_rejected=lambda model: state.metrics.overload_rejections.labels(f"multimodal:{model}").inc(),
         )
         store = await asyncio.to_thread(create_store, settings)  # may wait for the database
         service = LabelSetService(store=store, engine=engine, settings=settings)
-        report = await service.load_all()
+        report = await service.repository.load_all()
         log.info(
             "label sets: %d loaded, %d failed",
             len(report.loaded),
@@ -106,10 +99,10 @@ async def _start_services(app: FastAPI, settings: Settings, engine: Classificati
             extra={"label_sets_failed": report.failed},
         )
         state.label_sets = service
-        state.readiness_checks["label_store"] = service.readiness_problem
+        state.readiness_checks["label_store"] = service.repository.readiness_problem
         if isinstance(store, PostgresStore):  # replicas: learn of other replicas' changes
             state.label_sync = LabelSetSync.for_store(
-                store, service, poll_interval_s=settings.label_sync_interval_s
+                store, service.repository, poll_interval_s=settings.label_sync_interval_s
             )
             await state.label_sync.start()
             state.readiness_checks["label_database"] = state.label_sync.readiness_problem
@@ -139,8 +132,6 @@ def create_app(settings: Settings | None = None, *, engine: ClassificationEngine
                 if svc is not None and hasattr(svc, "stop"):
                     with contextlib.suppress(Exception):
                         await svc.stop()
-            if isinstance(getattr(app.state.label_sets, "store", None), PostgresStore):
-                app.state.label_sets.store.close()
 
     app = FastAPI(
         title="trustserve",

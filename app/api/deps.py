@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.api.errors import APIError
 from app.config import Settings
 from app.engine.engine import ClassificationEngine
+from app.errors import Unavailable
+from app.labelsets.service import LabelSetService
+from app.multimodal.service import MultimodalService
 
 
 def get_settings(request: Request) -> Settings:
@@ -16,18 +18,28 @@ def get_settings(request: Request) -> Settings:
 
 
 def get_engine(request: Request) -> ClassificationEngine:
-    engine = getattr(request.app.state, "engine", None)
+    engine: ClassificationEngine | None = getattr(request.app.state, "engine", None)
     if engine is None or not engine.ready:
-        raise APIError(
-            503, "not_ready", "the model is still loading; retry shortly", headers={"Retry-After": "5"}
-        )
+        raise Unavailable("the model is still loading; retry shortly", code="not_ready")
     return engine
 
 
-def get_label_sets(request: Request) -> Any:
-    service = getattr(request.app.state, "label_sets", None)
+def get_label_sets(request: Request) -> LabelSetService:
+    service: LabelSetService | None = getattr(request.app.state, "label_sets", None)
     if service is None:
-        raise APIError(503, "not_ready", "label sets are still loading", headers={"Retry-After": "5"})
+        raise Unavailable("label sets are still loading", code="not_ready")
+    return service
+
+
+def get_multimodal(request: Request) -> MultimodalService:
+    """The app's ``MultimodalService`` (503 when the server was started without one)."""
+    service: MultimodalService | None = getattr(request.app.state, "multimodal", None)
+    if service is None:
+        raise Unavailable(
+            "multimodal models are not loaded on this server",
+            code="multimodal_unavailable",
+            retry_after_s=None,
+        )
     return service
 
 
@@ -43,4 +55,5 @@ def require_admin(request: Request) -> None:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[ClassificationEngine, Depends(get_engine)]
-LabelSetsDep = Annotated[Any, Depends(get_label_sets)]
+LabelSetsDep = Annotated[LabelSetService, Depends(get_label_sets)]
+MultimodalDep = Annotated[MultimodalService, Depends(get_multimodal)]

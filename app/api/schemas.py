@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.trust.calibration import Decision
+
 SCORE_DOC = (
     "Confidence scores, higher = more trustworthy, plain values (not x100): msp, max_logit, energy, "
     "neg_entropy, doctor_alpha always; s_it, s_ii, trustvlm, trustvlm_star when the label set has image "
@@ -28,22 +30,6 @@ class LabelProbability(BaseModel):
     label: str
     index: int
     probability: float
-
-
-class Decision(BaseModel):
-    """Accept/reject from the label set's calibrated threshold on its trust score."""
-
-    accept: bool | None = Field(description="null when not calibrated: no decision is pretended")
-    threshold: float | None = None
-    score: str = Field(description="which confidence the threshold applies to")
-    rule: str | None = Field(None, description="e.g. target_risk or target_coverage")
-    guarantee: str | None = None
-    calibrated: bool
-    applies_to: Literal["prediction", "refined_prediction"] = Field(
-        "prediction",
-        description="which prediction is accepted or rejected (TrustVLM* judges the refined one)",
-    )
-    note: str | None = None
 
 
 class TrustInfo(BaseModel):
@@ -80,18 +66,69 @@ class ClassifyResponse(BaseModel):
     timing_ms: dict[str, float]
 
 
+class TowerRuntime(BaseModel):
+    """Where one model tower runs and the evidence that chose it (``app.runtime.types.TowerReport``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    runtime: Literal["torch", "onnxruntime", "openvino"]
+    precision: Literal["fp32", "bf16", "int8"]
+    device: str
+    dtype: str = Field(description="what the arithmetic runs in (int8: quantized weights and activations)")
+    cache: Literal["hit", "built", "none"] = Field(description="export cache: hit, built now, none (torch)")
+    load_seconds: float
+    checks: dict[str, dict[str, float | bool | str]] = Field(
+        description="parity (vs torch fp32) and speed measurements per runtime tried"
+    )
+
+
+class BatchingInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_batch_size: int
+    max_wait_ms: float
+    max_queue_size: int
+    queue_depth: int
+    batches: int
+    items: int
+    mean_batch_size: float
+
+
+class TextCacheInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    size: int
+    hits: int
+    misses: int
+
+
 class ModelInfo(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """The loaded model: what it is, where each tower runs, batching and text-cache statistics."""
+
+    model_config = ConfigDict(extra="forbid")
     id: str
     backend: str
+    description: str
     device: str
     dtype: str
+    runtime: dict[str, TowerRuntime] = Field(description="per tower (image, text, aux-image)")
+    embedding_dim: int
+    logit_scale: float
+    aux_encoder: str = Field(description="the image space TrustVLM's prototypes live in")
+    templates: list[str]
     ready: bool
+    load_seconds: float
+    batching: BatchingInfo
+    text_cache: TextCacheInfo
+
+
+class PresetInfo(BaseModel):
+    name: str
+    backend: str
+    description: str
+    offline: bool
 
 
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
-    presets: list[dict[str, object]]
+    presets: list[PresetInfo]
 
 
 class HealthResponse(BaseModel):

@@ -9,7 +9,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from app.api.schemas_label_sets import SupportImagesOut
-from app.labelsets.models import CalibrationRule, TrustScoreName
+from app.trust.calibration import CalibrationRule
+from app.trust.scores import TrustScoreName
 
 
 class AccessOut(BaseModel):

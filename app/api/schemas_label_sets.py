@@ -1,4 +1,8 @@
-"""Pydantic schemas of the label-set API (/v1/label-sets). Risks and coverages are plain fractions."""
+"""Pydantic schemas of the label-set API (/v1/label-sets). Risks and coverages are plain fractions.
+
+The answer for one label set is its stored metadata (``LabelSetMeta``, the same fields, never copied by
+hand) plus what the server derives from it: per-class support counts, the prototype index, and whether
+the calibration applies to what is served now."""
 
 from __future__ import annotations
 
@@ -6,14 +10,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.labelsets.index import VectorIndex
 from app.labelsets.models import (
+    MAX_ALPHA,
+    MAX_DESCRIPTION_CHARS,
+    MAX_VISUAL_TEMPERATURE,
     SLUG_PATTERN,
     AdaptationConfig,
     CalibrationRecord,
     LabelSetMeta,
     LabelSetView,
-    TrustScoreName,
 )
+from app.trust.scores import TrustScoreName
 
 
 class LabelSetCreate(BaseModel):
@@ -25,24 +33,27 @@ class LabelSetCreate(BaseModel):
     templates: list[str] | None = Field(
         None, description="prompt templates with a '{}' slot (preset's default)"
     )
-    description: str = Field("", max_length=2000)
+    description: str = Field("", max_length=MAX_DESCRIPTION_CHARS)
     model: str | None = Field(None, description="must equal the server's model id when given")
     aux_encoder: str | None = Field(
         None, description="must equal the server's image-space encoder when given"
     )
-    alpha: float | None = Field(None, ge=0, le=100, description="TrustVLM α (preset default)")
-    visual_temperature: float | None = Field(None, gt=0, le=10, description="TrustVLM* T_v (preset default)")
+    alpha: float | None = Field(None, ge=0, le=MAX_ALPHA, description="TrustVLM α (preset default)")
+    visual_temperature: float | None = Field(
+        None, gt=0, le=MAX_VISUAL_TEMPERATURE, description="TrustVLM* T_v (preset default)"
+    )
     trust_score: TrustScoreName | None = Field(None, description="score the reject rule thresholds")
     adaptation: AdaptationConfig | None = None
 
 
 class LabelSetUpdate(BaseModel):
-    """PATCH /v1/label-sets/{id}. Changing α, T_v or the trust score drops the calibration."""
+    """PATCH /v1/label-sets/{id}. Changing α, T_v, the trust score, or an adaptation setting that moves
+    cached prototypes drops the calibration."""
 
     model_config = ConfigDict(extra="forbid")
-    description: str | None = Field(None, max_length=2000)
-    alpha: float | None = Field(None, ge=0, le=100)
-    visual_temperature: float | None = Field(None, gt=0, le=10)
+    description: str | None = Field(None, max_length=MAX_DESCRIPTION_CHARS)
+    alpha: float | None = Field(None, ge=0, le=MAX_ALPHA)
+    visual_temperature: float | None = Field(None, gt=0, le=MAX_VISUAL_TEMPERATURE)
     trust_score: TrustScoreName | None = None
     adaptation: AdaptationConfig | None = None
 
@@ -66,64 +77,38 @@ class IndexInfo(BaseModel):
     vectors: int
     dim: int
 
+    @classmethod
+    def of(cls, index: VectorIndex | None) -> IndexInfo | None:
+        return None if index is None else cls(kind=index.kind, vectors=index.ntotal, dim=index.dim)
 
-class LabelSetOut(BaseModel):
-    """A label set: metadata, per-class support counts, index and calibration."""
 
-    id: str
-    version: int
-    description: str
-    model: str
-    aux_encoder: str
-    labels: list[str]
-    templates: list[str]
+class LabelSetOut(LabelSetMeta):
+    """A label set: its metadata, per-class support counts, prototype index and calibration."""
+
     classes: list[ClassInfo]
-    embedding_dim: int
-    feature_dim: int | None
-    alpha: float
-    visual_temperature: float
-    trust_score: TrustScoreName
-    calibrated: bool
-    calibration: CalibrationRecord | None
-    adaptation: AdaptationConfig
+    calibrated: bool = Field(description="a calibration is stored (see calibration_applies)")
+    calibration_applies: bool = Field(
+        description="the stored calibration judges answers now (false: see calibration_problem)"
+    )
+    calibration_problem: str | None = Field(
+        description="why the stored calibration does not apply to the scores served now"
+    )
     adapted: bool = Field(description="test-time cache entries have moved the prototypes")
     prototype_index: IndexInfo | None
-    text_index: IndexInfo | None
-    created_at: str
-    updated_at: str
 
     @classmethod
     def build(cls, meta: LabelSetMeta, view: LabelSetView) -> LabelSetOut:
-        def index_info(index: object) -> IndexInfo | None:
-            if index is None:
-                return None
-            return IndexInfo(kind=index.kind, vectors=index.ntotal, dim=index.dim)  # type: ignore[attr-defined]
-
         return cls(
-            id=meta.id,
-            version=meta.version,
-            description=meta.description,
-            model=meta.model,
-            aux_encoder=meta.aux_encoder,
-            labels=list(meta.labels),
-            templates=list(meta.templates),
+            **dict(meta),
             classes=[
                 ClassInfo(label=label, index=i, support_images=int(n), has_prototype=bool(n > 0))
                 for i, (label, n) in enumerate(zip(meta.labels, view.support_counts))
             ],
-            embedding_dim=meta.embedding_dim,
-            feature_dim=meta.feature_dim,
-            alpha=meta.alpha,
-            visual_temperature=meta.visual_temperature,
-            trust_score=meta.trust_score,
             calibrated=meta.calibration is not None,
-            calibration=meta.calibration,
-            adaptation=meta.adaptation,
+            calibration_applies=meta.calibration is not None and view.calibration_problem is None,
+            calibration_problem=view.calibration_problem,
             adapted=view.adapted,
-            prototype_index=index_info(view.index),
-            text_index=index_info(view.text_index),
-            created_at=meta.created_at,
-            updated_at=meta.updated_at,
+            prototype_index=IndexInfo.of(view.index),
         )
 
 

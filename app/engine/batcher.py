@@ -17,18 +17,28 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from app.errors import Overloaded, Unavailable
+
 log = logging.getLogger(__name__)
 
 In = TypeVar("In")
 Out = TypeVar("Out")
 
 
-class QueueFullError(Exception):
-    """The batcher's queue is at capacity; the caller should answer 429 with Retry-After."""
+class QueueFullError(Overloaded):
+    """The batcher's queue is at capacity: the client is told to retry after ``retry_after_s`` (429)."""
 
     def __init__(self, name: str, capacity: int, retry_after_s: float) -> None:
-        super().__init__(f"{name} queue is full ({capacity} waiting); retry after {retry_after_s:.1f} s")
-        self.retry_after_s = retry_after_s
+        super().__init__(
+            f"{name} queue is full ({capacity} waiting); retry after {retry_after_s:.1f} s",
+            retry_after_s=retry_after_s,
+        )
+
+
+class InferenceTimeout(Unavailable, TimeoutError):
+    """Queued work did not finish within the request's time limit (503 with Retry-After)."""
+
+    code = "timeout"
 
 
 @dataclass
@@ -62,6 +72,7 @@ class DynamicBatcher(Generic[In, Out]):
         max_queue_size: int = 256,
         on_batch: Callable[[int, float], None] | None = None,
         on_queue_wait: Callable[[float], None] | None = None,
+        on_rejected: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self._run_batch = run_batch
@@ -71,6 +82,7 @@ class DynamicBatcher(Generic[In, Out]):
         self.max_queue_size = max_queue_size
         self._on_batch = on_batch
         self._on_queue_wait = on_queue_wait
+        self._on_rejected = on_rejected
         self._queue: asyncio.Queue[_Item[In]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -108,10 +120,13 @@ class DynamicBatcher(Generic[In, Out]):
 
     # submission ----------------------------------------------------------------------------------
     async def submit_many(self, payloads: Sequence[In], timeout_s: float | None = None) -> list[Out]:
-        """Queue several items (all or none: raises QueueFullError when they do not all fit)."""
+        """Queue several items (all or none: raises QueueFullError when they do not all fit, and
+        ``InferenceTimeout`` when they have not run within ``timeout_s``)."""
         self.start()
         assert self._queue is not None
         if self._queue.qsize() + len(payloads) > self.max_queue_size:
+            if self._on_rejected is not None:
+                self._on_rejected()
             raise QueueFullError(self.name, self.max_queue_size, self.retry_after_s())
         loop = asyncio.get_running_loop()
         items = [_Item(p, loop.create_future()) for p in payloads]
@@ -120,6 +135,12 @@ class DynamicBatcher(Generic[In, Out]):
         futures = [i.future for i in items]
         try:
             return list(await asyncio.wait_for(asyncio.gather(*futures), timeout_s))
+        except TimeoutError:
+            for f in futures:  # drop whatever has not run yet
+                f.cancel()
+            raise InferenceTimeout(
+                f"inference did not finish within {timeout_s:g} s (server busy); retry later"
+            ) from None
         except BaseException:
             for f in futures:  # timeout or client gone: drop whatever has not run yet
                 f.cancel()

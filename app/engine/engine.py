@@ -20,12 +20,12 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from app.api.errors import APIError
 from app.config import Settings
-from app.engine.batcher import DynamicBatcher, QueueFullError
+from app.engine.batcher import DynamicBatcher, InferenceTimeout, QueueFullError
 from app.engine.images import ImageLimits, decode_image, decoded_pixels
 from app.engine.prompts import render_prompt
 from app.engine.text_cache import TextEmbeddingCache
+from app.errors import InvalidInput, TooLarge
 from app.observability.metrics import ServiceMetrics
 from app.runtime.types import TowerReport
 from app.vlm.aux_base import AuxImageEncoder
@@ -97,6 +97,7 @@ class ClassificationEngine:
             on_queue_wait=lambda s: self.metrics.stage_duration.labels("queue_wait", self.model_id).observe(
                 s
             ),
+            on_rejected=self._count_overload,
         )
         self.requests_in_pipeline = 0
         self.input_side = self._model_input_side()
@@ -189,9 +190,13 @@ class ClassificationEngine:
         """``QueueFullError`` when the pipeline is already full: checked before a body is read, so an
         overloaded server answers 429 at once (without holding a slot while the body arrives)."""
         if self.requests_in_pipeline >= self.settings.max_queue_size:
+            self._count_overload()
             raise QueueFullError(
                 f"{self.model_id} pipeline", self.settings.max_queue_size, self.batcher.retry_after_s()
             )
+
+    def _count_overload(self) -> None:
+        self.metrics.overload_rejections.labels(self.model_id).inc()
 
     @contextlib.contextmanager
     def admission(self) -> Iterator[None]:
@@ -284,7 +289,7 @@ class ClassificationEngine:
             raise
 
     async def check_request_pixels(self, files: list[bytes], *, field: str = "image") -> None:
-        """413 before any decoding when the uploads would decode to more than ``max_request_pixels``
+        """``TooLarge`` before any decoding when the uploads would decode to more than ``max_request_pixels``
         (summed over the request, JPEGs at their draft size; read from the headers)."""
         limits = self.image_limits
         counts = await self._in_pool(
@@ -293,11 +298,10 @@ class ClassificationEngine:
         )
         total, budget = sum(counts), self.settings.max_request_pixels
         if total > budget:
-            raise APIError(
-                413,
-                "too_many_pixels",
+            raise TooLarge(
                 f"the {len(files)} images decode to {total} pixels; the limit is {budget} per request "
                 "(send fewer or smaller images)",
+                code="too_many_pixels",
             )
 
     async def encode_uploads(self, files: list[bytes], *, field: str = "image") -> EncodedImages:
@@ -347,23 +351,27 @@ class ClassificationEngine:
         ``app.engine.prompts.split_template``.
 
         Prompts missing from the cache are bounded (``max_new_prompts``, default the per-request setting;
-        422 before any is encoded) and encoded in chunks of about ``TEXT_SLICE_S`` on the model thread,
-        one chunk at a time across all requests, so image batches (and /readyz) run in between."""
+        ``InvalidInput`` before any is encoded) and encoded in chunks of about ``TEXT_SLICE_S`` on the model
+        thread, one chunk at a time across all requests, so image batches (and /readyz) run in between."""
         limit = self.settings.max_new_prompts_per_request if max_new_prompts is None else max_new_prompts
         prompts = [render_prompt(t, label) for label in labels for t in templates]
         found, missing = self.text_cache.get_many(self.model_id, prompts)
         if len(missing) > limit:
-            raise APIError(
-                422,
-                "too_many_prompts",
+            raise InvalidInput(
                 f"{len(labels)} labels × {len(templates)} templates need {len(missing)} new prompt "
                 f"embeddings; the limit is {limit} per request (send fewer labels or templates, or use a "
                 "label set)",
+                code="too_many_prompts",
             )
         if missing:
             missing.sort(key=len)  # chunks of similar length: little padding in each model call
             work = self._encode_missing(missing, found)
-            await (asyncio.wait_for(work, timeout_s) if timeout_s is not None else work)
+            try:
+                await (asyncio.wait_for(work, timeout_s) if timeout_s is not None else work)
+            except TimeoutError:
+                raise InferenceTimeout(
+                    f"text encoding did not finish within {timeout_s:g} s (server busy); retry later"
+                ) from None
         per_prompt = np.stack([found[p] for p in prompts]).reshape(len(labels), len(templates), -1)
         mean = per_prompt.mean(axis=1)
         return (mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(min=1e-12)).astype(np.float32)

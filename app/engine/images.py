@@ -1,4 +1,5 @@
-"""Safe image decoding: bytes from a client -> an upright RGB PIL image, or a clear 4xx ``APIError``.
+"""Safe image decoding: bytes from a client -> an upright RGB PIL image, or a clear domain error
+(``app.errors``: unsupported format, too large, corrupt, empty).
 
 Guards: empty input, non-image bytes, unsupported formats, truncated/corrupt files, decompression bombs
 (pixel count is checked from the header, before any pixel is decoded), absurd sides. Odd but valid images
@@ -17,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from app.api.errors import APIError
 from app.engine.memory import release_freed_memory
+from app.errors import InvalidInput, MalformedInput, TooLarge, TrustserveError, UnsupportedMedia
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a half-grey picture
 Image.MAX_IMAGE_PIXELS = None  # we enforce our own, configurable limit from the header (see below)
@@ -112,20 +113,18 @@ def _open_checked(data: bytes, limits: ImageLimits, name: str) -> Image.Image:
     img = Image.open(io.BytesIO(data))
     fmt = img.format
     if fmt not in ALLOWED_FORMATS:
-        raise APIError(
-            415,
-            "unsupported_image_format",
+        raise UnsupportedMedia(
             f"{name}: format {fmt} is not accepted; send JPEG, PNG, GIF, WebP, BMP or TIFF",
+            code="unsupported_image_format",
         )
     width, height = img.size
     if width < limits.min_side or height < limits.min_side:
-        raise APIError(422, "image_too_small", f"{name}: {width}x{height} pixels is too small")
+        raise InvalidInput(f"{name}: {width}x{height} pixels is too small", code="image_too_small")
     if width > limits.max_side or height > limits.max_side or width * height > limits.max_pixels:
-        raise APIError(
-            413,
-            "image_too_large",
+        raise TooLarge(
             f"{name}: {width}x{height} pixels exceeds the limit of {limits.max_pixels} pixels "
             f"and {limits.max_side} pixels per side",
+            code="image_too_large",
         )
     if fmt in {"JPEG", "MPO"} and limits.target_side is not None:
         keep = OVERSAMPLE * limits.target_side / min(width, height)
@@ -134,15 +133,19 @@ def _open_checked(data: bytes, limits: ImageLimits, name: str) -> Image.Image:
     return img
 
 
-def _refusal(exc: BaseException, name: str) -> APIError:
-    """The 4xx for an exception raised while reading an image."""
+def _refusal(exc: BaseException, name: str) -> TrustserveError:
+    """The domain error for an exception raised while reading an image."""
     if isinstance(exc, UnidentifiedImageError):
-        return APIError(415, "not_an_image", f"{name}: the bytes are not an image in any supported format")
+        return UnsupportedMedia(
+            f"{name}: the bytes are not an image in any supported format", code="not_an_image"
+        )
     if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
-        return APIError(413, "image_too_large", f"{name}: decompression bomb refused")
+        return TooLarge(f"{name}: decompression bomb refused", code="image_too_large")
     if isinstance(exc, MemoryError):
-        return APIError(413, "image_too_large", f"{name}: the image needs too much memory to decode")
-    return APIError(422, "corrupt_image", f"{name}: the image is truncated or corrupt ({type(exc).__name__})")
+        return TooLarge(f"{name}: the image needs too much memory to decode", code="image_too_large")
+    return InvalidInput(
+        f"{name}: the image is truncated or corrupt ({type(exc).__name__})", code="corrupt_image"
+    )
 
 
 _READ_ERRORS = (
@@ -162,27 +165,27 @@ _READ_ERRORS = (
 
 def decoded_pixels(data: bytes, limits: ImageLimits | None = None, *, name: str = "image") -> int:
     """Pixels ``decode_image`` will decode for ``data`` (JPEG: at its draft size), read from the header
-    only; raises the same 4xx ``APIError`` as ``decode_image`` for a bad header."""
+    only; raises the same domain error as ``decode_image`` for a bad header."""
     limits = limits or ImageLimits()
     if not data:
-        raise APIError(400, "empty_image", f"{name}: the file is empty (0 bytes)")
+        raise MalformedInput(f"{name}: the file is empty (0 bytes)", code="empty_image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = _open_checked(data, limits, name)
             return int(img.size[0] * img.size[1])
-    except APIError:
+    except TrustserveError:
         raise
     except _READ_ERRORS as exc:
         raise _refusal(exc, name) from None
 
 
 def decode_image(data: bytes, limits: ImageLimits | None = None, *, name: str = "image") -> Image.Image:
-    """Decode one uploaded image into an upright RGB image, or raise a 4xx APIError naming ``name``.
+    """Decode one uploaded image into an upright RGB image, or raise a domain error naming ``name``.
     With ``limits.target_side`` the result is only as large as the model needs (≥ 2× its input side)."""
     limits = limits or ImageLimits()
     if not data:
-        raise APIError(400, "empty_image", f"{name}: the file is empty (0 bytes)")
+        raise MalformedInput(f"{name}: the file is empty (0 bytes)", code="empty_image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -199,7 +202,7 @@ def decode_image(data: bytes, limits: ImageLimits | None = None, *, name: str = 
         if full_size >= RELEASE_AFTER_PIXELS:
             release_freed_memory()
         return img
-    except APIError:
+    except TrustserveError:
         raise
     except _READ_ERRORS as exc:
         raise _refusal(exc, name) from None

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.trust.scores import PrototypeTopK, baseline_scores, trustvlm_scores
+from app.trust.scores import (
+    DEFAULT_ALPHA,
+    DEFAULT_VISUAL_TEMPERATURE,
+    PrototypeTopK,
+    baseline_scores,
+    trustvlm_scores,
+)
 
 
 @dataclass
@@ -41,8 +47,8 @@ def score_batch(
     logit_bias: float = 0.0,
     prototypes: np.ndarray | None = None,
     has_prototype: np.ndarray | None = None,
-    alpha: float = 1.0,
-    visual_temperature: float = 0.01,
+    alpha: float = DEFAULT_ALPHA,
+    visual_temperature: float = DEFAULT_VISUAL_TEMPERATURE,
     prototype_topk: PrototypeTopK | None = None,
 ) -> ScoredBatch:
     """All baseline scores, plus TrustVLM / TrustVLM* when at least one class has a prototype."""

@@ -3,9 +3,10 @@
 Two ways to run it:
 - ``--server URL``: upload the images to a running server (``POST /v1/label-sets/{id}/calibrate``); the
   server stores the result and serves it at once. Use this while a server is running.
-- otherwise: load the model and the store directory (``--store-dir``) in this process and write the
-  calibration there; a server on the same directory sees it at its next start. A server that writes
-  the same label set meanwhile gets a version conflict, never a lost update.
+- otherwise: load the model and the label-set store in this process and write the calibration there —
+  the store the server uses (``TRUSTSERVE_DATABASE_URL`` when set: replicas see the change at once;
+  else ``--store-dir`` / ``TRUSTSERVE_STORE_DIR``: a server on the same directory sees it at its next
+  start). A server that writes the same label set meanwhile gets a version conflict, never a lost update.
 
 The images come from ``imagefolder`` layout (one sub-folder per class, named like the label) or from a
 named dataset of ``app.trust.datasets`` (e.g. ``fashion-mnist``).
@@ -17,14 +18,15 @@ import asyncio
 import io
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from app.labelsets.models import TrustScoreName
+from app.trust.calibration import DEFAULT_DELTA
+from app.trust.scores import TrustScoreName
 
 
-def _load_images(source: str, split: str, limit: int | None, seed: int, invert: bool | None):  # type: ignore[no-untyped-def]
+def _load_images(source: str, split: str, limit: int | None, seed: int, invert: bool | None):
     from app.trust.datasets import load_dataset
 
     name = f"imagefolder:{source}" if Path(source).is_dir() else source
@@ -53,7 +55,7 @@ def _request_fields(
     return fields
 
 
-def _via_server(url: str, api_key: str | None, label_set: str, labels: list[str], images, fields) -> dict:  # type: ignore[no-untyped-def]
+def _via_server(url: str, api_key: str | None, label_set: str, labels: list[str], images, fields) -> dict:
     import httpx
 
     files = []
@@ -77,22 +79,23 @@ def _via_server(url: str, api_key: str | None, label_set: str, labels: list[str]
 
 async def _in_process(
     store_dir: Path | None, model: str | None, label_set: str, labels, images, fields
-) -> dict:  # type: ignore[no-untyped-def]
-    from app.api.errors import APIError
+) -> dict:
     from app.config import Settings
     from app.engine.engine import ClassificationEngine
-    from app.labelsets.service import CalibrationRequest, LabelSetService
-    from app.labelsets.store import DirectoryStore
+    from app.errors import TrustserveError
+    from app.labelsets.calibration import CalibrationRequest
+    from app.labelsets.service import LabelSetService, create_store
 
-    overrides = {
+    overrides: dict[str, Any] = {
         k: v for k, v in {"store_dir": store_dir, "model": model, "warmup": False}.items() if v is not None
     }
     settings = Settings(**overrides)
     engine = await asyncio.to_thread(ClassificationEngine.load, settings)
     await engine.start()
+    service = None
     try:
-        service = LabelSetService(DirectoryStore(settings.store_dir), engine, settings)
-        report = await service.load_all()
+        service = LabelSetService(create_store(settings), engine, settings)
+        report = await service.repository.load_all()
         if label_set in report.failed:
             raise RuntimeError(f"label set {label_set!r} could not be loaded: {report.failed[label_set]}")
         request = CalibrationRequest(
@@ -101,16 +104,18 @@ async def _in_process(
             delta=float(fields["delta"]),
             target_coverage=float(fields["target_coverage"]) if "target_coverage" in fields else None,
             tune=fields["tune"] == "true",
-            score=fields.get("score"),  # type: ignore[arg-type]
+            score=fields.get("score"),
             seed=int(fields["seed"]),
         )
         try:
-            view = await service.calibrate(label_set, labels, list(images), request)
-        except APIError as exc:
+            view = await service.calibration.calibrate(label_set, labels, list(images), request)
+        except TrustserveError as exc:
             raise RuntimeError(exc.message) from None
         assert view.calibration is not None
         return view.calibration.model_dump(mode="json")
     finally:
+        if service is not None:
+            await service.stop()
         await engine.stop()
 
 
@@ -118,7 +123,9 @@ def calibrate_command(
     label_set: Annotated[str, typer.Argument(help="label-set id")],
     source: Annotated[str, typer.Argument(help="image folder (one sub-folder per class) or a dataset name")],
     target_risk: Annotated[float | None, typer.Option(help="e.g. 0.1: selective risk ≤ 10 %")] = None,
-    delta: Annotated[float, typer.Option(help="the risk bound holds with probability ≥ 1 − delta")] = 0.05,
+    delta: Annotated[
+        float, typer.Option(help="the risk bound holds with probability ≥ 1 − delta")
+    ] = DEFAULT_DELTA,
     target_coverage: Annotated[float | None, typer.Option(help="e.g. 0.8: accept 80 % of images")] = None,
     tune: Annotated[bool, typer.Option(help="tune α / T_v on a held-out half first")] = False,
     score: Annotated[TrustScoreName | None, typer.Option(help="trust score to threshold")] = None,
@@ -130,7 +137,10 @@ def calibrate_command(
         str | None, typer.Option(help="URL of a running server, e.g. http://127.0.0.1:8000")
     ] = None,
     api_key: Annotated[str | None, typer.Option(envvar="TRUSTSERVE_API_KEY", help="admin key")] = None,
-    store_dir: Annotated[Path | None, typer.Option(help="label-set store (TRUSTSERVE_STORE_DIR)")] = None,
+    store_dir: Annotated[
+        Path | None,
+        typer.Option(help="label-set store folder (TRUSTSERVE_STORE_DIR; TRUSTSERVE_DATABASE_URL wins)"),
+    ] = None,
     model: Annotated[str | None, typer.Option(help="model preset (TRUSTSERVE_MODEL)")] = None,
 ) -> None:
     """Calibrate a label set's reject rule on labelled images and store it with the label set."""

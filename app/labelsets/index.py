@@ -8,14 +8,15 @@ sub-linear search. Row ids are class indices, so a search answers "which classes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import faiss
 import numpy as np
 
+from app.config import DEFAULT_HNSW_THRESHOLD  # the default of the index_hnsw_threshold setting
+
 IndexKind = Literal["flat", "hnsw"]
 
-DEFAULT_HNSW_THRESHOLD = 50_000  # below this, exact flat search is as fast (benchmarks/faiss/README.md)
 DEFAULT_HNSW_M = 32
 DEFAULT_HNSW_EF_CONSTRUCTION = 200
 DEFAULT_HNSW_EF_SEARCH = 256
@@ -67,6 +68,7 @@ class VectorIndex:
         if ids.shape != (n,):
             raise ValueError(f"ids must have shape ({n},), got {ids.shape}")
         kind = kind or params.kind_for(n)
+        base: faiss.Index
         if kind == "hnsw":
             base = faiss.IndexHNSWFlat(dim, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             base.hnsw.efConstruction = params.ef_construction
@@ -106,7 +108,9 @@ class VectorIndex:
     def set_ef_search(self, ef_search: int) -> None:
         """HNSW search breadth (recall/latency knob); no-op for flat."""
         if self.kind == "hnsw":
-            faiss.downcast_index(self._index.index).hnsw.efSearch = int(ef_search)
+            id_map = cast(faiss.IndexIDMap2, self._index)
+            hnsw = cast(faiss.IndexHNSWFlat, faiss.downcast_index(id_map.index))
+            hnsw.hnsw.efSearch = int(ef_search)
 
     def to_bytes(self) -> bytes:
         """FAISS's own binary serialisation (no pickle)."""

@@ -1,6 +1,6 @@
-"""Label-set data model: the persisted metadata, the calibration record, the reject decision and the
-immutable ``LabelSetView`` snapshot that classification consumes (docs/ARCHITECTURE.md, "Engine ↔ label
-sets")."""
+"""Label-set data model: the persisted metadata, the calibration record (and what it was computed from),
+and the immutable ``LabelSetView`` snapshot that classification and calibration score with
+(docs/ARCHITECTURE.md, "Engine ↔ label sets")."""
 
 from __future__ import annotations
 
@@ -8,12 +8,20 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.trust.scores import PrototypeTopK
+from app.engine.scoring import ScoredBatch, score_batch
+from app.trust.calibration import CalibrationResult, Decision
+from app.trust.scores import (
+    DEFAULT_ALPHA,
+    DEFAULT_VISUAL_TEMPERATURE,
+    PrototypeTopK,
+    TrustScoreName,
+    judges_refined_prediction,
+)
 
 if TYPE_CHECKING:
     from app.labelsets.index import VectorIndex
@@ -21,8 +29,26 @@ if TYPE_CHECKING:
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9\-_]{0,63}$"
 _SLUG_RE = re.compile(SLUG_PATTERN)
 
-TrustScoreName = Literal["trustvlm", "trustvlm_star", "msp"]
-CalibrationRule = Literal["target_risk", "target_coverage"]
+# Bounds of what a client may set (the API's schemas and label-set import check the same).
+MAX_ALPHA = 100.0
+MAX_VISUAL_TEMPERATURE = 10.0
+MAX_DESCRIPTION_CHARS = 2000
+
+# Array and blob names inside a stored label set: text embeddings, per-class prototype sums and support
+# counts, the test-time adaptation cache (class, raw feature, score per entry), the FAISS prototype index.
+TEXT = "text_embeddings"
+SUMS = "prototype_sums"
+COUNTS = "prototype_counts"
+CACHE_CLASS = "cache_class"
+CACHE_FEATURES = "cache_features"
+CACHE_SCORES = "cache_scores"
+CACHE_ARRAYS = (CACHE_CLASS, CACHE_FEATURES, CACHE_SCORES)
+PROTOTYPE_INDEX = "prototype_index"
+
+# Above this many classes TrustVLM*'s visual softmax uses the FAISS top-k prototypes (T_v = 0.01 leaves
+# negligible mass outside them; see app.trust.scores.visual_probs_from_topk) — in classify AND calibrate.
+EXACT_VISUAL_SOFTMAX_MAX_CLASSES = 1024
+PROTOTYPE_TOPK = 64
 
 
 def is_valid_slug(value: str) -> bool:
@@ -52,39 +78,65 @@ class AdaptationConfig(BaseModel):
     )
 
 
-class CalibrationRecord(BaseModel):
-    """A calibrated acceptance threshold for one label set's trust score (metrics.md, selective
-    classification). Accept a prediction when ``score >= threshold``."""
+class TowerNumerics(BaseModel):
+    """Where one image-path model tower computed: runtime, weight precision, arithmetic dtype, device."""
 
     model_config = ConfigDict(extra="forbid")
-    rule: CalibrationRule
+    runtime: str
+    precision: str
+    dtype: str
+    device: str
+
+
+class CalibrationBasis(BaseModel):
+    """What a label set's decision score is computed from, besides α, T_v and the score's name: the
+    arrays (text embeddings, prototypes after any test-time adaptation, which classes have one), the
+    model's logit scale and bias, and the numerics of every tower that runs per request (the text tower's
+    output is stored in the arrays)."""
+
+    model_config = ConfigDict(extra="forbid")
+    arrays_sha256: str
+    logit_scale: float
+    logit_bias: float
+    towers: dict[str, TowerNumerics]
+
+
+class TuningEvidence(BaseModel):
+    """How calibration chose the label set's settings before the threshold: which were tuned, on how many
+    held-out images, and the evidence (every grid point with its AURC). The place where a later selection
+    step (image space, preprocessing policy) records its choice too."""
+
+    model_config = ConfigDict(extra="forbid")
+    tuned: list[str] = Field(description="the settings this calibration chose, e.g. ['alpha']")
+    n: int = Field(description="calibration images used only for tuning")
+    objective: str = Field("aurc", description="what the choice minimised, on the tuning images")
+    grid: list[dict[str, float]] = Field(default_factory=list, description="every point tried")
+
+
+class CalibrationRecord(CalibrationResult):
+    """A calibrated acceptance threshold for one label set's trust score (metrics.md, selective
+    classification): the rule's result, the settings it was computed for, and ``basis``, what the
+    decision score was computed from. Accept a prediction when ``score >= threshold``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
     score: TrustScoreName
-    threshold: float = Field(description="accept when score >= threshold")
-    target: float = Field(description="target selective risk (target_risk) or coverage (target_coverage)")
-    delta: float | None = Field(None, description="confidence level of the risk guarantee")
-    guarantee: str
-    coverage: float = Field(description="fraction of calibration images accepted (a fraction, not %)")
-    risk: float = Field(description="error rate among accepted calibration images")
-    risk_upper_bound: float | None = None
-    n: int = Field(description="calibration images used to pick the threshold")
     n_tuning: int = Field(0, description="calibration images used only to tune alpha / T_v")
+    tuning: TuningEvidence | None = None
     alpha: float
     visual_temperature: float
     label_set_version: int = Field(description="label-set version the threshold was computed for")
+    basis: CalibrationBasis | None = Field(
+        None, description="what the scores were computed from (null: recorded before this was kept)"
+    )
     calibrated_at: str = Field(default_factory=utc_now)
 
-
-class Decision(BaseModel):
-    """The reject decision attached to every classify answer on a label set."""
-
-    model_config = ConfigDict(extra="forbid")
-    accept: bool | None = Field(description="null when the label set is not calibrated")
-    threshold: float | None = None
-    rule: CalibrationRule | None = None
-    guarantee: str | None = None
-    calibrated: bool
-    score: TrustScoreName | None = None
-    note: str | None = None
+    @model_validator(mode="before")
+    @classmethod
+    def _accepted_count(cls, data: Any) -> Any:
+        """Records stored before ``n_accepted`` was kept: accepted = coverage · n (exact by construction)."""
+        if isinstance(data, dict) and "n_accepted" not in data and {"coverage", "n"} <= data.keys():
+            return {**data, "n_accepted": round(data["coverage"] * data["n"])}
+        return data
 
 
 class LabelSetMeta(BaseModel):
@@ -100,8 +152,8 @@ class LabelSetMeta(BaseModel):
     aux_encoder: str = Field(description="image-space encoder id the prototypes live in")
     embedding_dim: int = Field(ge=1)
     feature_dim: int | None = Field(None, ge=1, description="prototype dim, known after the first image")
-    alpha: float = 1.0
-    visual_temperature: float = Field(0.01, gt=0)
+    alpha: float = DEFAULT_ALPHA
+    visual_temperature: float = Field(DEFAULT_VISUAL_TEMPERATURE, gt=0)
     trust_score: TrustScoreName = "trustvlm"
     calibration: CalibrationRecord | None = None
     adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
@@ -122,15 +174,22 @@ class LabelSetMeta(BaseModel):
         return self
 
 
+def uncalibrated_decision(score: str, note: str, applies_to_refined: bool = False) -> Decision:
+    """A decision that pretends none: no calibrated rule applies."""
+    applies_to = "refined_prediction" if applies_to_refined else "prediction"
+    return Decision(accept=None, score=score, calibrated=False, applies_to=applies_to, note=note)
+
+
 @dataclass(frozen=True, eq=False)
 class LabelSetView:
-    """Immutable snapshot of one label-set version, everything classify needs.
+    """Immutable snapshot of one label-set version, everything classify and calibrate need.
 
     Arrays are read-only numpy: ``text_embeddings`` (C,D) normalised, ``prototypes`` (C,F) normalised
     (zero rows where ``has_prototype`` is False), ``support_counts`` (C,). ``index`` searches the
-    prototypes (inner product = cosine) and returns class indices; ``text_index`` does the same over the
-    text embeddings (for very large label sets). ``adapted`` is True when test-time cache entries have
-    moved the prototypes since the support images were registered.
+    prototypes (inner product = cosine) and returns class indices. ``adapted`` is True when test-time
+    cache entries have moved the prototypes since the support images were registered. ``basis`` is what
+    the decision score is computed from now; ``calibration_problem`` says why the stored calibration does
+    not apply to it (None when it does, or when there is none).
     """
 
     id: str
@@ -144,18 +203,19 @@ class LabelSetView:
     has_prototype: np.ndarray
     support_counts: np.ndarray
     index: VectorIndex | None
-    text_index: VectorIndex | None
     alpha: float
     visual_temperature: float
     trust_score: TrustScoreName
     calibration: CalibrationRecord | None
+    basis: CalibrationBasis | None = None
+    calibration_problem: str | None = None
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
     adapted: bool = False
 
-    def prototype_topk(self, aux_features: np.ndarray, k: int = 64) -> PrototypeTopK | None:
+    def prototype_topk(self, aux_features: np.ndarray, k: int = PROTOTYPE_TOPK) -> PrototypeTopK | None:
         """Nearest prototypes of raw image features via the FAISS index, for TrustVLM*'s visual softmax on
-        large label sets (pass as ``trustvlm_scores(..., prototype_topk=...)``); None without prototypes.
-        The approximation is stated in ``app.trust.scores.visual_probs_from_topk``."""
+        large label sets; None without prototypes. The approximation is stated in
+        ``app.trust.scores.visual_probs_from_topk``."""
         if self.index is None:
             return None
         feats = np.asarray(aux_features, dtype=np.float32)
@@ -163,34 +223,58 @@ class LabelSetView:
         sims, ids = self.index.search(feats, min(k, self.index.ntotal))
         return PrototypeTopK(indices=ids, sims=np.where(ids < 0, 0.0, sims))
 
-    def text_topk(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Top-k labels by cosine to normalised joint-space image embeddings (sims, class ids), for very
-        large label sets; None when the label set is too small to have a text index."""
-        if self.text_index is None:
+    def serving_topk(self, aux_features: np.ndarray) -> PrototypeTopK | None:
+        """The top-k prototypes TrustVLM*'s visual softmax uses for this label set (None: the exact
+        softmax over every class, at most ``EXACT_VISUAL_SOFTMAX_MAX_CLASSES`` classes)."""
+        if len(self.labels) <= EXACT_VISUAL_SOFTMAX_MAX_CLASSES:
             return None
-        return self.text_index.search(
-            np.asarray(embeddings, dtype=np.float32), min(k, self.text_index.ntotal)
+        return self.prototype_topk(aux_features)
+
+    def score(
+        self,
+        embeddings: np.ndarray,
+        aux_features: np.ndarray,
+        *,
+        logit_scale: float,
+        logit_bias: float,
+        alpha: float | None = None,
+        visual_temperature: float | None = None,
+    ) -> ScoredBatch:
+        """Every score of a batch of images on this label set — the ONE scoring function of classify and
+        calibration (the same top-k approximation for large label sets in both). ``alpha`` /
+        ``visual_temperature`` default to the label set's own (calibration tries others)."""
+        has_any = bool(self.has_prototype.any())
+        return score_batch(
+            embeddings,
+            aux_features,
+            np.asarray(self.text_embeddings),
+            logit_scale=logit_scale,
+            logit_bias=logit_bias,
+            prototypes=np.asarray(self.prototypes) if has_any else None,
+            has_prototype=np.asarray(self.has_prototype),
+            alpha=self.alpha if alpha is None else alpha,
+            visual_temperature=self.visual_temperature if visual_temperature is None else visual_temperature,
+            prototype_topk=self.serving_topk(aux_features) if has_any else None,
         )
 
-    def decide(self, score: float) -> Decision:
+    def decide(self, score: float | None) -> Decision:
         """Reject decision for one trust score of this label set's ``trust_score`` kind."""
+        refined = judges_refined_prediction(self.trust_score)
         cal = self.calibration
         if cal is None:
-            return Decision(
-                accept=None,
-                calibrated=False,
-                score=self.trust_score,
-                note="label set not calibrated: no reject rule, no guarantee",
+            return uncalibrated_decision(
+                self.trust_score, "label set not calibrated: no reject rule, no guarantee", refined
+            )
+        if self.calibration_problem is not None:
+            return uncalibrated_decision(
+                self.trust_score,
+                f"the label set's calibration does not apply: {self.calibration_problem}; recalibrate",
+                refined,
             )
         note = None
-        if self.adapted:
-            note = (
-                "prototypes were adapted at test time after calibration; the guarantee was computed "
-                "for the calibration-time prototypes"
-            )
         if score is None or not math.isfinite(score):
             accept = False
-            note = note or "trust score undefined (predicted class has no prototype): rejected"
+            note = "trust score undefined (predicted class has no prototype): rejected"
         else:
             accept = bool(score >= cal.threshold)
         return Decision(
@@ -200,9 +284,6 @@ class LabelSetView:
             guarantee=cal.guarantee,
             calibrated=True,
             score=cal.score,
+            applies_to="refined_prediction" if refined else "prediction",
             note=note,
         )
-
-    def decide_batch(self, scores: np.ndarray) -> list[Decision]:
-        """Decisions for a batch of trust scores."""
-        return [self.decide(float(s)) for s in np.asarray(scores, dtype=np.float64).ravel()]

@@ -5,7 +5,9 @@ another replica changed, so it rebuilds only those:
 
 1. ``LISTEN trustserve_label_sets`` on a dedicated connection. The store's trigger sends
    ``{"schema", "id", "version"}`` when a write commits; a notification for a version this replica already
-   serves (its own write) is ignored, any other one triggers ``sink.refresh(id)`` at once.
+   serves (its own write) is ignored, any other one triggers ``sink.refresh(id, version)`` at once. A
+   replica's own notification can arrive before the write that caused it has published its view: the
+   sink checks the version again once its write lock is free, so its own write is never re-read.
 2. A version check (``SELECT id, version, created_at FROM label_sets``) right after every (re)connect and
    then every ``poll_interval_s``: it catches whatever was missed while the connection was down
    (notifications are not queued for a listener that is not connected) and label sets deleted and
@@ -52,10 +54,11 @@ class ChangeSink(Protocol):
         """Version of every label set this replica serves now."""
         ...
 
-    async def refresh(self, label_set_id: str) -> None:
+    async def refresh(self, label_set_id: str, version: int | None = None) -> None:
         """Re-read one label set from the store and rebuild its view, or drop it when the store no
-        longer has it. May raise when the stored entry cannot be served (it is then not retried until
-        its version changes)."""
+        longer has it; nothing to do when, after any write of its own to that label set has finished, the
+        replica serves ``version`` (None: re-read regardless). May raise when the stored entry cannot be
+        served (it is then not retried until its version changes)."""
         ...
 
 
@@ -201,25 +204,25 @@ class LabelSetSync:
         cur = await conn.execute("SELECT id, version, created_at FROM label_sets")
         remote = {row[0]: (int(row[1]), row[2]) for row in await cur.fetchall()}
         local = self.sink.local_versions()
-        changed = []
+        changed: dict[str, int | None] = {}  # id -> version to reach (None: re-created, read it anyway)
         for label_set_id, token in remote.items():
             version = token[0]
             recreated = label_set_id in self._seen and self._seen[label_set_id][1] != token[1]
             if self._failed_at.get(label_set_id) == version and not recreated:
                 continue
             if local.get(label_set_id) != version or recreated:
-                changed.append(label_set_id)
-        changed += [label_set_id for label_set_id in local if label_set_id not in remote]
+                changed[label_set_id] = None if recreated else version
+        changed.update({label_set_id: 0 for label_set_id in local if label_set_id not in remote})
         self._seen = remote
         for label_set_id in sorted(changed):
-            await self._refresh(label_set_id, remote.get(label_set_id, (0, None))[0])
+            await self._refresh(label_set_id, changed[label_set_id])
         self.stats.version_checks += 1
         self.stats.last_check_monotonic = time.monotonic()
 
-    async def _refresh(self, label_set_id: str, version: int) -> None:
+    async def _refresh(self, label_set_id: str, version: int | None) -> None:
         """Ask the sink to reload one id; remember failures so a broken entry is not reloaded in a loop."""
         try:
-            await self.sink.refresh(label_set_id)
+            await self.sink.refresh(label_set_id, version)
         except asyncio.CancelledError:
             raise
         except StoreUnavailableError as exc:  # transient: the next version check retries it
@@ -228,9 +231,10 @@ class LabelSetSync:
             return
         except Exception as exc:
             self.stats.refresh_failures += 1
-            self._failed_at[label_set_id] = version
-            log.error("label set %r (version %d) could not be refreshed: %s", label_set_id, version, exc)
+            failed_version = version if version is not None else self._seen.get(label_set_id, (0, None))[0]
+            self._failed_at[label_set_id] = failed_version
+            log.error("label set %r (version %s) could not be refreshed: %s", label_set_id, version, exc)
             return
         self.stats.refreshes += 1
         self._failed_at.pop(label_set_id, None)
-        log.info("label set %r refreshed from the database (version %d)", label_set_id, version)
+        log.info("label set %r refreshed from the database (version %s)", label_set_id, version)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors import SafetensorError
 
 from app.multimodal.specs import FusionSpec
+from app.trust.calibration import CalibrationRule
 
 if TYPE_CHECKING:  # torch only where a model is built (training, evaluation, export), not to serve
     from app.multimodal.model import LateFusionClassifier
@@ -35,7 +36,7 @@ class CalibrationInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
     score: str = "msp"
     threshold: float | None = None
-    rule: Literal["target_risk", "target_coverage"] | None = None
+    rule: CalibrationRule | None = None
     target: float | None = None
     delta: float | None = None
     guarantee: str | None = None

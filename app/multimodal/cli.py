@@ -24,6 +24,7 @@ from app.multimodal.objective import VARIANTS, LossConfig
 from app.multimodal.pipeline import ArchitectureOptions, train_checkpoint
 from app.multimodal.protocol import ProtocolConfig, run_protocol
 from app.multimodal.train import TrainConfig
+from app.trust.calibration import DEFAULT_DELTA
 
 DATASETS = ("av-digits",)
 datasets_app = typer.Typer(
@@ -133,7 +134,9 @@ def train_multimodal(
     ] = None,
     score: Annotated[str, typer.Option(help="confidence score the reject threshold applies to")] = "msp",
     target_risk: Annotated[float, typer.Option(help="calibration: max error rate among accepted")] = 0.05,
-    delta: Annotated[float, typer.Option(help="calibration: failure probability of the guarantee")] = 0.05,
+    delta: Annotated[
+        float, typer.Option(help="calibration: failure probability of the guarantee")
+    ] = DEFAULT_DELTA,
     resume: Annotated[bool, typer.Option(help="continue from the last finished epoch if present")] = True,
     threads: Annotated[int, typer.Option(min=1, help="torch CPU threads")] = 1,
     work_dir: Annotated[

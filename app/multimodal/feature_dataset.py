@@ -146,7 +146,8 @@ def save_split(root: Path, split: str, data: MultimodalSplit) -> Path:
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", split):
         raise ValueError(f"invalid split name {split!r}")
     path = Path(root) / f"{split}.npz"
-    np.savez(path, labels=data.labels, **data.inputs, **data.meta)
+    arrays: dict[str, np.ndarray] = {"labels": data.labels, **data.inputs, **data.meta}
+    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as its flags
     return path
 
 

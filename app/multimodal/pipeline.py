@@ -26,7 +26,7 @@ from app.multimodal.specs import (
 )
 from app.multimodal.synthesis import effective_n_range
 from app.multimodal.train import TrainConfig, TrainResult, predict_logits, train_model
-from app.trust.calibration import CalibrationError, calibrate_target_risk
+from app.trust.calibration import DEFAULT_DELTA, CalibrationError, calibrate_target_risk
 from app.trust.scores import BASELINE_SCORES
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def train_checkpoint(
     architecture: ArchitectureOptions | None = None,
     score: str = "msp",
     target_risk: float = 0.05,
-    delta: float = 0.05,
+    delta: float = DEFAULT_DELTA,
     work_dir: Path | None = None,
     resume: bool = True,
     progress: bool = True,

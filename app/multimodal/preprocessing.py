@@ -14,8 +14,8 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image
 
-from app.api.errors import APIError
 from app.engine.images import ImageLimits, decode_image
+from app.errors import TrustserveError
 from app.multimodal.audio import AudioDecodeError, decode_wav, wav_bytes_to_features
 from app.multimodal.limits import AudioLimits, InputLimits
 from app.multimodal.pretrained import waveform_input
@@ -57,7 +57,7 @@ def image_input(
     limits = replace(limits or ImageLimits(), target_side=max(prep.height, prep.width))
     try:
         rgb = decode_image(data, limits, name=f"modality {spec.name!r}")
-    except APIError as exc:
+    except TrustserveError as exc:
         raise InputError(exc.message) from exc
     converted = rgb.convert("L") if prep.channels == 1 else rgb
     resized = converted.resize((prep.width, prep.height), Image.Resampling.BOX)

@@ -44,8 +44,11 @@ SPEECH_HOP_SAMPLES = 160  # the speech_embedding mel front end: 10 ms hop at 16 
 class FeatureExtractor(Protocol):
     """Raw inputs (B, *raw_shape) → features (B, dim), float32."""
 
-    dim: int
-    raw_shape: tuple[int, ...]
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def raw_shape(self) -> tuple[int, ...]: ...
 
     def __call__(self, raw: np.ndarray) -> np.ndarray: ...
 

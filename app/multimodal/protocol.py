@@ -149,9 +149,9 @@ def run_job(
     key = _job_key(config, variant, point, seed)
     record_path = Path(work_dir) / "runs" / f"{key}.json"
     if record_path.is_file():
-        record = json.loads(record_path.read_text())
-        if not evaluate or "splits" in record:
-            return record
+        stored: dict[str, Any] = json.loads(record_path.read_text())
+        if not evaluate or "splits" in stored:
+            return stored
     info = read_info(config.dataset)
     train, val = _split(str(config.dataset), "train"), _split(str(config.dataset), "val")
     loss_fields = {k: v for k, v in point.items() if k != "lr"}

@@ -1,7 +1,8 @@
 """Serving multimodal checkpoints: load every checkpoint folder found, validate and preprocess request
 inputs per the checkpoint's modality specs, predict, score and decide with the calibrated threshold.
 
-Request-path problems raise ``app.api.errors.APIError`` (404 unknown model, 422 bad modality payload).
+Request-path problems raise domain errors (``app.errors``: ``NotFound`` for an unknown model,
+``InvalidInput`` for a bad modality payload); the API maps them to HTTP.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import Any
 import numpy as np
 from scipy.special import softmax
 
-from app.api.errors import APIError, not_found, unprocessable
 from app.engine.batcher import DynamicBatcher
+from app.errors import InvalidInput, NotFound
 from app.multimodal.checkpoint import CheckpointConfig, CheckpointError, is_checkpoint_dir
 from app.multimodal.limits import InputLimits
 from app.multimodal.runtime import ServedCheckpoint, load_served_checkpoint
@@ -36,6 +37,7 @@ from app.multimodal.specs import (
 from app.runtime.cache import ExportCache
 from app.runtime.towers import RuntimeContext
 from app.runtime.types import RuntimeRequest, UnsupportedSettingError
+from app.trust.calibration import Decision
 from app.trust.scores import baseline_scores
 
 log = logging.getLogger(__name__)
@@ -76,9 +78,9 @@ def load_extractors(config: CheckpointConfig) -> None:
     for spec in config.fusion.modalities:
         if spec.preprocessing.kind not in EXTRACTED_KINDS:
             continue
-        from app.multimodal.pretrained import extractor_for  # torch / onnxruntime: only when a model needs it
+        try:  # a missing package (torch in the slim image) skips this checkpoint, not the server
+            from app.multimodal.pretrained import extractor_for  # torch / onnxruntime: only when needed
 
-        try:
             extractor = extractor_for(spec.preprocessing)  # type: ignore[arg-type]
         except (ImportError, OSError, RuntimeError, ValueError) as exc:
             raise CheckpointError(
@@ -116,6 +118,7 @@ class MultimodalService:
         self._batching: dict[str, Any] = {"max_batch_size": 32, "max_wait_ms": 5.0, "max_queue_size": 256}
         self._request_timeout_s = 30.0
         self._on_batch: Callable[[str, int, float], None] | None = None
+        self._on_rejected: Callable[[str], None] | None = None
         self.input_limits: InputLimits | None = None  # the server sets its own (Settings) at start-up
         for ckpt in checkpoints:
             name = ckpt.config.name
@@ -187,18 +190,14 @@ class MultimodalService:
                     "outlier_class": config.fusion.outlier_class,
                     "calibration": calibration,
                     "validation": {"score": config.calibration.score, **score_metrics},
-                    "training": {
-                        k: config.training[k]
-                        for k in ("loss", "best_epoch", "dataset")
-                        if k in config.training
-                    },
+                    "training": {k: config.training[k] for k in TRAINING_SUMMARY if k in config.training},
                 }
             )
         return out
 
     def _model(self, name: str) -> _Model:
         if name not in self._models:
-            raise not_found(
+            raise NotFound(
                 f"unknown multimodal model {name[:64]!r}; loaded: {self.names}", code="model_not_found"
             )
         return self._models[name]
@@ -216,7 +215,7 @@ class MultimodalService:
                 parts.append(f"unknown modalities {unknown}")
             if missing:
                 parts.append(f"missing modalities {missing}")
-            raise unprocessable(
+            raise InvalidInput(
                 f"{'; '.join(parts)}: model {model!r} expects exactly {expected}",
                 code="invalid_modalities",
                 details={"expected": expected, "unknown": unknown, "missing": missing},
@@ -233,7 +232,7 @@ class MultimodalService:
                 else:
                     arrays[name] = vector_input(payload, spec)
             except InputError as exc:
-                raise unprocessable(
+                raise InvalidInput(
                     str(exc), code="invalid_modality_input", details={"modality": name}
                 ) from exc
         return arrays
@@ -265,7 +264,9 @@ class MultimodalService:
     ) -> dict[str, Any]:
         """Top-k, every score, the confidence and the calibrated decision from one sample's logits."""
         if not np.isfinite(logits).all():
-            raise APIError(422, "non_finite_output", "the model produced non-finite logits for this input")
+            raise InvalidInput(
+                "the model produced non-finite logits for this input", code="non_finite_output"
+            )
         config = self._model(model).config
         probs = softmax(logits)
         order = np.argsort(-probs, kind="stable")[: min(top_k, len(probs))]
@@ -282,17 +283,17 @@ class MultimodalService:
             "top_k": ranked,
             "scores": scores,
             "confidence": confidence,
-            "decision": {
-                "accept": accept,
-                "threshold": calibration.threshold,
-                "score": calibration.score,
-                "rule": calibration.rule,
-                "guarantee": calibration.guarantee,
-                "calibrated": calibration.calibrated,
-                "note": None
+            "decision": Decision(
+                accept=accept,
+                threshold=calibration.threshold,
+                score=calibration.score,
+                rule=calibration.rule,
+                guarantee=calibration.guarantee,
+                calibrated=calibration.calibrated,
+                note=None
                 if calibration.calibrated
                 else "checkpoint has no calibrated threshold: no decision",
-            },
+            ).model_dump(),
             "timing_ms": timing_ms,
         }
 
@@ -318,8 +319,10 @@ class MultimodalService:
         max_queue_size: int,
         request_timeout_s: float,
         on_batch: Callable[[str, int, float], None] | None = None,
+        on_rejected: Callable[[str], None] | None = None,
     ) -> None:
-        """Serve predictions through one dynamic batcher per model (server settings)."""
+        """Serve predictions through one dynamic batcher per model (server settings); ``on_batch`` and
+        ``on_rejected`` (a full queue: 429) observe each model's batches for the metrics."""
         self._batching = {
             "max_batch_size": max_batch_size,
             "max_wait_ms": max_wait_ms,
@@ -327,17 +330,19 @@ class MultimodalService:
         }
         self._request_timeout_s = request_timeout_s
         self._on_batch = on_batch
+        self._on_rejected = on_rejected
 
     def _batcher(self, model: str) -> DynamicBatcher[PreparedSample, np.ndarray]:
         entry = self._model(model)
         batcher = self._batchers.get(model)
         if batcher is None:
-            on_batch = self._on_batch
+            on_batch, on_rejected = self._on_batch, self._on_rejected
             batcher = DynamicBatcher(
                 f"multimodal-{model}",
                 partial(self._forward, entry),
                 executor=self._executor,
                 on_batch=(lambda n, s: on_batch(model, n, s)) if on_batch is not None else None,
+                on_rejected=(lambda: on_rejected(model)) if on_rejected is not None else None,
                 **self._batching,
             )
             self._batchers[model] = batcher
@@ -368,4 +373,4 @@ class MultimodalService:
 
 def _check_top_k(top_k: int) -> None:
     if top_k < 1:
-        raise unprocessable("top_k must be >= 1", code="invalid_top_k")
+        raise InvalidInput("top_k must be >= 1", code="invalid_top_k")

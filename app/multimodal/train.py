@@ -104,7 +104,8 @@ def predict_head_logits(
     head: ((N, C), {modality: (N, C)})."""
     was_training = model.training
     model.eval()
-    fused, unimodal = [], {name: [] for name in model.modality_names}
+    fused: list[np.ndarray] = []
+    unimodal: dict[str, list[np.ndarray]] = {name: [] for name in model.modality_names}
     for start in range(0, len(split), batch_size):
         out = model(to_tensors(split, slice(start, start + batch_size)))
         fused.append(model.class_logits(out.fused_logits).double().numpy())

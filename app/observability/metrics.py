@@ -6,6 +6,10 @@ buckets; the Grafana dashboard in deploy/ only uses names defined here (a test c
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
 from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -85,6 +89,28 @@ class ServiceMetrics:
             registry=r,
         )
         self.label_sets = Gauge("trustserve_label_sets", "label sets loaded in memory", registry=r)
+
+    @contextmanager
+    def timed(self, stage: str, model: str) -> Iterator[None]:
+        """Observe the duration of the enclosed block as one ``stage`` of ``model``."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_duration.labels(stage, model).observe(time.perf_counter() - started)
+
+    def observe_answers(
+        self, model: str, label_set: str, answers: Iterable[tuple[str, float | None, bool | None]]
+    ) -> None:
+        """Per classified image: (score name, its value or None, the calibrated decision or None)."""
+        count = 0
+        for score, value, accept in answers:
+            count += 1
+            if value is not None:
+                self.trust_score.labels(model, label_set, score).observe(value)
+            if accept is not None:
+                self.decisions.labels(model, label_set, "accept" if accept else "reject").inc()
+        self.images_classified.labels(model, label_set).inc(count)
 
     def forget_label_set(self, label_set_id: str) -> None:
         """Remove every series of a deleted label set (so /metrics does not keep it forever)."""

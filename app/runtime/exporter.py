@@ -11,6 +11,7 @@ import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -39,12 +40,12 @@ def export_onnx(module: object, spec: TowerSpec, example: Mapping[str, np.ndarra
     for name in spec.outputs:
         dynamic_axes[name] = {0: "batch"}
     args = tuple(torch.from_numpy(np.ascontiguousarray(example[t.name])) for t in spec.inputs)
-    module = module.float().eval()  # type: ignore[attr-defined]
+    torch_module = cast("torch.nn.Module", module).float().eval()
     # grad stays on while tracing: under no_grad torch takes fused fast paths (e.g.
     # aten::_native_multi_head_attention) that have no ONNX form
     with _quiet(), torch.inference_mode(False), torch.enable_grad():
         torch.onnx.export(
-            module,
+            torch_module,
             args,
             str(path),
             dynamo=False,

@@ -77,7 +77,7 @@ class TorchExecutor:
     def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         out = self._call(*(self._tensor(inputs[name]) for name in self.input_names))
         outputs = out if isinstance(out, tuple | list) else (out,)
-        return [o.float().cpu().numpy() for o in outputs]  # type: ignore[union-attr]
+        return [o.float().cpu().numpy() for o in outputs]
 
 
 class CallableTower(torch.nn.Module):

@@ -526,7 +526,9 @@ class RuntimeContext:
             folder = Path(self._tmp.name) / key
             folder.mkdir(parents=True, exist_ok=True)
             meta = build(folder)
-            files = {str(p.relative_to(folder)): {} for p in folder.rglob("*") if p.is_file()}
+            files: dict[str, dict[str, Any]] = {
+                str(p.relative_to(folder)): {} for p in folder.rglob("*") if p.is_file()
+            }
             return CacheEntry(folder, {"files": files, "meta": meta})
 
     def close(self) -> None:

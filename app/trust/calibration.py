@@ -20,14 +20,20 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import beta
 
-from app.trust.metrics import aurc
-from app.trust.scores import trustvlm_scores
+from app.trust.metrics import aurc, check_scores
+from app.trust.scores import DEFAULT_VISUAL_TEMPERATURE, PrototypeTopK, trustvlm_scores
+
+CalibrationRule = Literal["target_risk", "target_coverage"]
+CALIBRATION_RULES: tuple[CalibrationRule, ...] = get_args(CalibrationRule)
+DEFAULT_DELTA = 0.05  # the risk guarantee holds with probability ≥ 1 − δ
+ALPHA_GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+VISUAL_TEMPERATURE_GRID = (0.005, 0.01, 0.02, 0.05, 0.1)
 
 
 class CalibrationError(ValueError):
@@ -43,7 +49,7 @@ class CalibrationResult(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     threshold: float
-    rule: Literal["target_risk", "target_coverage"]
+    rule: CalibrationRule
     target: float
     delta: float | None = None
     guarantee: str
@@ -58,18 +64,28 @@ class CalibrationResult(BaseModel):
         return np.asarray(confidence, dtype=np.float64) >= self.threshold
 
 
+class Decision(BaseModel):
+    """Accept/reject of one prediction by a calibrated threshold on a trust score (classify answers and
+    multimodal answers)."""
+
+    accept: bool | None = Field(description="null when no calibrated rule applies: no decision is pretended")
+    threshold: float | None = None
+    score: str = Field(description="which confidence the threshold applies to")
+    rule: CalibrationRule | None = Field(None, description="target_risk or target_coverage")
+    guarantee: str | None = None
+    calibrated: bool = Field(description="a calibrated rule judged this prediction")
+    applies_to: Literal["prediction", "refined_prediction"] = Field(
+        "prediction",
+        description="which prediction is accepted or rejected (TrustVLM* judges the refined one)",
+    )
+    note: str | None = None
+
+
 def _check(conf: np.ndarray | Sequence[float], correct: np.ndarray | Sequence[int]) -> tuple[np.ndarray, ...]:
-    s = np.asarray(conf, dtype=np.float64).ravel()
-    c = np.asarray(correct).ravel()
-    if s.shape != c.shape:
-        raise ValueError(f"confidence ({s.size}) and correctness ({c.size}) lengths differ")
-    if s.size == 0:
+    """``app.trust.metrics.check_scores``; an empty set is a ``CalibrationError`` (it needs samples)."""
+    if np.size(conf) == 0 and np.size(correct) == 0:
         raise CalibrationError("the calibration set is empty", min_samples=1)
-    if not np.isfinite(s).all():
-        raise ValueError("calibration confidences contain NaN or infinity")
-    if not np.isin(c, (0, 1)).all():
-        raise ValueError("correctness must be 0/1 (or boolean)")
-    return s, c.astype(np.int64)
+    return check_scores(conf, correct)
 
 
 def clopper_pearson_upper(errors: int, n: int, delta: float) -> float:
@@ -110,7 +126,7 @@ def calibrate_target_risk(
     conf: np.ndarray | Sequence[float],
     correct: np.ndarray | Sequence[int],
     target_risk: float,
-    delta: float = 0.05,
+    delta: float = DEFAULT_DELTA,
 ) -> CalibrationResult:
     """SGR (Geifman & El-Yaniv, 2017): the largest-coverage visited threshold whose selective-risk upper
     bound (Clopper-Pearson at δ / ⌈log2 n⌉) is ≤ ``target_risk``.
@@ -209,11 +225,14 @@ def calibrate_target_coverage(
 
 
 class TuningResult(BaseModel):
-    """Best (α, T_v) for a TrustVLM score by calibration AURC; ``grid`` holds every tried point."""
+    """Best (α, T_v) for a TrustVLM score by calibration AURC. ``tuned`` names the parameters the search
+    chose (T_v only for TrustVLM*: TrustVLM does not depend on it, and keeps the one it was given);
+    ``grid`` holds every tried point (the evidence)."""
 
     score: str
     alpha: float
     visual_temperature: float
+    tuned: tuple[str, ...]
     aurc: float
     grid: list[dict[str, float]]
 
@@ -225,22 +244,35 @@ def tune_trustvlm(
     has_prototype: np.ndarray,
     labels: np.ndarray,
     *,
-    alphas: Sequence[float] = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
-    visual_temperatures: Sequence[float] = (0.005, 0.01, 0.02, 0.05, 0.1),
+    alphas: Sequence[float] = ALPHA_GRID,
+    visual_temperatures: Sequence[float] = VISUAL_TEMPERATURE_GRID,
+    visual_temperature: float = DEFAULT_VISUAL_TEMPERATURE,
     score: Literal["trustvlm", "trustvlm_star"] = "trustvlm",
     temperature: float = 1.0,
+    prototype_topk: PrototypeTopK | None = None,
 ) -> TuningResult:
-    """Grid search of α (and T_v for ``trustvlm_star``; κ does not depend on T_v) minimising AURC on a
-    labelled calibration split. Correctness is judged against the score's own prediction (ŷ* for TrustVLM*).
-    Samples whose checked class has no prototype make the score NaN and are not allowed here."""
+    """Grid search minimising AURC on a labelled calibration split: α for both scores, and T_v over
+    ``visual_temperatures`` for ``trustvlm_star`` only — κ does not depend on T_v, so for ``trustvlm`` the
+    result keeps ``visual_temperature`` (the caller's current one) untouched. Correctness is judged
+    against the score's own prediction (ŷ* for TrustVLM*). ``prototype_topk`` makes TrustVLM*'s visual
+    softmax the same top-k approximation the server uses for large label sets. Samples whose checked
+    class has no prototype make the score NaN and are not allowed here."""
     labels = np.asarray(labels)
-    temps = tuple(visual_temperatures) if score == "trustvlm_star" else (float(visual_temperatures[0]),)
+    star = score == "trustvlm_star"
+    temps = tuple(visual_temperatures) if star else (float(visual_temperature),)
     grid: list[dict[str, float]] = []
     for alpha, tv in itertools.product(alphas, temps):
         result = trustvlm_scores(
-            logits, image_features, prototypes, has_prototype, alpha, tv, temperature=temperature
+            logits,
+            image_features,
+            prototypes,
+            has_prototype,
+            alpha,
+            tv,
+            temperature=temperature,
+            prototype_topk=prototype_topk,
         )
-        prediction = result.refined_prediction if score == "trustvlm_star" else result.prediction
+        prediction = result.refined_prediction if star else result.prediction
         conf = getattr(result, score)
         if np.isnan(conf).any():
             raise ValueError("some calibration samples' classes have no prototype; cannot tune α on them")
@@ -252,6 +284,7 @@ def tune_trustvlm(
         score=score,
         alpha=best["alpha"],
         visual_temperature=best["visual_temperature"],
+        tuned=("alpha", "visual_temperature") if star else ("alpha",),
         aurc=best["aurc"],
         grid=grid,
     )

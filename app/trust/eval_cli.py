@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from app.trust.datasets import require_dataset_packages
 from app.trust.evaluation import DEFAULT_CACHE_DIR, EvalConfig, render_tables, run_evaluation
 from app.vlm.presets import DEFAULT_MODELS_DIR
 
@@ -100,6 +101,7 @@ def eval_command(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    require_dataset_packages(dataset)  # before a model is loaded: say at once what to install
     started = time.perf_counter()
     result = run_evaluation(config, out_dir=out)
     typer.echo(render_tables(result))

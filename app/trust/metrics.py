@@ -46,7 +46,11 @@ METRIC_LABELS: dict[str, str] = {
 LOWER_IS_BETTER: frozenset[str] = frozenset({"aurc", "eaurc", "fpr95", "ece"})
 
 
-def _check(conf: np.ndarray | Sequence[float], correct: np.ndarray | Sequence[int]) -> tuple[np.ndarray, ...]:
+def check_scores(
+    conf: np.ndarray | Sequence[float], correct: np.ndarray | Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(confidences float64, correctness int64) as flat arrays; ``ValueError`` for unequal lengths, no
+    sample, NaN/inf confidences or correctness other than 0/1."""
     s = np.asarray(conf, dtype=np.float64).ravel()
     c = np.asarray(correct).ravel()
     if s.shape != c.shape:
@@ -89,7 +93,7 @@ def risk_coverage_curve(
 ) -> RiskCoverageCurve:
     """Risk-coverage curve. Samples are sorted by confidence descending with a *stable* sort, so tied
     samples keep their input order (the TrustVLM reference code's behaviour)."""
-    s, c = _check(conf, correct)
+    s, c = check_scores(conf, correct)
     order = np.argsort(-s, kind="stable")
     k = np.arange(1, s.size + 1)
     errors = np.cumsum(1 - c[order])
@@ -110,7 +114,7 @@ def optimal_aurc(error_rate: float) -> float:
 
 def eaurc(conf: np.ndarray | Sequence[float], correct: np.ndarray | Sequence[int]) -> float | None:
     """Excess AURC = AURC − AURC*; equals AURC when there is no error, ``None`` when every sample is wrong."""
-    s, c = _check(conf, correct)
+    s, c = check_scores(conf, correct)
     r = 1.0 - float(c.mean())
     if r >= 1.0:
         return None
@@ -119,14 +123,14 @@ def eaurc(conf: np.ndarray | Sequence[float], correct: np.ndarray | Sequence[int
 
 def auroc(conf: np.ndarray | Sequence[float], correct: np.ndarray | Sequence[int]) -> float | None:
     """Area under the ROC curve, correct = positive (= sklearn ``roc_auc_score``; ties count one half)."""
-    s, c = _check(conf, correct)
+    s, c = check_scores(conf, correct)
     return float(roc_auc_score(c, s)) if _both_classes(c) else None
 
 
 def fpr_at_95_tpr(conf: np.ndarray | Sequence[float], correct: np.ndarray | Sequence[int]) -> float | None:
     """FPR95 for failure detection: the FPR at the ROC point whose TPR is nearest 0.95 (argmin |TPR − 0.95|,
     first such point; sklearn ``roc_curve`` with its default threshold dropping, as the reference code)."""
-    s, c = _check(conf, correct)
+    s, c = check_scores(conf, correct)
     if not _both_classes(c):
         return None
     fpr, tpr, _ = roc_curve(c, s)
@@ -135,13 +139,13 @@ def fpr_at_95_tpr(conf: np.ndarray | Sequence[float], correct: np.ndarray | Sequ
 
 def aupr_success(conf: np.ndarray | Sequence[float], correct: np.ndarray | Sequence[int]) -> float | None:
     """Area under the precision-recall curve with correct = positive (sklearn average precision)."""
-    s, c = _check(conf, correct)
+    s, c = check_scores(conf, correct)
     return float(average_precision_score(c, s)) if _both_classes(c) else None
 
 
 def aupr_error(conf: np.ndarray | Sequence[float], correct: np.ndarray | Sequence[int]) -> float | None:
     """Area under the precision-recall curve with errors = positive and decision value −confidence."""
-    s, c = _check(conf, correct)
+    s, c = check_scores(conf, correct)
     return float(average_precision_score(1 - c, -s)) if _both_classes(c) else None
 
 
@@ -153,7 +157,7 @@ def expected_calibration_error(
     Bins are (lo, hi], except that a confidence of exactly 0 goes to the first bin. Only meaningful for
     probability-valued confidences (MSP); values outside [0, 1] raise.
     """
-    s, c = _check(conf, correct)
+    s, c = check_scores(conf, correct)
     if s.min() < 0.0 or s.max() > 1.0:
         raise ValueError("ECE needs probability-valued confidences in [0, 1]")
     bins = np.clip(np.ceil(s * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
@@ -230,7 +234,7 @@ def failure_detection_report(
 
     Keys: ``REPORT_METRICS`` and ``n``; ``ece`` too when ``probabilities`` (confidences are probabilities).
     """
-    s, c = _check(conf, correct)
+    s, c = check_scores(conf, correct)
     report: dict[str, float | int | None] = {
         "n": int(s.size),
         "accuracy": accuracy(c),

@@ -24,11 +24,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 from scipy.special import logsumexp, softmax, xlogy
 
 LogitScore = Callable[[np.ndarray, float], np.ndarray]
+
+# The reference defaults (shared/specs/trustvlm.md): presets, label sets and the scores below start here.
+DEFAULT_ALPHA = 1.0
+DEFAULT_VISUAL_TEMPERATURE = 0.01
 
 
 def _as_logits(logits: np.ndarray) -> np.ndarray:
@@ -89,6 +94,14 @@ TRUSTVLM_SCORE_NAMES: tuple[str, ...] = ("s_it", "s_ii", "trustvlm", "trustvlm_s
 SCORE_NAMES: tuple[str, ...] = (*BASELINE_SCORES, *TRUSTVLM_SCORE_NAMES)
 # Scores judged against TrustVLM*'s refined prediction; every other score judges argmax z.
 REFINED_PREDICTION_SCORES: frozenset[str] = frozenset({"trustvlm_star"})
+# The scores a label set's reject rule may threshold ("trust score" of a label set).
+TrustScoreName = Literal["trustvlm", "trustvlm_star", "msp"]
+TRUST_SCORE_NAMES: tuple[TrustScoreName, ...] = get_args(TrustScoreName)
+
+
+def judges_refined_prediction(score: str) -> bool:
+    """True when ``score`` judges TrustVLM*'s refined prediction ŷ* rather than argmax z."""
+    return score in REFINED_PREDICTION_SCORES
 
 
 def baseline_scores(logits: np.ndarray, temperature: float = 1.0) -> dict[str, np.ndarray]:
@@ -161,8 +174,8 @@ def trustvlm_scores(
     image_features: np.ndarray,
     prototypes: np.ndarray,
     has_prototype: np.ndarray,
-    alpha: float = 1.0,
-    visual_temperature: float = 0.01,
+    alpha: float = DEFAULT_ALPHA,
+    visual_temperature: float = DEFAULT_VISUAL_TEMPERATURE,
     *,
     temperature: float = 1.0,
     prototype_topk: PrototypeTopK | None = None,

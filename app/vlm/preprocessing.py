@@ -48,9 +48,9 @@ class ImagePreprocessor(BaseModel):
         image = self._resize(image)
         if self.crop is not None:
             image = _center_crop(image, self.crop)
-        array = np.asarray(image, dtype=np.float32) / np.float32(255.0)
-        array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(array.transpose(2, 0, 1))
+        pixels = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+        normalised = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)
 
     def _resize(self, image: Image.Image) -> Image.Image:
         w, h = image.size

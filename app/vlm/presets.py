@@ -8,6 +8,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.trust.scores import DEFAULT_ALPHA, DEFAULT_VISUAL_TEMPERATURE, TrustScoreName
+
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
 
@@ -20,12 +22,12 @@ class AuxEncoderSpec(BaseModel):
 
 
 class TrustSpec(BaseModel):
-    """TrustVLM defaults for a preset (paper defaults: alpha 1, T_v 0.01)."""
+    """TrustVLM defaults for a preset (the reference's unless the preset says otherwise)."""
 
     model_config = ConfigDict(extra="forbid")
-    alpha: float = 1.0
-    visual_temperature: float = 0.01
-    score: str = "trustvlm"
+    alpha: float = DEFAULT_ALPHA
+    visual_temperature: float = DEFAULT_VISUAL_TEMPERATURE
+    score: TrustScoreName = "trustvlm"
 
 
 class ModelPreset(BaseModel):

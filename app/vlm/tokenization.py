@@ -37,7 +37,8 @@ PROBE_TEXTS = (
 class TextTokenizer(Protocol):
     """Texts -> the text tower's integer inputs by name (int64 arrays)."""
 
-    input_names: tuple[str, ...]
+    @property
+    def input_names(self) -> tuple[str, ...]: ...
 
     def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]: ...
 

@@ -17,6 +17,7 @@ from PIL import Image
 from app.api.auth import ApiKeyAuth
 from app.api.errors import install_error_handlers
 from app.api.routes.multimodal import router
+from app.config import Settings
 from app.multimodal.checkpoint import CalibrationInfo, CheckpointConfig, save_checkpoint
 from app.multimodal.model import LateFusionClassifier
 from app.multimodal.service import MultimodalService
@@ -77,6 +78,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
     app.include_router(router)
     app.state.multimodal = MultimodalService.from_dirs([root])
     app.state.auth = ApiKeyAuth()  # no keys configured: open, as in create_app's default
+    app.state.settings = Settings(warmup=False)
     return TestClient(app)
 
 
@@ -145,10 +147,22 @@ def test_multipart_files_and_calibrated_decision(client: TestClient) -> None:
 
 
 def test_multipart_mixes_file_and_json_vector(client: TestClient) -> None:
+    """A file for one modality, a JSON vector for the other: the same answer as the vector given as the
+    preprocessed input in a JSON body (the file and the vector take their own paths to the same model)."""
     files = {"image": ("digit.png", _png(), "image/png")}
-    vector = json.dumps([0.0] * (8 * AUDIO.num_frames))
-    response = client.post("/v1/multimodal/av/predict", files=files, data={"audio": vector})
+    silent = [0.0] * (8 * AUDIO.num_frames)
+    response = client.post("/v1/multimodal/av/predict", files=files, data={"audio": json.dumps(silent)})
     assert response.status_code == 200, response.text
+    mixed = response.json()
+    assert mixed["model"] == "av" and len(mixed["top_k"]) == 3
+    assert {p["label"] for p in mixed["top_k"]} == set(CLASSES)
+    assert mixed["prediction"] == mixed["top_k"][0]
+    assert mixed["confidence"] == mixed["scores"]["msp"] == pytest.approx(mixed["prediction"]["probability"])
+    assert mixed["decision"]["calibrated"] and mixed["decision"]["accept"] is True  # threshold 0.0
+    with_other_audio = client.post(
+        "/v1/multimodal/av/predict", files=files, data={"audio": json.dumps([1.0] * len(silent))}
+    ).json()
+    assert with_other_audio["scores"] != mixed["scores"]  # the vector reaches the model
 
 
 @pytest.mark.parametrize(
@@ -216,8 +230,17 @@ def test_bad_files_and_bodies(client: TestClient) -> None:
 
     response = client.post(
         "/v1/multimodal/feats/predict", content=b"{broken", headers={"content-type": "application/json"}
+    )  # the same answer as POST /v1/classify's (app.api.parsing)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "malformed_json"
+
+    nested = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    response = client.post(
+        "/v1/multimodal/feats/predict", content=nested, headers={"content-type": "application/json"}
     )
-    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_json"
+    assert response.status_code == 400 and response.json()["error"]["code"] == "malformed_json"
+
+    response = client.post("/v1/multimodal/feats/predict", json={"inputs": {"video": [0.0]}, "x": 1})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "unknown_field"
 
     response = client.post("/v1/multimodal/feats/predict", json={"inputs": {"video": "abc"}})
     assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_request"
@@ -241,3 +264,14 @@ def test_openapi_documents_both_body_forms(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     content = spec["paths"]["/v1/multimodal/{model}/predict"]["post"]["requestBody"]["content"]
     assert set(content) == {"application/json", "multipart/form-data"}
+
+
+def test_multipart_form_has_the_limits_of_every_route(client: TestClient) -> None:
+    """The form read of predict is bounded like classify's: too many parts, or a part over the body
+    limit, is a 400 ``invalid_multipart`` before any modality is looked at."""
+    many = {f"m{i}": "[0]" for i in range(40)}
+    response = client.post("/v1/multimodal/feats/predict", data=many)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_multipart"
+    files = {f"f{i}": (f"{i}.bin", b"x", "application/octet-stream") for i in range(40)}
+    response = client.post("/v1/multimodal/feats/predict", files=files)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_multipart"

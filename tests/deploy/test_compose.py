@@ -143,6 +143,19 @@ def test_stack_builds_the_runtime_image_from_the_repository(compose: dict[str, A
     assert build["target"] == "runtime"
 
 
+@pytest.mark.parametrize("path", [COMPOSE, DEPLOY / "docker-compose.replicas.yml"], ids=lambda p: p.name)
+def test_the_slim_image_is_one_variable_away(path: Path) -> None:
+    """TRUSTSERVE_BUILD_TARGET=slim builds the torch-free image for every trustserve service; the GPU
+    override keeps the full image (the slim one has no CUDA)."""
+    for env in ({}, {"TRUSTSERVE_BUILD_TARGET": "slim"}):
+        servers = [s for s in load_compose(path, env)["services"].values() if "build" in s]
+        assert servers and {s["build"]["target"] for s in servers} == {
+            env.get("TRUSTSERVE_BUILD_TARGET", "runtime")
+        }
+    gpu = load_compose(COMPOSE_GPU, {"TRUSTSERVE_BUILD_TARGET": "slim"})
+    assert gpu["services"]["trustserve"]["build"]["target"] == "runtime"
+
+
 def test_prometheus_scrapes_the_server_service(compose: dict[str, Any]) -> None:
     prometheus = compose["services"]["prometheus"]
     [config_flag] = [a for a in prometheus["command"] if a.startswith("--config.file=")]

@@ -34,8 +34,21 @@ from tests.support.tiny_model import TINY_ARCH, TINY_CONFIG, TINY_PRESET
 dockerfile_parse = pytest.importorskip("dockerfile_parse", reason="dockerfile-parse is not installed")
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
-STAGES = ["deps", "builder", "test", "runtime-user", "runtime-base", "bake", "baked", "runtime"]
-RUNTIME_STAGES = ["runtime-base", "baked", "runtime"]
+STAGES = [
+    "deps",
+    "builder",
+    "test",
+    "runtime-user",
+    "runtime-common",
+    "runtime-base",
+    "bake",
+    "baked",
+    "export",
+    "serving-deps",
+    "slim",
+    "runtime",
+]
+RUNTIME_STAGES = ["runtime-common", "runtime-base", "baked", "slim", "runtime"]
 DEBIAN_CONTAINERFILES = sorted((REPO_ROOT / "deploy/debian").glob("*.Containerfile"))
 
 
@@ -122,6 +135,8 @@ def test_stages_and_default_target(stages: dict[str, Stage]) -> None:
     assert stages["builder"].base == "deps"
     assert stages["test"].base == "deps"
     assert stages["runtime"].base == stages["baked"].base == "runtime-base"
+    assert stages["export"].base == "deps"
+    assert stages["runtime-base"].base == stages["slim"].base == "runtime-common"
 
 
 def dockerignore_patterns() -> list[str]:
@@ -143,7 +158,7 @@ def test_copy_sources_exist_in_the_build_context(stages: dict[str, Stage]) -> No
                 assert not ignored, f"{stage.name}: {source} is excluded by .dockerignore {ignored}"
 
 
-@pytest.mark.parametrize("stage", ["runtime", "baked"])
+@pytest.mark.parametrize("stage", ["runtime", "baked", "slim"])
 def test_runs_as_the_same_numeric_non_root_user_as_kubernetes(stages: dict[str, Stage], stage: str) -> None:
     user = effective(stages, stage, "USER")[-1]
     uid, _, gid = user.partition(":")

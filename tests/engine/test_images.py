@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.api.errors import APIError
 from app.engine import images
 from app.engine.images import ImageLimits, decode_image, decoded_pixels
+from app.errors import TooLarge, UnsupportedMedia
 
 
 def _encode(img: Image.Image, fmt: str, **save: object) -> bytes:
@@ -72,13 +72,13 @@ def test_exif_orientation_is_applied_after_reduction() -> None:
 
 
 def test_header_count_refuses_what_decoding_would() -> None:
-    with pytest.raises(APIError) as err:
+    with pytest.raises(UnsupportedMedia) as err:
         decoded_pixels(b"not an image at all")
-    assert err.value.status == 415
+    assert err.value.code == "not_an_image"
     huge = _encode(Image.new("1", (8000, 6000)), "PNG")
-    with pytest.raises(APIError) as err:
+    with pytest.raises(TooLarge) as err:
         decoded_pixels(huge, ImageLimits(max_pixels=10_000_000))
-    assert err.value.status == 413
+    assert err.value.code == "image_too_large"
 
 
 def test_freed_memory_is_handed_back_after_a_large_image(monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from app.api.errors import APIError
-from app.api.validation import is_path_hostile, validate_labels, validate_templates
-from app.engine.prompts import TemplateError, render_prompt, split_template
+from app.engine.prompts import (
+    TemplateError,
+    is_path_hostile,
+    render_prompt,
+    split_template,
+    validate_labels,
+    validate_templates,
+)
+from app.errors import InvalidInput
 
 
 @pytest.mark.parametrize(
@@ -35,9 +41,9 @@ def test_one_slot_templates_split(template: str, parts: tuple[str, str]) -> None
 def test_anything_else_is_refused(template: str) -> None:
     with pytest.raises(TemplateError):
         split_template(template)
-    with pytest.raises(APIError) as err:
+    with pytest.raises(InvalidInput) as err:
         validate_templates([template], [])
-    assert err.value.status == 422 and len(err.value.message) < 200
+    assert isinstance(err.value, InvalidInput) and len(err.value.message) < 200
 
 
 def test_labels_are_spliced_in_verbatim() -> None:
@@ -47,9 +53,9 @@ def test_labels_are_spliced_in_verbatim() -> None:
 @pytest.mark.parametrize("label", ["../../victim", "..", ".", "a/b", "a\\b", "..."])
 def test_path_hostile_labels_are_refused(label: str) -> None:
     assert is_path_hostile(label)
-    with pytest.raises(APIError) as err:
+    with pytest.raises(InvalidInput) as err:
         validate_labels(["cat", label], max_count=10, max_length=200)
-    assert err.value.status == 422
+    assert isinstance(err.value, InvalidInput)
 
 
 def test_ordinary_labels_pass_and_case_duplicates_do_not() -> None:
@@ -61,9 +67,9 @@ def test_ordinary_labels_pass_and_case_duplicates_do_not() -> None:
         "t-shirt",
         "1.5 litre bottle",
     ]
-    with pytest.raises(APIError) as err:
+    with pytest.raises(InvalidInput) as err:
         validate_labels(["Cat", "cat"], max_count=10, max_length=200)
     assert err.value.code == "duplicate_labels"
-    with pytest.raises(APIError) as err:
+    with pytest.raises(InvalidInput) as err:
         validate_labels(["cat", "x" * 5_000_000], max_count=10, max_length=200)
     assert len(err.value.message) < 200

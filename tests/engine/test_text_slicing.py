@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from app.api.errors import APIError
 from app.config import Settings
 from app.engine import engine as engine_module
 from app.engine.engine import ClassificationEngine
+from app.errors import InvalidInput
 from app.vlm.backends.open_clip_backend import create_open_clip_backend
 from app.vlm.presets import ModelPreset
 from tests.support.runtime import make_context
@@ -77,9 +77,9 @@ def test_image_batches_run_between_text_chunks(engine: ClassificationEngine) -> 
 
 def test_too_many_new_prompts_are_refused_before_encoding(engine: ClassificationEngine) -> None:
     async def scenario() -> None:
-        with pytest.raises(APIError) as err:
+        with pytest.raises(InvalidInput) as err:
             await engine.text_embeddings([f"l{i}" for i in range(301)], ["a {}.", "the {}."])
-        assert err.value.status == 422 and err.value.code == "too_many_prompts"
+        assert err.value.code == "too_many_prompts"
         # cached prompts do not count: 300 new now, then the same 300 again plus 300 more
         await engine.text_embeddings([f"l{i}" for i in range(300)], ["a {}."])
         await engine.text_embeddings([f"l{i}" for i in range(600)], ["a {}."])

@@ -26,6 +26,7 @@ from app.engine.scoring import score_batch
 from app.labelsets.models import AdaptationConfig
 from app.labelsets.service import LabelSetService
 from app.labelsets.store import DirectoryStore
+from app.labelsets.support import encode
 from app.trust.datasets import load_dataset, load_support
 
 SHOTS = 2
@@ -36,7 +37,7 @@ REQUEST = 25
 
 
 def refined_accuracy(service: LabelSetService, label_set: str, engine, emb, feats, labels) -> float:  # type: ignore[no-untyped-def]
-    view = service.get_view(label_set)
+    view = service.repository.get_view(label_set)
     scored = score_batch(
         emb,
         feats,
@@ -59,36 +60,34 @@ def test_prototype_cache_helps_on_shifted_split_and_stays_bounded(tmp_path: Path
         engine.settings = settings
         await engine.start()
         service = LabelSetService(DirectoryStore(tmp_path), engine, settings)
-        await service.load_all()
+        await service.repository.load_all()
         pool = load_dataset("fashion-mnist", "test", limit=N_STREAM + N_EVAL, seed=1, invert=False)
-        emb, feats = await service.encode(list(pool.images))
+        emb, feats = await encode(engine, list(pool.images))
         stream, held_out = np.arange(N_STREAM), np.arange(N_STREAM, N_STREAM + N_EVAL)
         results = []
         for seed in SUPPORT_SEEDS:
             label_set = f"fashion-{seed}"
             support = load_support("fashion-mnist", SHOTS, seed=seed)
             names = support.class_names
-            await service.create(label_set, names, trust_score="trustvlm_star")
-            await service.add_support_images(
-                label_set, [names[i] for i in support.labels], list(support.images)
-            )
-            before = service.get_view(label_set).prototypes.copy()
+            await service.repository.create(label_set, names, trust_score="trustvlm_star")
+            await service.support.add(label_set, [names[i] for i in support.labels], list(support.images))
+            before = service.repository.get_view(label_set).prototypes.copy()
             acc_before = refined_accuracy(service, label_set, engine, emb[held_out], feats[held_out],
                                           pool.labels[held_out])  # fmt: skip
             config = AdaptationConfig(enabled=True, min_score=0.0, max_per_class=16, max_weight=0.3)
-            await service.update(label_set, adaptation=config)
+            await service.repository.update(label_set, adaptation=config)
             for start in range(0, N_STREAM, REQUEST):
                 part = stream[start : start + REQUEST]
-                view = service.get_view(label_set)
+                view = service.repository.get_view(label_set)
                 s = score_batch(emb[part], feats[part], np.asarray(view.text_embeddings),
                                 logit_scale=engine.logit_scale, prototypes=np.asarray(view.prototypes),
                                 has_prototype=np.asarray(view.has_prototype), alpha=view.alpha,
                                 visual_temperature=view.visual_temperature)  # fmt: skip
-                await service.observe(label_set, view.version, feats[part], s.refined_predictions,
+                await service.adaptation.observe(label_set, view.version, feats[part], s.refined_predictions,
                                       s.scores["trustvlm_star"])  # fmt: skip
             acc_after = refined_accuracy(service, label_set, engine, emb[held_out], feats[held_out],
                                          pool.labels[held_out])  # fmt: skip
-            cos = np.sum(before * service.get_view(label_set).prototypes, axis=1)
+            cos = np.sum(before * service.repository.get_view(label_set).prototypes, axis=1)
             cached = np.bincount(DirectoryStore(tmp_path).load(label_set).arrays["cache_class"], minlength=10)
             results.append({"seed": seed, "before": acc_before, "after": acc_after,
                             "min_cos": float(cos.min()), "max_cached": int(cached.max()),

@@ -1,4 +1,5 @@
-"""LabelSetService on a real (tiny, random-weight) engine and a real DirectoryStore."""
+"""The label-set service's parts (repository, support images, calibration, adaptation) on a real (tiny,
+random-weight) engine and a real DirectoryStore."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.api.errors import APIError
+from app.api.errors import http_status
+from app.errors import TrustserveError
+from app.labelsets.adaptation import adapted_prototypes, top_per_class
+from app.labelsets.calibration import CalibrationRequest
 from app.labelsets.index import IndexParams
 from app.labelsets.models import AdaptationConfig
-from app.labelsets.service import CalibrationRequest, LabelSetService, _top_per_class, adapted_prototypes
+from app.labelsets.service import LabelSetService
 from app.labelsets.store import DirectoryStore
 from app.trust.prototypes import PrototypeBank
 from tests.labelsets.conftest import colour_image, make_settings
@@ -25,23 +29,23 @@ async def service_for(store_dir: Path, engine) -> LabelSetService:
     service = LabelSetService(
         store=DirectoryStore(store_dir), engine=engine, settings=make_settings(store_dir)
     )
-    await service.load_all()
+    await service.repository.load_all()
     return service
 
 
 async def _populated(tmp_path: Path, engine, shots: int = 4) -> LabelSetService:
     service = await service_for(tmp_path, engine)
-    await service.create("colours", LABELS)
+    await service.repository.create("colours", LABELS)
     labels = [label for label in LABELS for _ in range(shots)]
     images = [colour_image(label, seed=i) for i, label in enumerate(labels)]
-    await service.add_support_images("colours", labels, images)
+    await service.support.add("colours", labels, images)
     return service
 
 
 def test_create_add_support_and_reload_identically(tmp_path: Path, tiny_engine) -> None:
     async def scenario() -> None:
         service = await _populated(tmp_path, tiny_engine)
-        view = service.get_view("colours")
+        view = service.repository.get_view("colours")
         assert view.version == 2
         assert view.support_counts.tolist() == [4, 4, 4]
         assert view.has_prototype.all()
@@ -55,9 +59,9 @@ def test_create_add_support_and_reload_identically(tmp_path: Path, tiny_engine) 
         assert ids[0, 0] == 0 and sims[0, 0] == pytest.approx(1.0, abs=1e-5)
 
         reloaded = LabelSetService(DirectoryStore(tmp_path), tiny_engine, make_settings(tmp_path))
-        report = await reloaded.load_all()
+        report = await reloaded.repository.load_all()
         assert report.loaded == ["colours"] and report.failed == {}
-        again = reloaded.get_view("colours")
+        again = reloaded.repository.get_view("colours")
         assert again.version == view.version
         np.testing.assert_array_equal(again.prototypes, view.prototypes)
         np.testing.assert_array_equal(again.text_embeddings, view.text_embeddings)
@@ -68,25 +72,25 @@ def test_create_add_support_and_reload_identically(tmp_path: Path, tiny_engine) 
 def test_errors_unknown_duplicate_bad_class(tmp_path: Path, tiny_engine) -> None:
     async def scenario() -> None:
         service = await _populated(tmp_path, tiny_engine, shots=1)
-        with pytest.raises(APIError) as err:
-            service.get_view("nope")
-        assert err.value.status == 404
-        with pytest.raises(APIError) as err:
-            await service.create("colours", ["x"])
-        assert err.value.status == 409
-        with pytest.raises(APIError) as err:
-            await service.create("Bad Id!", ["x"])
-        assert err.value.status == 422
-        with pytest.raises(APIError) as err:
-            await service.create("dupes", ["a", "a"])
-        assert err.value.status == 422 and "duplicates" in err.value.message
-        with pytest.raises(APIError) as err:
-            await service.add_support_images("colours", ["purple"], [colour_image("red")])
-        assert err.value.status == 422 and "purple" in err.value.message
-        assert service.get_view("colours").version == 2  # nothing written
-        with pytest.raises(APIError) as err:
-            await service.add_support_images("colours", ["red"], [colour_image("red")], expected_version=1)
-        assert err.value.status == 409
+        with pytest.raises(TrustserveError) as err:
+            service.repository.get_view("nope")
+        assert http_status(err.value) == 404
+        with pytest.raises(TrustserveError) as err:
+            await service.repository.create("colours", ["x"])
+        assert http_status(err.value) == 409
+        with pytest.raises(TrustserveError) as err:
+            await service.repository.create("Bad Id!", ["x"])
+        assert http_status(err.value) == 422
+        with pytest.raises(TrustserveError) as err:
+            await service.repository.create("dupes", ["a", "a"])
+        assert http_status(err.value) == 422 and "duplicates" in err.value.message
+        with pytest.raises(TrustserveError) as err:
+            await service.support.add("colours", ["purple"], [colour_image("red")])
+        assert http_status(err.value) == 422 and "purple" in err.value.message
+        assert service.repository.get_view("colours").version == 2  # nothing written
+        with pytest.raises(TrustserveError) as err:
+            await service.support.add("colours", ["red"], [colour_image("red")], expected_version=1)
+        assert http_status(err.value) == 409
 
     asyncio.run(scenario())
 
@@ -94,14 +98,16 @@ def test_errors_unknown_duplicate_bad_class(tmp_path: Path, tiny_engine) -> None
 def test_mixed_size_support_images_equal_one_by_one(tmp_path: Path, tiny_engine) -> None:
     async def scenario() -> None:
         service = await service_for(tmp_path, tiny_engine)
-        await service.create("a", LABELS)
-        await service.create("b", LABELS)
+        await service.repository.create("a", LABELS)
+        await service.repository.create("b", LABELS)
         images = [colour_image("red", 1, (20, 30)), colour_image("red", 2, (300, 90))]
-        await service.add_support_images("a", ["red", "red"], images)
+        await service.support.add("a", ["red", "red"], images)
         for image in images:
-            await service.add_support_images("b", ["red"], [image])
+            await service.support.add("b", ["red"], [image])
         np.testing.assert_allclose(
-            service.get_view("a").prototypes, service.get_view("b").prototypes, atol=1e-6
+            service.repository.get_view("a").prototypes,
+            service.repository.get_view("b").prototypes,
+            atol=1e-6,
         )
 
     asyncio.run(scenario())
@@ -110,11 +116,11 @@ def test_mixed_size_support_images_equal_one_by_one(tmp_path: Path, tiny_engine)
 def test_concurrent_requests_lose_no_update(tmp_path: Path, tiny_engine) -> None:
     async def scenario() -> None:
         service = await service_for(tmp_path, tiny_engine)
-        await service.create("colours", LABELS)
-        jobs = [service.add_support_images("colours", [LABELS[i % 3]], [colour_image(LABELS[i % 3], i)])
+        await service.repository.create("colours", LABELS)
+        jobs = [service.support.add("colours", [LABELS[i % 3]], [colour_image(LABELS[i % 3], i)])
                 for i in range(12)]  # fmt: skip
         await asyncio.gather(*jobs)
-        view = service.get_view("colours")
+        view = service.repository.get_view("colours")
         assert view.version == 13
         assert view.support_counts.tolist() == [4, 4, 4]
         stored = DirectoryStore(tmp_path).load("colours")
@@ -126,16 +132,16 @@ def test_concurrent_requests_lose_no_update(tmp_path: Path, tiny_engine) -> None
 def test_remove_and_add_classes(tmp_path: Path, tiny_engine) -> None:
     async def scenario() -> None:
         service = await _populated(tmp_path, tiny_engine, shots=2)
-        before = service.get_view("colours")
-        view = await service.remove_class("colours", "green")
+        before = service.repository.get_view("colours")
+        view = await service.repository.remove_class("colours", "green")
         assert view.labels == ("red", "blue")
         np.testing.assert_array_equal(view.prototypes, before.prototypes[[0, 2]])
         np.testing.assert_array_equal(view.text_embeddings, before.text_embeddings[[0, 2]])
-        view = await service.add_classes("colours", ["grey"])
+        view = await service.repository.add_classes("colours", ["grey"])
         assert view.labels == ("red", "blue", "grey") and view.has_prototype.tolist() == [True, True, False]
-        with pytest.raises(APIError) as err:
-            await service.remove_class("colours", "green")
-        assert err.value.status == 404
+        with pytest.raises(TrustserveError) as err:
+            await service.repository.remove_class("colours", "green")
+        assert http_status(err.value) == 404
 
     asyncio.run(scenario())
 
@@ -146,7 +152,7 @@ def test_calibrate_target_coverage_and_decisions(tmp_path: Path, tiny_engine) ->
         labels = [LABELS[i % 3] for i in range(60)]
         images = [colour_image(label, seed=100 + i) for i, label in enumerate(labels)]
         request = CalibrationRequest(rule="target_coverage", target_coverage=0.8)
-        view = await service.calibrate("colours", labels, images, request)
+        view = await service.calibration.calibrate("colours", labels, images, request)
         cal = view.calibration
         assert cal is not None and cal.rule == "target_coverage" and cal.n == 60
         assert cal.coverage >= 0.8 and cal.label_set_version == view.version == 3
@@ -154,7 +160,7 @@ def test_calibrate_target_coverage_and_decisions(tmp_path: Path, tiny_engine) ->
         assert view.decide(cal.threshold - 1e-6).accept is False
         assert view.decide(float("nan")).accept is False
         # any change to the prototypes drops the calibration: it would no longer hold
-        view, _ = await service.add_support_images("colours", ["red"], [colour_image("red", 999)])
+        view, _ = await service.support.add("colours", ["red"], [colour_image("red", 999)])
         assert view.calibration is None
         decision = view.decide(5.0)
         assert decision.calibrated is False and decision.accept is None
@@ -168,9 +174,9 @@ def test_calibrate_target_risk_too_small_explains_minimum(tmp_path: Path, tiny_e
         labels = ["red"] * 20
         images = [colour_image("red", i) for i in range(20)]
         request = CalibrationRequest(rule="target_risk", target_risk=0.1, delta=0.05)
-        with pytest.raises(APIError) as err:
-            await service.calibrate("colours", labels, images, request)
-        assert err.value.status == 422 and err.value.code == "calibration_set_too_small"
+        with pytest.raises(TrustserveError) as err:
+            await service.calibration.calibrate("colours", labels, images, request)
+        assert http_status(err.value) == 422 and err.value.code == "calibration_set_too_small"
         assert err.value.details["min_samples"] > 20
         assert str(err.value.details["min_samples"]) in err.value.message
 
@@ -183,7 +189,7 @@ def test_calibrate_target_risk_with_tuning(tmp_path: Path, tiny_engine) -> None:
         labels = [LABELS[i % 3] for i in range(240)]
         images = [colour_image(label, seed=500 + i) for i, label in enumerate(labels)]
         request = CalibrationRequest(rule="target_risk", target_risk=0.2, delta=0.1, tune=True)
-        view = await service.calibrate("colours", labels, images, request)
+        view = await service.calibration.calibrate("colours", labels, images, request)
         cal = view.calibration
         assert cal.n == 120 and cal.n_tuning == 120
         assert cal.risk_upper_bound <= 0.2 and cal.delta == 0.1
@@ -195,17 +201,17 @@ def test_calibrate_target_risk_with_tuning(tmp_path: Path, tiny_engine) -> None:
 def test_corrupt_entry_reported_others_served(tmp_path: Path, tiny_engine) -> None:
     async def scenario() -> None:
         service = await _populated(tmp_path, tiny_engine, shots=1)
-        await service.create("other", ["a", "b"])
+        await service.repository.create("other", ["a", "b"])
         (tmp_path / "label-sets" / "colours" / "v00000002.arrays.safetensors").write_bytes(b"broken")
         fresh = LabelSetService(DirectoryStore(tmp_path), tiny_engine, make_settings(tmp_path))
-        report = await fresh.load_all()
+        report = await fresh.repository.load_all()
         assert report.loaded == ["other"]
         assert "checksum mismatch" in report.failed["colours"]
-        with pytest.raises(APIError) as err:
-            fresh.get_view("colours")
-        assert err.value.status == 503
-        await fresh.delete("colours")
-        assert fresh.unavailable() == {}
+        with pytest.raises(TrustserveError) as err:
+            fresh.repository.get_view("colours")
+        assert http_status(err.value) == 503
+        await fresh.repository.delete("colours")
+        assert fresh.repository.unavailable() == {}
 
     asyncio.run(scenario())
 
@@ -213,7 +219,7 @@ def test_corrupt_entry_reported_others_served(tmp_path: Path, tiny_engine) -> No
 def test_top_per_class_keeps_highest_scores() -> None:
     classes = np.array([0, 0, 1, 0, 1, 0])
     scores = np.array([0.9, 0.5, 0.7, 0.95, 0.1, 0.6])
-    assert _top_per_class(classes, scores, 2).tolist() == [0, 2, 3, 4]
+    assert top_per_class(classes, scores, 2).tolist() == [0, 2, 3, 4]
 
 
 def test_adapted_prototypes_cannot_drift_without_bound() -> None:
@@ -235,17 +241,19 @@ def test_observe_fills_bounded_cache(tmp_path: Path, tiny_engine) -> None:
     async def scenario() -> None:
         service = await _populated(tmp_path, tiny_engine, shots=2)
         config = AdaptationConfig(enabled=True, min_score=0.0, max_per_class=3, max_weight=0.3)
-        view = await service.update("colours", adaptation=config)
+        view = await service.repository.update("colours", adaptation=config)
         for round_ in range(3):
             images = [colour_image("red", 1000 + round_ * 10 + i) for i in range(5)]
             feats = (await tiny_engine.encode_images(images)).aux_features
-            view = service.get_view("colours")
-            await service.observe("colours", view.version, feats, np.zeros(5, np.int64), np.linspace(1, 2, 5))
-        view = service.get_view("colours")
+            view = service.repository.get_view("colours")
+            await service.adaptation.observe(
+                "colours", view.version, feats, np.zeros(5, np.int64), np.linspace(1, 2, 5)
+            )
+        view = service.repository.get_view("colours")
         stored = DirectoryStore(tmp_path).load("colours")
         assert stored.arrays["cache_class"].tolist() == [0, 0, 0]
         assert view.adapted and view.support_counts.tolist() == [2, 2, 2]
-        assert service.get_view("colours").decide(1.0).calibrated is False
+        assert service.repository.get_view("colours").decide(1.0).calibrated is False
 
     asyncio.run(scenario())
 
@@ -253,36 +261,34 @@ def test_observe_fills_bounded_cache(tmp_path: Path, tiny_engine) -> None:
 def test_view_topk_helpers_match_exact_search(tmp_path: Path, tiny_engine) -> None:
     async def scenario() -> None:
         service = await _populated(tmp_path, tiny_engine, shots=2)
-        view = service.get_view("colours")
+        view = service.repository.get_view("colours")
         feats = (await tiny_engine.encode_images([colour_image("blue", 77)])).aux_features
         topk = view.prototype_topk(feats, k=2)
         exact = (feats / np.linalg.norm(feats)) @ view.prototypes.T
         assert topk.indices[0].tolist() == np.argsort(-exact[0])[:2].tolist()
         np.testing.assert_allclose(topk.sims[0], np.sort(exact[0])[::-1][:2], atol=1e-5)
-        assert view.text_topk(np.asarray(view.text_embeddings[:1]), 2) is None  # small set: no text index
 
     asyncio.run(scenario())
 
 
-def test_large_label_sets_get_text_and_hnsw_indexes(tmp_path: Path, tiny_engine) -> None:
-    """Thresholds lowered so a small set takes the large-set paths (text index, HNSW prototypes)."""
+def test_index_hnsw_threshold_setting_switches_large_label_sets_to_hnsw(tmp_path: Path, tiny_engine) -> None:
+    """``TRUSTSERVE_INDEX_HNSW_THRESHOLD`` is a real setting: lowered, a small set takes the large-set
+    path (HNSW prototypes), also after a reload."""
 
     async def scenario() -> None:
-        service = await service_for(tmp_path, tiny_engine)
-        service.text_index_min_classes = 3
-        service.index_params = IndexParams(hnsw_threshold=2)
-        view = await service.create("many", [f"class {i}" for i in range(20)])
-        _, ids = view.text_topk(np.asarray(view.text_embeddings[:2]), 3)
-        assert ids[:, 0].tolist() == [0, 1] and view.text_index.kind == "hnsw"
-        view, _ = await service.add_support_images(
-            "many", ["class 0", "class 5"], [colour_image("red", 1)] * 2
-        )
+        await tiny_engine.start()
+        settings = make_settings(tmp_path, index_hnsw_threshold=2)
+        service = LabelSetService(DirectoryStore(tmp_path), tiny_engine, settings)
+        assert service.repository.index_params == IndexParams(hnsw_threshold=2)
+        await service.repository.create("many", [f"class {i}" for i in range(20)])
+        view, _ = await service.support.add("many", ["class 0", "class 5"], [colour_image("red", 1)] * 2)
         assert view.index.kind == "hnsw" and view.index.ntotal == 2
-        reloaded = LabelSetService(DirectoryStore(tmp_path), tiny_engine, make_settings(tmp_path))
-        reloaded.text_index_min_classes = 3
-        await reloaded.load_all()
-        again = reloaded.get_view("many")
-        assert again.index.kind == "hnsw" and again.text_index is not None
+        reloaded = LabelSetService(DirectoryStore(tmp_path), tiny_engine, settings)
+        await reloaded.repository.load_all()
+        assert reloaded.repository.get_view("many").index.kind == "hnsw"
+        default = LabelSetService(DirectoryStore(tmp_path), tiny_engine, make_settings(tmp_path))
+        await default.repository.load_all()
+        assert default.repository.get_view("many").index.kind == "hnsw"  # the stored index is kept
 
     asyncio.run(scenario())
 
@@ -291,12 +297,12 @@ def test_unknown_ids_leave_no_lock_behind(tmp_path: Path, tiny_engine) -> None:
     async def scenario() -> None:
         service = await service_for(tmp_path, tiny_engine)
         for i in range(50):
-            with pytest.raises(APIError) as err:
-                await service.delete(f"nope-{i}-" + "x" * 5000)
-            assert err.value.status == 404 and len(err.value.message) < 200
-            with pytest.raises(APIError):
-                await service.update(f"nope-{i}", description="x")
-        assert len(service._locks) == 0
+            with pytest.raises(TrustserveError) as err:
+                await service.repository.delete(f"nope-{i}-" + "x" * 5000)
+            assert http_status(err.value) == 404 and len(err.value.message) < 200
+            with pytest.raises(TrustserveError):
+                await service.repository.update(f"nope-{i}", description="x")
+        assert len(service.repository._locks) == 0
 
     asyncio.run(scenario())
 
@@ -315,19 +321,19 @@ def test_calibration_is_not_starved_by_concurrent_writers(tmp_path: Path, tiny_e
         async def writer() -> int:
             writes = 0
             while not stop.is_set():
-                await service.update("colours", description=f"edit {writes}")
+                await service.repository.update("colours", description=f"edit {writes}")
                 writes += 1
                 await asyncio.sleep(0)
             return writes
 
         for _ in range(3):
             task = asyncio.create_task(writer())
-            view = await service.calibrate("colours", labels, images, request)
+            view = await service.calibration.calibrate("colours", labels, images, request)
             stop.set()
             assert await task > 0
             stop.clear()
             assert view.calibration is not None and view.calibration.label_set_version == view.version
-            assert service.get_view("colours").calibration is not None  # a description keeps it
+            assert service.repository.get_view("colours").calibration is not None  # a description keeps it
 
     asyncio.run(scenario())
 
@@ -345,11 +351,11 @@ def test_stored_entry_with_a_foreign_embedding_width_is_unavailable_not_a_500(
         )
         store.save(record, expected_version=2)
         fresh = LabelSetService(DirectoryStore(tmp_path), tiny_engine, make_settings(tmp_path))
-        report = await fresh.load_all()
+        report = await fresh.repository.load_all()
         assert "colours" in report.failed and "dimension" in report.failed["colours"]
-        with pytest.raises(APIError) as err:
-            fresh.get_view("colours")
-        assert err.value.status == 503
+        with pytest.raises(TrustserveError) as err:
+            fresh.repository.get_view("colours")
+        assert http_status(err.value) == 503
 
     asyncio.run(scenario())
 
@@ -357,11 +363,11 @@ def test_stored_entry_with_a_foreign_embedding_width_is_unavailable_not_a_500(
 def test_added_classes_may_not_repeat_existing_ones_up_to_case(tmp_path: Path, tiny_engine) -> None:
     async def scenario() -> None:
         service = await _populated(tmp_path, tiny_engine, shots=1)
-        with pytest.raises(APIError) as err:
-            await service.add_classes("colours", ["RED"])
-        assert err.value.status == 409
-        with pytest.raises(APIError) as err:
-            await service.add_classes("colours", ["../../victim"])
-        assert err.value.status == 422
+        with pytest.raises(TrustserveError) as err:
+            await service.repository.add_classes("colours", ["RED"])
+        assert http_status(err.value) == 409
+        with pytest.raises(TrustserveError) as err:
+            await service.repository.add_classes("colours", ["../../victim"])
+        assert http_status(err.value) == 422
 
     asyncio.run(scenario())

@@ -17,7 +17,7 @@ from mm_helpers import (
     wav_bytes,
 )
 
-from app.api.errors import APIError
+from app.errors import InvalidInput
 from app.multimodal.preprocessing import RawInput, file_input
 from app.multimodal.pretrained import (
     SPEECH_EMBEDDING_DIM,
@@ -83,9 +83,9 @@ def test_files_become_raw_inputs_and_vectors_skip_the_extractor(tmp_path: Path) 
     }
     from_vectors = service.predict("pre", features)
     assert from_files["scores"]["msp"] == pytest.approx(from_vectors["scores"]["msp"], abs=1e-5)
-    with pytest.raises(APIError) as err:
+    with pytest.raises(InvalidInput) as err:
         service.predict("pre", {"image": [0.0] * 64, "audio": files["audio"]})  # the raw size, not 1280
-    assert err.value.status == 422
+    assert err.value.code == "invalid_modality_input"
 
 
 def test_batched_predictions_mix_files_and_vectors(tmp_path: Path) -> None:

@@ -1,11 +1,11 @@
-"""MultimodalService: discovery, descriptions, prediction and APIError mapping (no HTTP)."""
+"""MultimodalService: discovery, descriptions, prediction and domain errors (no HTTP)."""
 
 from pathlib import Path
 
 import pytest
 from mm_helpers import TINY_AUDIO, image_audio_spec, png_bytes, save_random_checkpoint, wav_bytes
 
-from app.api.errors import APIError
+from app.errors import InvalidInput, NotFound, TrustserveError
 from app.multimodal.service import MultimodalService, find_checkpoint_dirs
 
 
@@ -53,15 +53,15 @@ def test_errors_are_api_errors(tmp_path: Path) -> None:
     service = _service(tmp_path)
     good = {"image": png_bytes(), "audio": wav_bytes()}
     cases = [
-        ("nope", good, 404),
-        ("av", {"image": png_bytes()}, 422),
-        ("av", {**good, "depth": [1.0]}, 422),
-        ("av", {"image": [0.0] * 63, "audio": wav_bytes()}, 422),
-        ("av", {"image": png_bytes(), "audio": b"garbage"}, 422),
+        ("nope", good, NotFound),
+        ("av", {"image": png_bytes()}, InvalidInput),
+        ("av", {**good, "depth": [1.0]}, InvalidInput),
+        ("av", {"image": [0.0] * 63, "audio": wav_bytes()}, InvalidInput),
+        ("av", {"image": png_bytes(), "audio": b"garbage"}, InvalidInput),
     ]
-    for model, inputs, status in cases:
-        with pytest.raises(APIError) as info:
+    for model, inputs, kind in cases:
+        with pytest.raises(TrustserveError) as info:
             service.predict(model, inputs)
-        assert info.value.status == status
-    with pytest.raises(APIError):
+        assert type(info.value) is kind
+    with pytest.raises(InvalidInput):
         service.predict("av", good, top_k=0)

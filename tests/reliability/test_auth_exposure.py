@@ -145,7 +145,20 @@ def test_admin_key_passes_every_scope_check(keyed_client) -> None:  # type: igno
 def test_public_operations_need_no_key(keyed_client) -> None:  # type: ignore[no-untyped-def]
     for operation in sorted(PUBLIC):
         method, path = _url(operation)
-        assert keyed_client.request(method, path).status_code == 200
+        r = keyed_client.request(method, path)
+        assert r.status_code == 200, f"{operation}: {r.status_code} {r.text[:200]}"
+        if path == "/metrics":
+            assert "trustserve_http_requests_in_flight" in r.text
+        elif path == "/v1/access":  # without a key: keys are needed, nothing is allowed
+            assert r.json() | {"note": None} == {
+                "keys_required": True,
+                "scope": None,
+                "can_write": False,
+                "docs_public": False,
+                "note": None,
+            }
+        else:
+            assert r.json()["status"] == "ok"
 
 
 def test_keys_never_appear_in_logs_errors_or_metrics(keyed_client, caplog) -> None:  # type: ignore[no-untyped-def]
@@ -388,7 +401,7 @@ def test_pickled_label_set_arrays_are_refused_not_run(
     with pytest.raises(Exception, match="evil"):
         store.load("evil")
     settings = make_settings(tiny_models_dir, tmp_path / "store")
-    report = asyncio.run(LabelSetService(store=store, engine=None, settings=settings).load_all())
+    report = asyncio.run(LabelSetService(store=store, engine=None, settings=settings).repository.load_all())  # type: ignore[arg-type]
     assert "evil" in report.failed
 
 
@@ -418,3 +431,9 @@ def test_predicting_with_good_vectors_still_works(keyed_client) -> None:  # type
         f"/v1/multimodal/{VECTORS}/predict", json={"inputs": good_vectors()}, headers={"X-API-Key": READ_KEY}
     )
     assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["model"] == VECTORS and data["prediction"] == data["top_k"][0]
+    assert data["prediction"]["label"] in {"a", "b", "c", "outlier"}
+    decision = data["decision"]
+    assert decision["calibrated"] and decision["threshold"] == 0.5 and decision["score"] == "msp"
+    assert decision["accept"] == (data["scores"]["msp"] >= 0.5)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from app.trust.encoding import LoadedModel
 from app.trust.evaluation import (
     EncodedSet,
     EvalConfig,
-    LoadedModel,
     aggregate,
     reports_for,
     run_evaluation,

@@ -10,7 +10,7 @@ import pytest
 
 from app.trust.calibration import calibrate_target_coverage
 from app.trust.datasets import balanced_subsample, load_dataset
-from app.trust.evaluation import LoadedModel
+from app.trust.encoding import LoadedModel
 from app.trust.prototypes import PrototypeBank, draw_support_indices
 from app.trust.scores import trustvlm_scores
 from app.vlm.presets import DEFAULT_MODELS_DIR

@@ -1,42 +1,59 @@
-"""POST /v1/classify: zero-shot prediction + TrustVLM confidence + calibrated decision, per image."""
+"""POST /v1/classify: zero-shot prediction + TrustVLM confidence + calibrated decision, per image.
+
+One request: parse (JSON or multipart) → resolve the labels (a label set, or validated ad-hoc labels) →
+encode (the engine: images, and the text of ad-hoc labels) → score (``LabelSetView.score``, the function
+calibration uses, or ``score_batch``) → respond. The engine emits its own stage, batch and overload
+metrics; the answers' trust scores and decisions are observed once, here, where they are made.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
 
 from app.api.deps import EngineDep, SettingsDep, get_label_sets, require_read
 from app.api.disconnect import unless_disconnected
-from app.api.errors import APIError, overloaded
+from app.api.parsing import (
+    JSON,
+    MULTIPART,
+    decode_base64_image,
+    form_files,
+    form_int,
+    form_texts,
+    json_list,
+    media_type,
+    read_form,
+    read_json,
+    string_list,
+    validation_error,
+)
 from app.api.schemas import (
     ClassifyRequest,
     ClassifyResponse,
-    Decision,
     ImageResult,
     LabelProbability,
     LabelSetRef,
     TrustInfo,
 )
-from app.api.validation import decode_base64_image, validate_labels, validate_templates
 from app.config import Settings
-from app.engine.batcher import QueueFullError
-from app.engine.engine import ClassificationEngine
+from app.engine.engine import ClassificationEngine, EncodedImages
+from app.engine.prompts import validate_labels, validate_templates
 from app.engine.scoring import ScoredBatch, score_batch
+from app.errors import Conflict, InvalidInput, UnsupportedMedia
+from app.labelsets.models import LabelSetView, uncalibrated_decision
+from app.labelsets.service import LabelSetService
+from app.trust.scores import judges_refined_prediction
 
 router = APIRouter(tags=["classify"])
 
-# Above this many classes TrustVLM*'s visual softmax uses the FAISS top-k prototypes (T_v = 0.01 leaves
-# negligible mass outside them; see app.trust.scores.visual_probs_from_topk).
-EXACT_VISUAL_SOFTMAX_MAX_CLASSES = 1024
-PROTOTYPE_TOPK = 64
+ADHOC = "_adhoc"  # the label_set label of ad-hoc requests in the metrics
+FORM_FIELDS = {"labels", "label_set", "templates", "top_k"}
 
 _MULTIPART_SCHEMA = {
     "type": "object",
@@ -65,58 +82,16 @@ OPENAPI_BODY = {
 }
 
 
-# -- parsing ---------------------------------------------------------------------------------------
-def _parse_json_list(raw: str, field: str) -> list[str]:
-    try:
-        value = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError):
-        raise APIError(422, f"invalid_{field}", f"{field} must be a JSON list of strings") from None
-    if not isinstance(value, list):
-        raise APIError(422, f"invalid_{field}", f"{field} must be a JSON list of strings")
-    return value
-
-
+# -- parse -----------------------------------------------------------------------------------------
 async def _read_multipart(request: Request, settings: Settings) -> tuple[ClassifyRequest, list[bytes]]:
-    try:
-        form = await request.form(
-            max_files=settings.max_images_per_request + 1,
-            max_fields=64,
-            max_part_size=settings.max_body_bytes,
-        )
-    except APIError:
-        raise
-    except Exception as exc:  # malformed multipart, too many parts, bad boundary
-        raise APIError(400, "invalid_multipart", f"could not parse the multipart body: {exc}") from None
-    files: list[bytes] = []
-    for key in ("image", "images"):
-        for item in form.getlist(key):
-            if not isinstance(item, UploadFile):
-                raise APIError(422, "invalid_image", f"form field {key!r} must be a file upload")
-            files.append(await item.read())
-    texts: dict[str, list[str]] = {}
-    for key, value in form.multi_items():
-        if isinstance(value, str):
-            texts.setdefault(key, []).append(value)
-    unknown = set(texts) - {"labels", "label_set", "templates", "top_k"}
-    if unknown:
-        raise APIError(422, "unknown_field", f"unknown form field(s): {sorted(unknown)}")
-    labels: list[str] | None = None
-    if "labels" in texts:
-        values = texts["labels"]
-        labels = (
-            _parse_json_list(values[0], "labels")
-            if len(values) == 1 and values[0].lstrip().startswith("[")
-            else values
-        )
-    templates = _parse_json_list(texts["templates"][0], "templates") if "templates" in texts else None
-    top_k = 5
-    if "top_k" in texts:
-        try:
-            top_k = int(texts["top_k"][0])
-        except ValueError:
-            raise APIError(422, "invalid_top_k", "top_k must be an integer") from None
+    form = await read_form(request, settings, max_files=settings.max_images_per_request + 1, max_fields=64)
+    files = await form_files(form, ("image", "images"))
+    texts = form_texts(form, FORM_FIELDS)
+    labels = string_list(texts["labels"], "labels") if "labels" in texts else None
+    templates = json_list(texts["templates"][0], "templates") if "templates" in texts else None
+    top_k = form_int(texts["top_k"][0], "top_k") if "top_k" in texts else 5
     if not files:
-        raise APIError(422, "missing_image", "send at least one file in the 'image' form field")
+        raise InvalidInput("send at least one file in the 'image' form field", code="missing_image")
     try:
         body = ClassifyRequest(
             images=["x"] * len(files),
@@ -126,61 +101,109 @@ async def _read_multipart(request: Request, settings: Settings) -> tuple[Classif
             top_k=top_k,
         )
     except ValidationError as exc:
-        raise _validation_error(exc) from None
+        raise validation_error(exc) from None
     return body, files
-
-
-def _validation_error(exc: ValidationError) -> APIError:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first.get("loc", ()))
-    return APIError(422, "invalid_request", f"invalid request: {where}: {first.get('msg')}")
-
-
-async def _read_json(request: Request) -> tuple[ClassifyRequest, list[bytes]]:
-    raw = await request.body()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise APIError(400, "malformed_json", "the request body is not valid JSON") from None
-    except RecursionError:
-        raise APIError(400, "malformed_json", "the JSON body is nested too deeply") from None
-    if isinstance(data, dict):
-        unknown = data.keys() - ClassifyRequest.model_fields.keys()
-        if unknown:
-            shown = sorted(str(k)[:40] for k in unknown)[:5]
-            raise APIError(422, "unknown_field", f"unknown field(s) ({len(unknown)}): {shown}")
-    try:
-        body = ClassifyRequest.model_validate(data)
-    except ValidationError as exc:
-        raise _validation_error(exc) from None
-    return body, [decode_base64_image(s, i) for i, s in enumerate(body.images)]
 
 
 async def parse_classify_request(request: Request, settings: Settings) -> tuple[ClassifyRequest, list[bytes]]:
     """JSON (base64 images) or multipart (files) -> the same validated request + raw image bytes."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "application/json":
-        body, files = await _read_json(request)
-    elif content_type == "multipart/form-data":
+    kind = media_type(request)
+    if kind == JSON:
+        body = await read_json(request, ClassifyRequest)
+        files = [decode_base64_image(s, i) for i, s in enumerate(body.images)]
+    elif kind == MULTIPART:
         body, files = await _read_multipart(request, settings)
     else:
-        raise APIError(
-            415,
-            "unsupported_media_type",
-            "send application/json (base64 images) or multipart/form-data (image files)",
-        )
+        raise UnsupportedMedia("send application/json (base64 images) or multipart/form-data (image files)")
     if len(files) > settings.max_images_per_request:
-        raise APIError(
-            422,
-            "too_many_images",
+        raise InvalidInput(
             f"{len(files)} images; the limit is {settings.max_images_per_request} per request",
+            code="too_many_images",
         )
     if (body.labels is None) == (body.label_set is None):
-        raise APIError(422, "invalid_request", "give exactly one of 'labels' (a list) or 'label_set' (an id)")
+        raise InvalidInput(
+            "give exactly one of 'labels' (a list) or 'label_set' (an id)", code="invalid_request"
+        )
     return body, files
 
 
-# -- response --------------------------------------------------------------------------------------
+# -- resolve ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    """What the images are classified among: a label set's view, or validated ad-hoc labels."""
+
+    labels: list[str]
+    view: LabelSetView | None = None
+    templates: list[str] | None = None
+
+    @property
+    def metric_label(self) -> str:
+        return self.view.id if self.view is not None else ADHOC
+
+
+def resolve(
+    body: ClassifyRequest,
+    engine: ClassificationEngine,
+    settings: Settings,
+    label_sets: LabelSetService | None,
+) -> Target:
+    if body.label_set is not None:
+        assert label_sets is not None
+        view = label_sets.repository.get_view(body.label_set)
+        if view.model != engine.model_id:
+            raise Conflict(
+                f"label set {view.id!r} was built for model {view.model!r}; "
+                f"this server runs {engine.model_id!r}",
+                code="model_mismatch",
+            )
+        if len(view.labels) < 2:
+            raise InvalidInput(f"label set {view.id!r} has fewer than 2 classes", code="label_set_too_small")
+        if body.templates is not None:
+            raise InvalidInput("templates are fixed by the label set; omit them", code="invalid_request")
+        return Target(list(view.labels), view=view)
+    labels = validate_labels(
+        body.labels or [], max_count=settings.max_labels, max_length=settings.max_label_length
+    )
+    return Target(labels, templates=validate_templates(body.templates, engine.preset.templates))
+
+
+# -- encode ----------------------------------------------------------------------------------------
+async def encode(
+    request: Request, engine: ClassificationEngine, settings: Settings, target: Target, files: list[bytes]
+) -> tuple[EncodedImages, np.ndarray]:
+    """Image embeddings and the class text embeddings (stored in a label set, or encoded now)."""
+    if target.view is not None:
+        encoded = await unless_disconnected(request, engine.encode_uploads(files))
+        return encoded, target.view.text_embeddings
+    assert target.templates is not None
+    text_work = engine.text_embeddings(target.labels, target.templates, timeout_s=settings.request_timeout_s)
+    encoded, text = await unless_disconnected(
+        request, asyncio.gather(engine.encode_uploads(files), text_work)
+    )
+    return encoded, text
+
+
+# -- score -----------------------------------------------------------------------------------------
+def score(
+    engine: ClassificationEngine, target: Target, encoded: EncodedImages, text: np.ndarray
+) -> ScoredBatch:
+    if target.view is not None:
+        return target.view.score(
+            encoded.embeddings,
+            encoded.aux_features,
+            logit_scale=engine.logit_scale,
+            logit_bias=engine.logit_bias,
+        )
+    return score_batch(
+        encoded.embeddings,
+        encoded.aux_features,
+        text,
+        logit_scale=engine.logit_scale,
+        logit_bias=engine.logit_bias,
+    )
+
+
+# -- respond ---------------------------------------------------------------------------------------
 def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(float(x)) else None
 
@@ -189,15 +212,20 @@ def _label(labels: list[str], index: int, probs: np.ndarray) -> LabelProbability
     return LabelProbability(label=labels[index], index=int(index), probability=float(probs[index]))
 
 
+def _trust_note(view: LabelSetView | None, n_proto: int, has_proto: bool) -> str | None:
+    if view is None:
+        return "ad-hoc labels have no image prototypes: TrustVLM needs a label set with support images"
+    if n_proto == 0:
+        return "this label set has no support images yet: TrustVLM is not computed"
+    if not has_proto:
+        return "the predicted class has no support images: S_ii and TrustVLM are null for this image"
+    return None
+
+
 def build_results(
-    scored: ScoredBatch,
-    labels: list[str],
-    top_k: int,
-    *,
-    view: Any | None,
-    image_space: str,
+    scored: ScoredBatch, labels: list[str], top_k: int, *, view: LabelSetView | None, image_space: str
 ) -> list[ImageResult]:
-    """Per-image answer; the decision uses the label set's calibration when it has one."""
+    """Per-image answer; the decision is the label set's (its calibrated rule, when one applies)."""
     trust_score = view.trust_score if view is not None else "msp"
     n_proto = int(np.count_nonzero(view.has_prototype)) if view is not None else 0
     results = []
@@ -207,38 +235,19 @@ def build_results(
         order = np.argsort(-probs, kind="stable")[:k]
         scores = {name: _finite(values[i]) for name, values in scored.scores.items()}
         has_proto = bool(scored.prototype_available[i]) if scored.prototype_available is not None else False
-        note = None
-        if view is None:
-            note = "ad-hoc labels have no image prototypes: TrustVLM needs a label set with support images"
-        elif n_proto == 0:
-            note = "this label set has no support images yet: TrustVLM is not computed"
-        elif not has_proto:
-            note = "the predicted class has no support images: S_ii and TrustVLM are null for this image"
         confidence = scores.get(trust_score)
         refined = None
         if scored.refined_predictions is not None and has_proto:
             refined = _label(labels, int(scored.refined_predictions[i]), probs)
-        applies_to = "refined_prediction" if trust_score == "trustvlm_star" else "prediction"
-        if view is not None:
-            d = view.decide(confidence)
-            decision = Decision(
-                accept=d.accept,
-                threshold=d.threshold,
-                score=d.score or trust_score,
-                rule=d.rule,
-                guarantee=d.guarantee,
-                calibrated=d.calibrated,
-                applies_to=applies_to,
-                note=d.note,
+        decision = (
+            view.decide(confidence)
+            if view is not None
+            else uncalibrated_decision(
+                trust_score,
+                "ad-hoc labels have no calibrated reject rule: use a calibrated label set",
+                judges_refined_prediction(trust_score),
             )
-        else:
-            decision = Decision(
-                accept=None,
-                score=trust_score,
-                calibrated=False,
-                applies_to=applies_to,
-                note="ad-hoc labels have no calibrated reject rule: use a calibrated label set",
-            )
+        )
         results.append(
             ImageResult(
                 index=i,
@@ -252,7 +261,7 @@ def build_results(
                     image_space=image_space,
                     prototypes_for_prediction=has_proto,
                     classes_with_prototypes=n_proto,
-                    note=note,
+                    note=_trust_note(view, n_proto, has_proto),
                 ),
             )
         )
@@ -276,14 +285,10 @@ def build_results(
 )
 async def classify(request: Request, engine: EngineDep, settings: SettingsDep) -> ClassifyResponse:
     started = time.perf_counter()
-    try:
-        engine.check_capacity()  # refuse at once when saturated, before reading the upload
-        body, files = await parse_classify_request(request, settings)
-        with engine.admission():  # counted once the body is in: a slow upload holds no slot
-            return await _classify(request, engine, settings, body, files, started)
-    except QueueFullError as exc:
-        engine.metrics.overload_rejections.labels(engine.model_id).inc()
-        raise overloaded(str(exc), exc.retry_after_s) from None
+    engine.check_capacity()  # refuse at once when saturated, before reading the upload
+    body, files = await parse_classify_request(request, settings)
+    with engine.admission():  # counted once the body is in: a slow upload holds no slot
+        return await _classify(request, engine, settings, body, files, started)
 
 
 async def _classify(
@@ -295,76 +300,24 @@ async def _classify(
     started: float,
 ) -> ClassifyResponse:
     t_parsed = time.perf_counter()
-    view = None
-    label_sets = None
-    if body.label_set is not None:
-        label_sets = get_label_sets(request)
-        view = label_sets.get_view(body.label_set)
-        if view.model != engine.model_id:
-            raise APIError(
-                409,
-                "model_mismatch",
-                f"label set {view.id!r} was built for model {view.model!r}; "
-                f"this server runs {engine.model_id!r}",
-            )
-        labels = list(view.labels)
-        if len(labels) < 2:
-            raise APIError(422, "label_set_too_small", f"label set {view.id!r} has fewer than 2 classes")
-        if body.templates is not None:
-            raise APIError(422, "invalid_request", "templates are fixed by the label set; omit them")
-        text = view.text_embeddings
-    else:
-        labels = validate_labels(
-            body.labels or [], max_count=settings.max_labels, max_length=settings.max_label_length
-        )
-        templates = validate_templates(body.templates, engine.preset.templates)
-    try:
-        if view is None:
-            text_work = engine.text_embeddings(labels, templates, timeout_s=settings.request_timeout_s)
-            encoded, text = await unless_disconnected(
-                request, asyncio.gather(engine.encode_uploads(files), text_work)
-            )
-        else:
-            encoded = await unless_disconnected(request, engine.encode_uploads(files))
-    except TimeoutError:
-        raise APIError(
-            503,
-            "timeout",
-            f"inference did not finish within {settings.request_timeout_s} s",
-            headers={"Retry-After": "5"},
-        ) from None
+    label_sets = get_label_sets(request) if body.label_set is not None else None
+    target = resolve(body, engine, settings, label_sets)
+    encoded, text = await encode(request, engine, settings, target, files)
     t_score = time.perf_counter()
-    trust = engine.preset.trust
-    scored = score_batch(
-        encoded.embeddings,
-        encoded.aux_features,
-        text,
-        logit_scale=engine.logit_scale,
-        logit_bias=engine.logit_bias,
-        prototypes=view.prototypes if view is not None else None,
-        prototype_topk=view.prototype_topk(encoded.aux_features, PROTOTYPE_TOPK)
-        if view is not None and len(labels) > EXACT_VISUAL_SOFTMAX_MAX_CLASSES
-        else None,
-        has_prototype=view.has_prototype if view is not None else None,
-        alpha=view.alpha if view is not None else trust.alpha,
-        visual_temperature=view.visual_temperature if view is not None else trust.visual_temperature,
+    with engine.metrics.timed("scoring", engine.model_id):
+        scored = score(engine, target, encoded, text)
+    results = build_results(
+        scored, target.labels, body.top_k, view=target.view, image_space=engine.aux_encoder_id
     )
-    results = build_results(scored, labels, body.top_k, view=view, image_space=engine.aux_encoder_id)
     done = time.perf_counter()
-    engine.metrics.stage_duration.labels("scoring", engine.model_id).observe(done - t_score)
-    set_label = view.id if view is not None else "_adhoc"
-    engine.metrics.images_classified.labels(engine.model_id, set_label).inc(len(results))
-    for r in results:
-        if r.confidence is not None:
-            engine.metrics.trust_score.labels(engine.model_id, set_label, r.decision.score).observe(
-                r.confidence
-            )
-        if r.decision.calibrated:
-            engine.metrics.decisions.labels(
-                engine.model_id, set_label, "accept" if r.decision.accept else "reject"
-            ).inc()
-    if label_sets is not None and view is not None and hasattr(label_sets, "observe_predictions"):
-        label_sets.observe_predictions(view.id, encoded.aux_features, scored)
+    engine.metrics.observe_answers(
+        engine.model_id,
+        target.metric_label,
+        ((r.decision.score, r.confidence, r.decision.accept) for r in results),
+    )
+    if label_sets is not None and target.view is not None:
+        label_sets.adaptation.observe_predictions(target.view.id, encoded.aux_features, scored)
+    view = target.view
     return ClassifyResponse(
         model=engine.model_id,
         label_set=LabelSetRef(id=view.id, version=view.version) if view is not None else None,

@@ -5,14 +5,24 @@ FAISS index, calibrated reject rule). Writes need the admin scope; every write a
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from starlette.datastructures import FormData, UploadFile
 
-from app.api.deps import LabelSetsDep, get_engine, require_admin, require_read
-from app.api.errors import APIError, unprocessable
+from app.api.deps import LabelSetsDep, SettingsDep, get_engine, require_admin, require_read
+from app.api.errors import APIError
+from app.api.parsing import (
+    MULTIPART,
+    form_bool,
+    form_files,
+    form_float,
+    form_int,
+    form_texts,
+    media_type,
+    read_form,
+    string_list,
+)
 from app.api.schemas_label_sets import (
     CalibrateOut,
     ClassesAdd,
@@ -24,8 +34,13 @@ from app.api.schemas_label_sets import (
     SupportImagesOut,
     UnavailableLabelSet,
 )
+from app.config import Settings
+from app.errors import InvalidInput
 from app.labelsets.archive import ARCHIVE_MEDIA_TYPE, ArchiveError, read_archive, write_archive
-from app.labelsets.service import CalibrationRequest, LabelSetService
+from app.labelsets.calibration import CalibrationRequest
+from app.labelsets.service import LabelSetService
+from app.trust.calibration import CALIBRATION_RULES, DEFAULT_DELTA
+from app.trust.scores import TRUST_SCORE_NAMES
 
 router = APIRouter(prefix="/v1/label-sets", tags=["label-sets"])
 ADMIN = [Depends(require_admin)]
@@ -44,14 +59,16 @@ _IMAGES_FORM = {
     },
     "label": {"type": "string", "description": "class of every image in the request"},
 }
-_CALIBRATE_FORM = {
-    **_IMAGES_FORM,
-    "rule": {"type": "string", "enum": ["target_risk", "target_coverage"]},
+_CALIBRATE_FIELDS = {
+    "rule": {"type": "string", "enum": list(CALIBRATION_RULES)},
     "target_risk": {"type": "number", "description": "e.g. 0.1 for ≤ 10 % selective risk"},
-    "delta": {"type": "number", "description": "guarantee holds with probability ≥ 1 − delta (default 0.05)"},
+    "delta": {
+        "type": "number",
+        "description": f"guarantee holds with probability ≥ 1 − delta (default {DEFAULT_DELTA:g})",
+    },
     "target_coverage": {"type": "number"},
-    "tune": {"type": "boolean", "description": "tune α / T_v on a held-out half first"},
-    "score": {"type": "string", "enum": ["trustvlm", "trustvlm_star", "msp"]},
+    "tune": {"type": "boolean", "description": "tune α (and T_v for trustvlm_star) on a held-out half first"},
+    "score": {"type": "string", "enum": list(TRUST_SCORE_NAMES)},
     "seed": {"type": "integer"},
 }
 
@@ -75,64 +92,36 @@ def expected_version(
 
 
 def _out(service: LabelSetService, label_set_id: str) -> LabelSetOut:
-    return LabelSetOut.build(service.get_meta(label_set_id), service.get_view(label_set_id))
-
-
-async def _read_form(request: Request, max_files: int) -> FormData:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "multipart/form-data":
-        raise APIError(415, "unsupported_media_type", "send multipart/form-data with image files")
-    try:
-        return await request.form(max_files=max_files + 1, max_fields=max_files + 32)
-    except APIError:  # a body limit (size, time) broken while reading
-        raise
-    except Exception as exc:  # malformed multipart, too many parts
-        raise APIError(400, "invalid_multipart", f"could not parse the multipart body: {exc}") from None
+    repo = service.repository
+    return LabelSetOut.build(repo.get_meta(label_set_id), repo.get_view(label_set_id))
 
 
 async def _labelled_images(
-    form: FormData, max_files: int, allowed_fields: set[str]
+    request: Request, settings: Settings, max_files: int, fields: set[str]
 ) -> tuple[list[str], list[bytes], dict[str, str]]:
     """Files from ``images``/``image`` with one label each (still encoded: the engine decodes them a batch
-    at a time); other text fields returned by name."""
-    files: list[bytes] = []
-    for key in ("images", "image"):
-        for item in form.getlist(key):
-            if not isinstance(item, UploadFile):
-                raise unprocessable(f"form field {key!r} must be a file upload", code="invalid_image")
-            files.append(await item.read())
+    at a time); the other text fields (``fields``) by name."""
+    form: FormData = await read_form(request, settings, max_files=max_files + 1, max_fields=max_files + 32)
+    files = await form_files(form, ("images", "image"))
     if not files:
-        raise unprocessable("send at least one file in the 'images' form field", code="missing_image")
+        raise InvalidInput("send at least one file in the 'images' form field", code="missing_image")
     if len(files) > max_files:
-        raise unprocessable(
+        raise InvalidInput(
             f"at most {max_files} images per request, got {len(files)}", code="too_many_images"
         )
-    texts: dict[str, list[str]] = {}
-    for key, value in form.multi_items():
-        if isinstance(value, str):
-            texts.setdefault(key, []).append(value)
-    unknown = set(texts) - {"labels", "label"} - allowed_fields
-    if unknown:
-        raise unprocessable(f"unknown form field(s): {sorted(unknown)}", code="unknown_field")
+    texts = form_texts(form, {"labels", "label"} | fields)
     if "label" in texts:
         if "labels" in texts or len(texts["label"]) != 1:
-            raise unprocessable("give one 'label' for all images, or 'labels' (one per image), not both")
+            raise InvalidInput("give one 'label' for all images, or 'labels' (one per image), not both")
         labels = texts["label"] * len(files)
     else:
-        labels = texts.get("labels", [])
-        if len(labels) == 1 and labels[0].lstrip().startswith("["):
-            try:
-                labels = json.loads(labels[0])
-            except json.JSONDecodeError:
-                raise unprocessable("labels must be a JSON list of strings", code="invalid_labels") from None
-            if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-                raise unprocessable("labels must be a JSON list of strings", code="invalid_labels")
+        labels = string_list(texts.get("labels", []), "labels")
     if len(labels) != len(files):
-        raise unprocessable(
+        raise InvalidInput(
             f"got {len(files)} images but {len(labels)} labels: give one label per image (or one 'label')",
             code="label_count_mismatch",
         )
-    return labels, files, {k: v[-1] for k, v in texts.items() if k in allowed_fields}
+    return labels, files, {k: v[-1] for k, v in texts.items() if k in fields}
 
 
 @router.post(
@@ -140,7 +129,7 @@ async def _labelled_images(
 )
 async def create_label_set(body: LabelSetCreate, request: Request, service: LabelSetsDep) -> LabelSetOut:
     get_engine(request)
-    await service.create(
+    await service.repository.create(
         body.id,
         body.labels,
         templates=body.templates,
@@ -157,9 +146,10 @@ async def create_label_set(body: LabelSetCreate, request: Request, service: Labe
 
 @router.get("", dependencies=READ, response_model=LabelSetList, summary="List label sets")
 async def list_label_sets(service: LabelSetsDep) -> LabelSetList:
+    repo = service.repository
     summaries = []
-    for view in service.list_views():
-        meta = service.get_meta(view.id)
+    for view in repo.list_views():
+        meta = repo.get_meta(view.id)
         summaries.append(
             LabelSetSummary(
                 id=view.id,
@@ -173,7 +163,7 @@ async def list_label_sets(service: LabelSetsDep) -> LabelSetList:
                 updated_at=meta.updated_at,
             )
         )
-    unavailable = [UnavailableLabelSet(id=k, reason=v) for k, v in service.unavailable().items()]
+    unavailable = [UnavailableLabelSet(id=k, reason=v) for k, v in repo.unavailable().items()]
     return LabelSetList(label_sets=summaries, unavailable=unavailable)
 
 
@@ -182,23 +172,23 @@ async def list_label_sets(service: LabelSetsDep) -> LabelSetList:
 async def import_label_set(
     request: Request,
     service: LabelSetsDep,
+    settings: SettingsDep,
     id: str | None = Query(None, pattern=r"^[a-z0-9][a-z0-9\-_]{0,63}$", description="import under this id"),
 ) -> LabelSetOut:
     get_engine(request)
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "multipart/form-data":
-        form = await _read_form(request, 1)
+    if media_type(request) == MULTIPART:
+        form = await read_form(request, settings, max_files=1, max_fields=32)
         upload = form.get("archive")
         if not isinstance(upload, UploadFile):
-            raise unprocessable("send the archive file in the 'archive' form field", code="missing_archive")
+            raise InvalidInput("send the archive file in the 'archive' form field", code="missing_archive")
         data = await upload.read()
     else:
         data = await request.body()
     try:
         record = await asyncio.to_thread(read_archive, data)  # inflate + checksums off the event loop
     except ArchiveError as exc:
-        raise unprocessable(f"invalid label-set archive: {exc}", code="invalid_archive") from None
-    view = await service.import_record(record, id)
+        raise InvalidInput(f"invalid label-set archive: {exc}", code="invalid_archive") from None
+    view = await service.transfer.import_record(record, id)
     return _out(service, view.id)
 
 
@@ -215,7 +205,7 @@ async def update_label_set(
     version: int | None = Depends(expected_version),
 ) -> LabelSetOut:
     changes = {name: getattr(body, name) for name in body.model_fields_set if getattr(body, name) is not None}
-    await service.update(label_set_id, expected_version=version, **changes)
+    await service.repository.update(label_set_id, expected_version=version, **changes)
     return _out(service, label_set_id)
 
 
@@ -226,7 +216,7 @@ async def delete_label_set(
     service: LabelSetsDep,
     version: int | None = Depends(expected_version),
 ) -> Response:
-    await service.delete(label_set_id, expected_version=version)
+    await service.repository.delete(label_set_id, expected_version=version)
     request.app.state.metrics.forget_label_set(label_set_id)
     return Response(status_code=204)
 
@@ -240,7 +230,7 @@ async def add_classes(
     version: int | None = Depends(expected_version),
 ) -> LabelSetOut:
     get_engine(request)
-    await service.add_classes(label_set_id, body.labels, expected_version=version)
+    await service.repository.add_classes(label_set_id, body.labels, expected_version=version)
     return _out(service, label_set_id)
 
 
@@ -249,7 +239,7 @@ async def add_classes(
 async def remove_class(
     label_set_id: str, label: str, service: LabelSetsDep, version: int | None = Depends(expected_version)
 ) -> LabelSetOut:
-    await service.remove_class(label_set_id, label, expected_version=version)
+    await service.repository.remove_class(label_set_id, label, expected_version=version)
     return _out(service, label_set_id)
 
 
@@ -260,15 +250,13 @@ async def add_support_images(
     label_set_id: str,
     request: Request,
     service: LabelSetsDep,
+    settings: SettingsDep,
     version: int | None = Depends(expected_version),
 ) -> SupportImagesOut:
-    service.get_view(label_set_id)  # 404 before reading a large body
-    max_files = request.app.state.settings.max_images_per_request
-    form = await _read_form(request, max_files)
+    had_calibration = service.repository.get_view(label_set_id).calibration is not None  # 404 first
+    labels, images, _ = await _labelled_images(request, settings, settings.max_images_per_request, set())
     get_engine(request)
-    labels, images, _ = await _labelled_images(form, max_files, set())
-    had_calibration = service.get_view(label_set_id).calibration is not None
-    view, added = await service.add_support_images(label_set_id, labels, images, expected_version=version)
+    view, added = await service.support.add(label_set_id, labels, images, expected_version=version)
     return SupportImagesOut(
         id=view.id,
         version=view.version,
@@ -278,56 +266,47 @@ async def add_support_images(
     )
 
 
-def _number(fields: dict[str, str], name: str, default: float | None = None) -> float | None:
-    if name not in fields:
-        return default
-    try:
-        return float(fields[name])
-    except ValueError:
-        raise unprocessable(
-            f"{name} must be a number, got {fields[name][:40]!r}", code=f"invalid_{name}"
-        ) from None
+def calibration_request(fields: dict[str, str]) -> CalibrationRequest:
+    """The calibration form's fields → a ``CalibrationRequest`` (422 ``invalid_<field>`` for bad ones)."""
+    rule = fields.get("rule") or ("target_coverage" if "target_coverage" in fields else "target_risk")
+    if rule not in CALIBRATION_RULES:
+        raise InvalidInput(f"rule must be one of {list(CALIBRATION_RULES)}", code="invalid_rule")
+    score = fields.get("score")
+    if score is not None and score not in TRUST_SCORE_NAMES:
+        raise InvalidInput(f"score must be one of {list(TRUST_SCORE_NAMES)}", code="invalid_score")
+
+    def number(name: str) -> float | None:
+        return form_float(fields[name], name) if name in fields else None
+
+    return CalibrationRequest(
+        rule=rule,
+        target_risk=number("target_risk"),
+        delta=form_float(fields["delta"], "delta") if "delta" in fields else DEFAULT_DELTA,
+        target_coverage=number("target_coverage"),
+        tune=form_bool(fields.get("tune", "false"), "tune"),
+        score=score,
+        seed=form_int(fields.get("seed", "0"), "seed"),
+    )
 
 
 @router.post("/{label_set_id}/calibrate", dependencies=ADMIN, response_model=CalibrateOut,
              summary="Pick the acceptance threshold on labelled images (target risk or coverage)",
-             openapi_extra=_multipart_body(_CALIBRATE_FORM))  # fmt: skip
+             openapi_extra=_multipart_body({**_IMAGES_FORM, **_CALIBRATE_FIELDS}))  # fmt: skip
 async def calibrate(
     label_set_id: str,
     request: Request,
     service: LabelSetsDep,
+    settings: SettingsDep,
     version: int | None = Depends(expected_version),
 ) -> CalibrateOut:
-    service.get_view(label_set_id)
-    max_files = service.max_calibration_images
-    form = await _read_form(request, max_files)
-    get_engine(request)
-    labels, images, fields = await _labelled_images(form, max_files, set(_CALIBRATE_FORM) - set(_IMAGES_FORM))
-    rule = fields.get("rule") or ("target_coverage" if "target_coverage" in fields else "target_risk")
-    if rule not in ("target_risk", "target_coverage"):
-        raise unprocessable("rule must be target_risk or target_coverage", code="invalid_rule")
-    score = fields.get("score")
-    if score is not None and score not in ("trustvlm", "trustvlm_star", "msp"):
-        raise unprocessable("score must be trustvlm, trustvlm_star or msp", code="invalid_score")
-    tune = fields.get("tune", "false").strip().lower()
-    if tune not in ("true", "false", "1", "0"):
-        raise unprocessable("tune must be true or false", code="invalid_tune")
-    try:
-        seed = int(fields.get("seed", "0"))
-    except ValueError:
-        raise unprocessable(
-            f"seed must be an integer, got {fields['seed'][:40]!r}", code="invalid_seed"
-        ) from None
-    request_ = CalibrationRequest(
-        rule=rule,  # type: ignore[arg-type]
-        target_risk=_number(fields, "target_risk"),
-        delta=_number(fields, "delta", 0.05),  # type: ignore[arg-type]
-        target_coverage=_number(fields, "target_coverage"),
-        tune=tune in ("true", "1"),
-        score=score,  # type: ignore[arg-type]
-        seed=seed,
+    service.repository.get_view(label_set_id)  # 404 before reading a large body
+    labels, images, fields = await _labelled_images(
+        request, settings, settings.max_calibration_images, set(_CALIBRATE_FIELDS)
     )
-    view = await service.calibrate(label_set_id, labels, images, request_, expected_version=version)
+    get_engine(request)
+    view = await service.calibration.calibrate(
+        label_set_id, labels, images, calibration_request(fields), expected_version=version
+    )
     assert view.calibration is not None
     return CalibrateOut(
         id=view.id,
@@ -341,7 +320,7 @@ async def calibrate(
 @router.get("/{label_set_id}/export", dependencies=READ, summary="Export as a .tar.gz archive",
             response_class=Response, responses={200: {"content": {ARCHIVE_MEDIA_TYPE: {}}}})  # fmt: skip
 async def export_label_set(label_set_id: str, service: LabelSetsDep) -> Response:
-    data = write_archive(service.export_record(label_set_id))
+    data = write_archive(service.transfer.export_record(label_set_id))
     return Response(
         data,
         media_type=ARCHIVE_MEDIA_TYPE,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from app.api.deps import require_read
-from app.api.schemas import ModelInfo, ModelsResponse
+from app.api.schemas import ModelInfo, ModelsResponse, PresetInfo
 from app.vlm.presets import list_presets
 
 router = APIRouter(tags=["models"])
@@ -17,9 +17,9 @@ async def models(request: Request) -> ModelsResponse:
     loaded = []
     engine = getattr(state, "engine", None)
     if engine is not None:
-        loaded.append(ModelInfo(**engine.describe()))
+        loaded.append(ModelInfo.model_validate(engine.describe()))
     presets = [
-        {"name": p.name, "backend": p.backend, "description": p.description, "offline": p.offline}
+        PresetInfo(name=p.name, backend=p.backend, description=p.description, offline=p.offline)
         for p in list_presets(state.settings.models_dir).values()
     ]
     return ModelsResponse(models=loaded, presets=presets)

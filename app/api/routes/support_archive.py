@@ -11,11 +11,13 @@ import asyncio
 from fastapi import APIRouter, Depends, Request
 from starlette.datastructures import UploadFile
 
-from app.api.deps import LabelSetsDep, get_engine, require_admin
-from app.api.errors import APIError, unprocessable
-from app.api.routes.label_sets import _read_form, expected_version
+from app.api.deps import LabelSetsDep, SettingsDep, get_engine, require_admin
+from app.api.parsing import MULTIPART, media_type, read_form
+from app.api.routes.label_sets import expected_version
 from app.api.schemas_console import SupportArchiveOut
-from app.classfolders import ArchiveLimits, ClassFolderError, read_class_archive
+from app.classfolders import ArchiveLimits, read_class_archive
+from app.config import Settings
+from app.errors import InvalidInput
 
 router = APIRouter(prefix="/v1/label-sets", tags=["label-sets"])
 
@@ -40,18 +42,17 @@ _ARCHIVE_BODY = {
 }
 
 
-async def archive_bytes(request: Request) -> bytes:
+async def archive_bytes(request: Request, settings: Settings) -> bytes:
     """The uploaded archive: the raw body, or the multipart field ``archive``."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "multipart/form-data":
-        form = await _read_form(request, 1)
+    if media_type(request) == MULTIPART:
+        form = await read_form(request, settings, max_files=1, max_fields=32)
         upload = form.get("archive")
         if not isinstance(upload, UploadFile):
-            raise unprocessable("send the archive file in the 'archive' form field", code="missing_archive")
+            raise InvalidInput("send the archive file in the 'archive' form field", code="missing_archive")
         return await upload.read()
     data = await request.body()
     if not data:
-        raise unprocessable("send a zip, tar or tar.gz archive of class folders", code="missing_archive")
+        raise InvalidInput("send a zip, tar or tar.gz archive of class folders", code="missing_archive")
     return data
 
 
@@ -62,26 +63,22 @@ async def add_support_archive(
     label_set_id: str,
     request: Request,
     service: LabelSetsDep,
+    settings: SettingsDep,
     version: int | None = Depends(expected_version),
 ) -> SupportArchiveOut:
-    service.get_view(label_set_id)  # 404 before reading a large body
-    data = await archive_bytes(request)
+    had_calibration = service.repository.get_view(label_set_id).calibration is not None  # 404 first
+    data = await archive_bytes(request, settings)
     get_engine(request)
-    settings = request.app.state.settings
     limits = ArchiveLimits(max_members=settings.max_archive_members, max_bytes=settings.max_body_bytes)
-    try:
-        images = await asyncio.to_thread(read_class_archive, data, limits)
-    except ClassFolderError as exc:
-        raise APIError(exc.status, exc.code, str(exc)) from None
+    images = await asyncio.to_thread(read_class_archive, data, limits)
     del data
     if not images.files:
-        raise unprocessable(
+        raise InvalidInput(
             f"the archive holds no images in class folders ({images.skipped} entries skipped)",
             code="no_images",
             details={"skipped_names": images.skipped_names},
         )
-    had_calibration = service.get_view(label_set_id).calibration is not None
-    view, added = await service.add_support_images(
+    view, added = await service.support.add(
         label_set_id, images.labels, images.files, expected_version=version
     )
     return SupportArchiveOut(

@@ -82,7 +82,7 @@ def apply_migrations(conn: psycopg.Connection, migrations: list[Migration] | Non
             )
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"trustserve.migrations:{schema[0]}"])
         conn.execute(_CREATE_TABLE)
-        done = dict(conn.execute("SELECT version, sha256 FROM schema_migrations").fetchall())
+        done: dict[int, str] = dict(conn.execute("SELECT version, sha256 FROM schema_migrations").fetchall())
         known = {m.version for m in migrations}
         for migration in migrations:
             if migration.version in done:

@@ -215,7 +215,7 @@ def open_clip_image_source(
     loaded: Callable[[], OpenClipComponents],
     preprocessor: ImagePreprocessor,
     tower: str = "image",
-):  # type: ignore[no-untyped-def]
+):
     """The image tower of an open_clip model (also used by the ``open_clip`` auxiliary encoder)."""
     return image_tower_source(
         model=context.model,
@@ -257,7 +257,8 @@ class LazyLoad:
     """Loads an open_clip model on first call only (never on a warm start of an exported runtime)."""
 
     def __init__(self, load: Callable[[], OpenClipComponents]) -> None:
-        self._load, self._value = load, None
+        self._load = load
+        self._value: OpenClipComponents | None = None
 
     def __call__(self) -> OpenClipComponents:
         if self._value is None:
