@@ -203,7 +203,9 @@ def test_label_set_from_a_folder_calibrated_then_a_calibrated_decision(
     assert stored["rule"] == "target_coverage" and stored["n"] == 30
     evidence = text_of(browser, "[data-testid=calibration]")
     assert f"{stored['threshold']:.4f}" in evidence and "coverage ≥ 80.0 %" in evidence
-    assert "not available on this server" in text_of(browser, "[data-testid=selection]")
+    assert "Not tuned: the threshold is for the label set's own α = 1" in text_of(
+        browser, "[data-testid=selection]"
+    )
     curve = text_of(browser, "[data-testid=risk-coverage]")
     assert "Risk-coverage of trustvlm on 30 calibration images" in curve
     assert "the calibrated rule accepts" in curve and f"{round(stored['coverage'] * 30)} of 30" in curve
@@ -273,6 +275,28 @@ def test_support_from_a_zip_of_class_folders_then_export_and_import(
         for c in httpx.get(f"{server.url}/v1/label-sets/zipped").json()["classes"]
     }
     assert counts == dict.fromkeys(COLOURS, 3)
+
+    # calibrated with tuning (through the API): the page shows how α / T_v were chosen, grid and all
+    calibration = sorted(folders["calibration"].glob("*/*.png"))
+    r = httpx.post(
+        f"{server.url}/v1/label-sets/zipped/calibrate",
+        files=[("images", (p.name, p.read_bytes(), "image/png")) for p in calibration],
+        data={"labels": json.dumps([p.parent.name for p in calibration]), "rule": "target_coverage",
+              "target_coverage": "0.8", "tune": "true"},
+        timeout=120,
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    tuning = r.json()["calibration"]["tuning"]
+    browser.refresh()  # the same URL: load the page again
+    open_page(browser, f"{server.url}/ui/#/label-sets/zipped", "Label set zipped")
+    wait_for(lambda: css(browser, "[data-testid=selection] table"), what="the tuning evidence")
+    selection = text_of(browser, "[data-testid=selection]")
+    assert (
+        ", ".join(tuning["tuned"]) in selection and f"{tuning['n']} held-out calibration images" in selection
+    )
+    rows = browser.find_elements(By.CSS_SELECTOR, "[data-testid=selection] tbody tr")
+    assert len(rows) == len(tuning["grid"]) > 1
+    full_page_screenshot(browser, "console-label-set-tuned")
 
     exported = tmp_path / "zipped.tar.gz"
     exported.write_bytes(httpx.get(f"{server.url}/v1/label-sets/zipped/export").content)

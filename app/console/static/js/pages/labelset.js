@@ -216,7 +216,7 @@ export async function renderLabelSet(root, id) {
         access.canWrite
           ? evaluateForm(ls, showCurve)
           : h("p", { class: "muted" }, "The curve is computed from labelled images you upload (admin key)."),
-        h("h3", {}, "Self-selection of the score"),
+        h("h3", {}, "How the settings were chosen"),
         renderSelection(ls)),
     );
     if (access.canWrite) {

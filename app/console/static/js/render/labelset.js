@@ -42,37 +42,32 @@ export function renderCalibration(cal) {
   ]));
 }
 
-// where the trust issue may put it: on the label set, or in its calibration record
-function selectionOf(ls) {
-  for (const holder of [ls, ls.calibration || {}]) {
-    for (const key of ["selection", "self_selection"]) if (key in holder) return holder[key];
-  }
-  return undefined;
-}
-
 /** A table of objects with the union of their keys (numbers formatted), for evidence lists. */
 export function objectsTable(objects) {
   const keys = [...new Set(objects.flatMap((o) => Object.keys(o)))];
   return table(keys, objects.map((o) => keys.map((k) => (typeof o[k] === "object" && o[k] !== null ? JSON.stringify(o[k]) : fmt(o[k], 4)))));
 }
 
-/** Self-selection of α / image space (trust issue): the choice and each candidate's evidence. */
+/** How calibration chose the settings the threshold is for (the record's `tuning`: which settings, on
+ * how many held-out images, the objective and every grid point tried). */
 export function renderSelection(ls) {
-  const selection = selectionOf(ls);
   const section = h("div", { "data-testid": "selection" });
-  if (selection === undefined) {
-    section.append(notAvailable("Self-selection evidence"));
-    return section;
-  }
-  if (selection === null) {
-    section.append(h("p", { class: "muted" }, "No selection recorded."));
-    return section;
-  }
-  const scalars = Object.entries(selection).filter(([, v]) => v === null || typeof v !== "object");
-  section.append(keyValues(scalars.map(([k, v]) => [k, fmt(v, 4)])));
-  for (const [k, v] of Object.entries(selection)) {
-    if (Array.isArray(v) && v.length && typeof v[0] === "object") section.append(h("h4", {}, k), objectsTable(v));
-    else if (v && typeof v === "object" && !Array.isArray(v)) section.append(h("h4", {}, k), keyValues(Object.entries(v).map(([a, b]) => [a, typeof b === "object" ? JSON.stringify(b) : fmt(b, 4)])));
+  const cal = ls.calibration;
+  if (!cal) {
+    section.append(h("p", { class: "muted" }, "Not calibrated."));
+  } else if (!("tuning" in cal)) {
+    section.append(notAvailable("Tuning evidence"));
+  } else if (cal.tuning === null) {
+    section.append(h("p", { class: "muted" }, `Not tuned: the threshold is for the label set's own α = ${fmt(cal.alpha)} and T_v = ${fmt(cal.visual_temperature)}.`));
+  } else {
+    const t = cal.tuning;
+    section.append(keyValues([
+      ["tuned", (t.tuned || []).join(", ")],
+      ["on", `${fmt(t.n)} held-out calibration images (not used for the threshold)`],
+      ["objective", `lowest ${t.objective}`],
+      ["chosen", `α = ${fmt(cal.alpha)}, T_v = ${fmt(cal.visual_temperature)}`],
+    ]));
+    if (Array.isArray(t.grid) && t.grid.length) section.append(h("h4", {}, "Every point tried"), objectsTable(t.grid));
   }
   return section;
 }
