@@ -11,7 +11,7 @@ import numpy as np
 
 from app.labelsets.adaptation import adapted_prototypes
 from app.labelsets.basis import arrays_digest, calibration_problem, serving_numerics
-from app.labelsets.index import IndexParams, VectorIndex
+from app.labelsets.index import IndexParams, VectorIndex, serving_index
 from app.labelsets.models import (
     CACHE_ARRAYS,
     CACHE_CLASS,
@@ -151,13 +151,8 @@ def build_view(
 def index_from(
     blob: bytes | None, vectors: np.ndarray, present: np.ndarray, params: IndexParams
 ) -> VectorIndex | None:
-    """The stored index when it matches the vectors, else a fresh build."""
+    """The stored index when it matches the vectors and the setting's kind, else a fresh one."""
     if vectors.shape[1] == 0 or not present.any():
         return None
-    if blob is not None:
-        stored = VectorIndex.from_bytes(blob)
-        if stored.ntotal == int(present.sum()) and stored.dim == vectors.shape[1]:
-            return stored
-        log.warning("stored index does not match its vectors; rebuilding")
     ids = np.flatnonzero(present).astype(np.int64)
-    return VectorIndex.build(vectors[ids], ids, params)
+    return serving_index(vectors[ids], ids, params, blob)  # HNSW: built in the background

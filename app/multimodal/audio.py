@@ -1,9 +1,12 @@
-"""Audio front end in plain torch/scipy (torchaudio and librosa are not installed): WAV decoding,
-resampling, silence trimming, fixed-length framing and log-mel spectrograms.
+"""Audio front end in numpy/scipy (no torch, torchaudio or librosa): WAV decoding, resampling, silence
+trimming, fixed-length framing and log-mel spectrograms.
 
-The mel scale and triangular filterbank follow Slaney's HTK-style definition used by torchaudio's
-``melscale_fbanks(norm=None, mel_scale="htk")``: mel(f) = 2595 · log10(1 + f / 700), filters are triangles
-between consecutive mel-spaced centre frequencies, evaluated on the STFT bin frequencies.
+The short-time Fourier transform follows ``torch.stft``'s conventions (what the checkpoints were trained
+with): frames centred on multiples of the hop (the signal reflect-padded by n_fft / 2 on both sides),
+periodic Hann window, one-sided spectrum. The mel scale and triangular filterbank follow Slaney's HTK-style
+definition used by torchaudio's ``melscale_fbanks(norm=None, mel_scale="htk")``: mel(f) = 2595 · log10(1 +
+f / 700), filters are triangles between consecutive mel-spaced centre frequencies, evaluated on the STFT
+bin frequencies.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ import re
 from fractions import Fraction
 
 import numpy as np
+import scipy.fft
 import soundfile as sf
-import torch
-from scipy.signal import resample_poly
+from scipy.signal import get_window, resample_poly
 
 from app.multimodal.limits import AudioLimits
 from app.multimodal.specs import LogMelPreprocessing
@@ -47,8 +50,8 @@ def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
     return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
 
 
-def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, f_min: float, f_max: float) -> torch.Tensor:
-    """Triangular HTK mel filterbank, shape (n_fft // 2 + 1, n_mels), unnormalised (peak 1)."""
+def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, f_min: float, f_max: float) -> np.ndarray:
+    """Triangular HTK mel filterbank, shape (n_fft // 2 + 1, n_mels), float32, unnormalised (peak 1)."""
     if not 0 <= f_min < f_max <= sample_rate / 2:
         raise ValueError(f"need 0 <= f_min < f_max <= sample_rate/2, got {f_min}, {f_max}, {sample_rate}")
     bin_freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
@@ -56,7 +59,7 @@ def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, f_min: float, f_ma
     lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]
     rising = (bin_freqs[:, None] - lower) / (centre - lower)
     falling = (upper - bin_freqs[:, None]) / (upper - centre)
-    return torch.from_numpy(np.maximum(0.0, np.minimum(rising, falling))).float()
+    return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
 
 
 def decode_wav(data: bytes, limits: AudioLimits | None = None) -> tuple[np.ndarray, int]:
@@ -125,20 +128,20 @@ def fit_length(samples: np.ndarray, num_samples: int) -> np.ndarray:
     return np.pad(samples, (left, num_samples - samples.size - left))
 
 
+def power_spectrogram(samples: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
+    """|STFT|² (n_fft // 2 + 1, frames) with ``torch.stft(center=True, pad_mode="reflect")``'s framing
+    and a periodic Hann window; computed in float64."""
+    padded = np.pad(np.asarray(samples, dtype=np.float64), n_fft // 2, mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]
+    spectrum = scipy.fft.rfft(frames * get_window("hann", n_fft, fftbins=True), axis=1)
+    return (spectrum.real**2 + spectrum.imag**2).T
+
+
 def log_mel(samples: np.ndarray, spec: LogMelPreprocessing) -> np.ndarray:
     """log(mel power + 1e-6) of a (num_samples,) waveform at ``spec.sample_rate`` → (n_mels, frames)."""
-    wave = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
-    stft = torch.stft(
-        wave,
-        n_fft=spec.n_fft,
-        hop_length=spec.hop_length,
-        window=torch.hann_window(spec.n_fft),
-        center=True,
-        return_complex=True,
-    )
-    power = stft.abs() ** 2  # (freq, frames)
+    power = power_spectrogram(samples, spec.n_fft, spec.hop_length)
     fbank = mel_filterbank(spec.n_fft, spec.n_mels, spec.sample_rate, spec.f_min, spec.f_max)
-    return torch.log(fbank.T @ power + LOG_EPS).numpy().astype(np.float32)
+    return np.log(fbank.T.astype(np.float64) @ power + LOG_EPS).astype(np.float32)
 
 
 def waveform_to_features(samples: np.ndarray, rate: int, spec: LogMelPreprocessing) -> np.ndarray:

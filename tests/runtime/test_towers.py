@@ -81,10 +81,10 @@ def test_auto_measures_once_and_reuses_its_verdict(tmp_path: Path, monkeypatch: 
     [verdict_file] = (tmp_path / "verdicts").glob("*.json")
     assert json.loads(verdict_file.read_text())["chosen"] == fastest
 
-    def no_measuring(*_: object, **__: object) -> float:
+    def no_measuring(*_: object, **__: object) -> dict[str, float]:
         raise AssertionError("a warm start must not measure again")
 
-    monkeypatch.setattr(towers, "measure_speed", no_measuring)
+    monkeypatch.setattr(towers, "measure_speeds", no_measuring)
     warm = make_context(tmp_path, "auto")
     warm.tower(source())
     assert warm.reports["image"].runtime == fastest

@@ -1,0 +1,422 @@
+"""Server end-to-end per runtime, side by side in one run (issue 13), with the per-stage breakdown.
+
+One server process per configuration (``torch``, ``auto``, ``auto:bf16``, ``openvino:fp32`` ...) is started
+on loopback on the same export cache and kept up for the whole run; the load generator (the project's async
+client, ``--clients`` concurrent clients, ``--images-per-request`` JPEG photos per request, the same photos
+and labels for every server) then measures them round-robin, ``--rounds`` rounds, so every configuration
+sees the same machine load. Between server rounds the bare forward of each configuration's image tower (the
+runtime the server actually runs, at the server's mean batch size, same thread count) is timed in this
+process: "server / bare" compares a server with the model it runs.
+
+Per stage (from the server's own ``trustserve_stage_duration_seconds`` histograms and each answer's
+``timing_ms``): multipart parse, decode, preprocess, queue wait, model (per image = batch time / batch
+size), scoring; and CPU seconds per image of the server process and of the load generator.
+
+    python -m benchmarks.serving.bench_runtimes --preset offline-conse --configs torch auto \
+        --export-cache-dir /tmp/bench-export --json benchmarks/serving/results/runtimes-offline-conse.json
+
+``--py-spy DIR`` also records each server during its first measured round (``py-spy record``, raw
+collapsed stacks) and prints the top frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import io
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from app.client import AsyncTrustServeClient, TrustServeError  # noqa: E402
+from tests.support.live_server import LiveServer  # noqa: E402
+
+PHOTOS = ("coffee", "chelsea", "rocket", "astronaut", "camera", "cat")
+LABELS = ["espresso", "a cat", "a rocket", "an astronaut", "a camera", "a dog", "a car", "a tree"]
+STAGES = ("decode", "preprocess", "queue_wait", "inference", "scoring")
+
+
+def photo_jpegs(megapixels: float | None = None, quality: int = 90) -> list[bytes]:
+    """scikit-image's photos as JPEGs; with ``megapixels`` resized (Lanczos) to about that many pixels
+    (phone-camera sizes: 12 MP is 4000 × 3000)."""
+    from skimage import data
+
+    out = []
+    for name in PHOTOS:
+        img = Image.fromarray(getattr(data, name)()).convert("RGB")
+        if megapixels:
+            scale = (megapixels * 1e6 / (img.width * img.height)) ** 0.5
+            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=quality)
+        out.append(buf.getvalue())
+    return out
+
+
+def parse_config(text: str) -> tuple[str, str, dict[str, str]]:
+    """``RUNTIME[:PRECISION][@VAR=VALUE,...]`` -> runtime, precision, extra server environment."""
+    head, _, extra = text.partition("@")
+    runtime, _, precision = head.partition(":")
+    env = dict(item.split("=", 1) for item in extra.split(",") if item)
+    return runtime, precision or "fp32", env
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs since boot (``/proc/stat``)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return float(sum(values) - idle), float(sum(values))
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def stage_totals(url: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of every stage histogram and of the batch-size histogram, from ``/metrics``."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    out: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
+    for family in text_string_to_metric_families(text):
+        if family.name not in ("trustserve_stage_duration_seconds", "trustserve_batch_size"):
+            continue
+        for sample in family.samples:
+            if "multimodal" in sample.labels.get("model", ""):
+                continue
+            key = sample.labels.get("stage", "batch_size")
+            if sample.name.endswith("_sum"):
+                out[key][0] += sample.value
+            elif sample.name.endswith("_count"):
+                out[key][1] += sample.value
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+@dataclass
+class Server:
+    config: str
+    live: LiveServer
+    towers: dict[str, Any] = field(default_factory=dict)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    bare: list[float] = field(default_factory=list)
+
+
+async def closed_loop(
+    url: str, images: list[bytes], clients: int, requests: int, per_request: int
+) -> dict[str, Any]:
+    """``clients`` workers, each sending ``per_request`` photos per request until ``requests`` are done."""
+    latencies: list[float] = []
+    timings: dict[str, float] = collections.defaultdict(float)
+    errors: dict[str, int] = {}
+    counter = iter(range(requests))
+    async with AsyncTrustServeClient(url, timeout=300) as ts:
+
+        async def worker() -> None:
+            for i in counter:
+                batch = [images[(i * per_request + j) % len(images)] for j in range(per_request)]
+                t = time.perf_counter()
+                try:
+                    answer = await ts.classify(batch, LABELS)
+                except TrustServeError as exc:
+                    errors[str(exc.status)] = errors.get(str(exc.status), 0) + 1
+                    continue
+                latencies.append(time.perf_counter() - t)
+                for k, v in answer["timing_ms"].items():
+                    timings[k] += v
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    n = len(latencies)
+    return {
+        "images_per_s": n * per_request / elapsed,
+        "elapsed_s": elapsed,
+        "requests_ok": n,
+        "errors": errors,
+        "p50_ms": float(np.percentile(latencies, 50) * 1000) if n else None,
+        "p99_ms": float(np.percentile(latencies, 99) * 1000) if n else None,
+        "answer_timing_ms_per_request": {k: v / max(n, 1) for k, v in timings.items()},
+    }
+
+
+def measure_round(server: Server, images: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
+    pid = server.live.process.pid  # type: ignore[union-attr]
+    before, cpu0, own0, load0 = (
+        stage_totals(server.live.url),
+        process_cpu_s(pid),
+        own_cpu_s(),
+        os.getloadavg(),
+    )
+    machine0 = machine_cpu()
+    result = asyncio.run(
+        closed_loop(server.live.url, images, args.clients, args.requests, args.images_per_request)
+    )
+    after, cpu1, own1 = stage_totals(server.live.url), process_cpu_s(pid), own_cpu_s()
+    machine1 = machine_cpu()
+    n_images = result["requests_ok"] * args.images_per_request
+    stages: dict[str, float] = {}
+    for stage in STAGES:
+        s = after.get(stage, (0.0, 0.0))[0] - before.get(stage, (0.0, 0.0))[0]
+        stages[stage] = 1000 * s / max(n_images, 1)  # ms per image (inference: batch time / images)
+    batches = after.get("batch_size", (0, 0))[1] - before.get("batch_size", (0, 0))[1]
+    items = after.get("batch_size", (0, 0))[0] - before.get("batch_size", (0, 0))[0]
+    stages["scoring"] *= args.images_per_request  # scoring is observed once per request
+    result.update(
+        stages_ms_per_image=stages,
+        mean_batch_size=items / batches if batches else 0.0,
+        server_cpu_ms_per_image=1000 * (cpu1 - cpu0) / max(n_images, 1),
+        client_cpu_ms_per_image=1000 * (own1 - own0) / max(n_images, 1),
+        server_cores=(cpu1 - cpu0) / result["elapsed_s"],
+        machine_busy=(machine1[0] - machine0[0]) / max(machine1[1] - machine0[1], 1.0),
+        load_before=load0,
+        load_after=os.getloadavg(),
+    )
+    return result
+
+
+def bare_models(servers: list[Server], preset: str, cache: Path) -> dict[str, Any]:
+    """The image tower each server runs, loaded here from the same export cache (explicit runtime)."""
+    from app.vlm.loading import load_preset
+
+    loaded: dict[tuple[str, str], Any] = {}
+    out = {}
+    for server in servers:
+        image = server.towers.get("image", {})
+        key = (image.get("runtime", "torch"), image.get("precision", "fp32"))
+        if key not in loaded:
+            loaded[key] = load_preset(
+                preset, runtime=key[0], precision=key[1], export_cache_dir=cache, device="cpu"
+            ).backend
+        out[server.config] = loaded[key]
+    return out
+
+
+def bare_rate(backend: Any, pixels: np.ndarray, calls: int) -> float:
+    backend.encode_images(pixels)
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        backend.encode_images(pixels)
+        times.append(time.perf_counter() - t)
+    return len(pixels) / statistics.median(times)
+
+
+def py_spy_top(raw: Path, top: int = 20) -> tuple[dict[str, float], list[tuple[str, float]]]:
+    """From py-spy's raw output (active samples only): the share of samples per thread pool, and the
+    functions with the most samples at the top of the stack (self time) or below it (inclusive)."""
+    threads: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit() or ";" not in stack:
+            continue
+        thread, *frames = stack.split(";")
+        count = int(n)
+        total += count
+        threads[thread.split(":", 1)[-1].strip().rstrip("_0123456789")] += count
+        names = [
+            f.split(" (")[0] + " [" + f.rsplit("/", 1)[-1].split(":")[0].rstrip(")") + "]" for f in frames
+        ]
+        for name in set(names):
+            inclusive[name] += count
+        inclusive["SELF " + names[-1]] += count
+    shares = {k: v / max(total, 1) for k, v in threads.most_common()}
+    return shares, [(f, c / max(total, 1)) for f, c in inclusive.most_common(top)]
+
+
+def start(config: str, args: argparse.Namespace, cache: Path, tmp: Path) -> Server:
+    runtime, precision, extra = parse_config(config)
+    env = {
+        "TRUSTSERVE_MODEL": args.preset,
+        "TRUSTSERVE_STORE_DIR": str(tmp / f"store-{config}"),
+        "TRUSTSERVE_RUNTIME": runtime,
+        "TRUSTSERVE_PRECISION": precision,
+        "TRUSTSERVE_EXPORT_CACHE_DIR": str(cache),
+        "TRUSTSERVE_MAX_QUEUE_SIZE": "4096",
+        "TRUSTSERVE_LOG_LEVEL": "WARNING",
+        "TRUSTSERVE_LOG_JSON": "false",
+        **extra,
+    }
+    if args.max_batch:
+        env["TRUSTSERVE_MAX_BATCH_SIZE"] = str(args.max_batch)
+    log = tmp / f"server-{config.replace(':', '-')}.log"
+    live = LiveServer(["trustserve", "serve"], env=env, log_path=log).start()
+    live.wait_ready(timeout_s=1800)
+    towers = httpx.get(f"{live.url}/v1/models").json()["models"][0]["runtime"]
+    print(f"{config}: ready after {live.ready_after_s:.1f} s, towers {_towers(towers)}", flush=True)
+    return Server(config, live, towers)
+
+
+def _round_line(r: dict[str, Any]) -> str:
+    stages = {k: round(v, 2) for k, v in r["stages_ms_per_image"].items()}
+    return (
+        f"{r['images_per_s']:.1f} img/s, batch {r['mean_batch_size']:.1f}, stages {stages}, server CPU "
+        f"{r['server_cpu_ms_per_image']:.1f} ms/img ({r['server_cores']:.2f} cores), machine busy "
+        f"{r['machine_busy']:.0%}, load {r['load_after'][0]:.2f}"
+    )
+
+
+def _towers(towers: dict[str, Any]) -> str:
+    return ", ".join(f"{t} {v['runtime']}/{v['precision']}" for t, v in towers.items())
+
+
+def table(servers: list[Server], args: argparse.Namespace) -> str:
+    base = next((s for s in servers if s.config == "torch"), None)
+    base_rate = statistics.median(r["images_per_s"] for r in base.rounds) if base else float("nan")
+    lines = [
+        "| config | runs | server img/s (median, runs) | × torch server | bare forward img/s | server / bare "
+        "| server / fastest bare | mean batch | p50 / p99 ms | parse | decode | preprocess | queue wait "
+        "| model | scoring | server CPU | client CPU |",
+        "|" + "---|" * 17,
+    ]
+    fastest = max((statistics.median(s.bare) for s in servers if s.bare), default=float("nan"))
+    for s in servers:
+        rate = statistics.median(r["images_per_s"] for r in s.rounds)
+        bare = statistics.median(s.bare) if s.bare else float("nan")
+        stage = {k: statistics.median(r["stages_ms_per_image"][k] for r in s.rounds) for k in STAGES}
+        parse = statistics.median(
+            r["answer_timing_ms_per_request"].get("parse", 0.0) / args.images_per_request for r in s.rounds
+        )
+        mid = sorted(s.rounds, key=lambda r: r["images_per_s"])[len(s.rounds) // 2]
+        runs = ", ".join(f"{r['images_per_s']:.1f}" for r in s.rounds)
+        lines.append(
+            f"| {s.config} ({_towers(s.towers)}) | {len(s.rounds)} | {rate:.1f} "
+            f"({runs}) "
+            f"| {rate / base_rate:.2f}× | {bare:.1f} | {rate / bare:.2f} | {rate / fastest:.2f} | "
+            f"{statistics.median(r['mean_batch_size'] for r in s.rounds):.1f} "
+            f"| {mid['p50_ms']:.0f} / {mid['p99_ms']:.0f} | {parse:.2f} | {stage['decode']:.2f} "
+            f"| {stage['preprocess']:.2f} | {stage['queue_wait']:.1f} | {stage['inference']:.2f} "
+            f"| {stage['scoring']:.2f} "
+            f"| {statistics.median(r['server_cpu_ms_per_image'] for r in s.rounds):.1f} "
+            f"| {statistics.median(r['client_cpu_ms_per_image'] for r in s.rounds):.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", default="offline-conse")
+    parser.add_argument("--configs", nargs="+", default=["torch", "auto"], help="RUNTIME[:PRECISION]")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=160, help="requests per server per round")
+    parser.add_argument("--images-per-request", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--bare-calls", type=int, default=20)
+    parser.add_argument("--max-batch", type=int, default=0, help="server MAX_BATCH_SIZE (0: the default)")
+    parser.add_argument("--megapixels", type=float, default=None, help="resize the photos to this size")
+    parser.add_argument("--export-cache-dir", type=Path, default=None, help="default: a fresh temporary one")
+    parser.add_argument("--py-spy", type=Path, default=None, help="record each server in its first round")
+    parser.add_argument("--py-spy-options", nargs="*", default=[], help="e.g. --gil")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    images = photo_jpegs(args.megapixels)
+    print(f"load average before: {os.getloadavg()}; photos {[len(b) // 1024 for b in images]} KB", flush=True)
+    results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="bench-runtimes-") as tmp_name:
+        tmp = Path(tmp_name)
+        cache = args.export_cache_dir or tmp / "export"
+        servers: list[Server] = []
+        try:
+            for config in args.configs:  # one at a time: a first start may export (and measure, for auto)
+                servers.append(start(config, args, cache, tmp))
+            for s in servers:  # warm-up: connections, text cache, every batch shape the load produces
+                asyncio.run(
+                    closed_loop(s.live.url, images, args.clients, args.requests // 2, args.images_per_request)
+                )
+            backends = bare_models(servers, args.preset, cache)
+            for rnd in range(args.rounds):
+                for s in servers:
+                    spy = None
+                    if args.py_spy is not None and rnd == 0:
+                        args.py_spy.mkdir(parents=True, exist_ok=True)
+                        raw = args.py_spy / f"{args.preset}-{s.config.replace(':', '-')}.txt"
+                        spy = subprocess.Popen(
+                            [
+                                "py-spy",
+                                "record",
+                                "--pid",
+                                str(s.live.process.pid),
+                                "--format",
+                                "raw",  # type: ignore[union-attr]
+                                "--output",
+                                str(raw),
+                                "--rate",
+                                "200",
+                                "--threads",
+                                "--nonblocking",
+                                *args.py_spy_options,
+                            ],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        )
+                    s.rounds.append(measure_round(s, images, args))
+                    if spy is not None:
+                        spy.send_signal(2)
+                        spy.wait(60)
+                    print(f"round {rnd} {s.config}: {_round_line(s.rounds[-1])}", flush=True)
+                for s in servers:
+                    batch = max(1, round(s.rounds[-1]["mean_batch_size"]))
+                    from app.vlm.preprocessing import probe_images
+
+                    backend = backends[s.config]
+                    pixels = np.stack([backend.preprocess(im) for im in probe_images(batch)])
+                    s.bare.append(bare_rate(backend, pixels, args.bare_calls))
+                    print(f"round {rnd} bare {s.config} (batch {batch}): {s.bare[-1]:.1f} img/s", flush=True)
+        finally:
+            for s in servers:
+                s.live.stop()
+            if args.export_cache_dir is None:
+                shutil.rmtree(cache, ignore_errors=True)
+    results["servers"] = {
+        s.config: {
+            "towers": s.towers,
+            "rounds": s.rounds,
+            "bare_images_per_s": s.bare,
+            "ready_s": s.live.ready_after_s,
+        }
+        for s in servers
+    }
+    results["load_after"] = os.getloadavg()
+    print(table(servers, args))
+    print(f"load average after: {results['load_after']} on {os.cpu_count()} CPUs")
+    if args.py_spy is not None:
+        for s in servers:
+            raw = args.py_spy / f"{args.preset}-{s.config.replace(':', '-')}.txt"
+            if raw.exists():
+                shares, frames = py_spy_top(raw)
+                per_thread = {k: round(v, 3) for k, v in shares.items()}
+                print(f"\npy-spy, {s.config}: active samples per thread: {per_thread}")
+                for frame, share in frames:
+                    print(f"  {share:6.1%}  {frame}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
