@@ -61,10 +61,12 @@ RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
 # ---------------------------------------------------------------------------------------------------------
 FROM deps AS test
 ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-# the system packages .ci/run installs, less PostgreSQL (its tests skip without a database server)
+# the system packages .ci/run installs, less PostgreSQL (its tests skip without a database server);
+# chromium + chromium-driver for the real-browser tests of the console and the API docs
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends dataset-fashion-mnist espeak-ng sox prometheus \
+       chromium chromium-driver \
     && rm -rf /var/lib/apt/lists/*
 COPY . /src
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \

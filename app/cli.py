@@ -30,10 +30,12 @@ FULL_INSTALL_ONLY = ("torch", "matplotlib")
 def _mount_domain_commands() -> None:
     """Commands that live with their domain (one import each)."""
     from app.labelsets.cli import calibrate_command
+    from app.labelsets.remote_cli import label_sets_app
 
     cli.command("calibrate", help="Calibrate a label set's reject rule on labelled images.")(
         calibrate_command
     )
+    cli.add_typer(label_sets_app, name="label-sets")
     try:
         from app.multimodal.cli import datasets_app, eval_multimodal, fair_protocol, train_multimodal
         from app.trust.eval_cli import eval_command, fetch_dataset_command

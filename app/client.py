@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import httpx
@@ -22,6 +22,7 @@ from PIL import Image
 
 ImageInput = bytes | str | Path | Image.Image
 Json = dict[str, Any]
+CHUNK_BYTES = 64 * 1024  # streamed uploads and downloads (progress bars)
 
 
 class TrustServeError(Exception):
@@ -56,6 +57,13 @@ def segment(value: str) -> str:
 
 def _files(field: str, images: Sequence[ImageInput]) -> list[tuple[str, tuple[str, bytes, str]]]:
     return [(field, (name, data, "application/octet-stream")) for name, data in map(_image_bytes, images)]
+
+
+def _chunks(data: bytes, progress: Callable[[int], object]) -> Iterator[bytes]:
+    for start in range(0, len(data), CHUNK_BYTES):
+        chunk = data[start : start + CHUNK_BYTES]
+        yield chunk
+        progress(len(chunk))
 
 
 def _raise_for_error(response: httpx.Response) -> None:
@@ -219,13 +227,38 @@ class TrustServeClient:
     def export_label_set(self, label_set: str) -> bytes:
         return self._call("GET", f"/v1/label-sets/{segment(label_set)}/export")
 
-    def import_label_set(self, archive: bytes, new_id: str | None = None) -> Json:
+    def import_label_set(
+        self, archive: bytes, new_id: str | None = None, *, progress: Callable[[int], object] | None = None
+    ) -> Json:
+        """Upload an export archive; ``progress(n)`` is called as each chunk of ``n`` bytes is sent."""
         params = {"id": new_id} if new_id else {}
+        headers = {"content-type": "application/gzip"}
+        content: bytes | Iterator[bytes] = archive
+        if progress is not None:  # a stream with a declared length (the server bounds bodies by it)
+            content = _chunks(archive, progress)
+            headers["content-length"] = str(len(archive))
         return self._call(
-            "POST",
-            "/v1/label-sets/import",
-            {"content": archive, "params": params, "headers": {"content-type": "application/gzip"}},
+            "POST", "/v1/label-sets/import", {"content": content, "params": params, "headers": headers}
         )
+
+    def download_export(
+        self, label_set: str, out: BinaryIO, *, progress: Callable[[int, int | None], object] | None = None
+    ) -> int:
+        """Stream a label set's export archive into ``out``; ``progress(n, total)`` after each chunk (total:
+        the declared length, or None). Returns the bytes written."""
+        written = 0
+        with self._http.stream("GET", f"/v1/label-sets/{segment(label_set)}/export") as response:
+            if not response.is_success:
+                response.read()
+                _raise_for_error(response)
+            declared = response.headers.get("content-length")
+            total = int(declared) if declared and declared.isdigit() else None
+            for chunk in response.iter_bytes(CHUNK_BYTES):
+                out.write(chunk)
+                written += len(chunk)
+                if progress is not None:
+                    progress(len(chunk), total)
+        return written
 
     # multimodal
     def multimodal_models(self) -> Json:

@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     )
     max_label_set_labels: int = Field(100_000, ge=2, description="labels one label set may hold")
     max_calibration_images: int = Field(20_000, ge=1, description="labelled images per calibration")
+    max_archive_members: int = Field(
+        4096, ge=1, description="entries in an uploaded archive of class folders (support images)"
+    )
     max_audio_seconds: float = Field(60.0, gt=0, description="longest audio upload (multimodal predict)")
     max_audio_channels: int = Field(8, ge=1)
     text_cache_size: int = Field(100_000, ge=0)

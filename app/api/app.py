@@ -21,7 +21,17 @@ from app.api.auth import ApiKeyAuth, is_loopback_host
 from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.middleware import BodyLimits, RequestContextMiddleware
-from app.api.routes import classify, health, label_sets, models, multimodal
+from app.api.routes import (
+    access,
+    classify,
+    health,
+    label_sets,
+    models,
+    multimodal,
+    risk_coverage,
+    support_archive,
+)
+from app.api.routes.console import install_console
 from app.config import Settings
 from app.engine.engine import ClassificationEngine
 from app.engine.images import ImageLimits
@@ -156,7 +166,10 @@ def create_app(settings: Settings | None = None, *, engine: ClassificationEngine
     install_error_handlers(app)
     for module in (health, models, classify, label_sets, multimodal):
         app.include_router(module.router)
+    for module in (access, support_archive, risk_coverage):  # added for the web console and CLI
+        app.include_router(module.router)
     install_docs(app, public=settings.public_docs)
+    install_console(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]

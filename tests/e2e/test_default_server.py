@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from tests.support.browser import needs_browser
 from tests.support.live_server import LiveServer, default_server
 
 LABELS = ["espresso", "a cat", "a rocket"]
@@ -108,3 +109,37 @@ def test_server_log_is_json_and_carries_request_ids(server: LiveServer) -> None:
         if line.startswith("{")
     ]
     assert any(entry.get("route") == "/v1/classify" and entry.get("request_id") for entry in lines)
+
+
+@needs_browser
+def test_the_web_console_classifies_coffee_as_espresso(server: LiveServer, tmp_path: Path) -> None:
+    """The README's server in a real browser (network cut off): coffee.jpg against the README's labels."""
+    from selenium.webdriver.common.by import By
+
+    from tests.support.browser import (
+        chromium,
+        console_errors,
+        foreign_requests,
+        full_page_screenshot,
+        wait_for,
+    )
+
+    coffee = tmp_path / "coffee.jpg"
+    coffee.write_bytes(_jpeg("coffee"))
+    with chromium() as browser:
+        browser.get(f"{server.url}/")  # redirects to the console
+        image = wait_for(lambda: browser.find_element(By.CSS_SELECTOR, "[data-testid=image-input]"))
+        assert browser.current_url == f"{server.url}/ui/"
+        image.send_keys(str(coffee))
+        labels = browser.find_element(By.CSS_SELECTOR, "[data-testid=labels]")
+        labels.clear()
+        labels.send_keys(", ".join(LABELS))
+        browser.find_element(By.CSS_SELECTOR, "[data-testid=classify]").click()
+        shown = wait_for(
+            lambda: browser.find_element(By.CSS_SELECTOR, "[data-testid=prediction]").text, what="the answer"
+        )
+        assert shown == "espresso"
+        assert "offline-conse" in browser.find_element(By.CSS_SELECTOR, "[data-testid=result]").text
+        full_page_screenshot(browser, "console-try-it-offline-model")
+        assert foreign_requests(browser, server.url) == []
+        assert console_errors(browser) == []

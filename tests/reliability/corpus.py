@@ -15,6 +15,7 @@ import io
 import json
 import tarfile
 import time
+import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -995,11 +996,102 @@ def _misc_cases() -> list[Case]:
     ]
 
 
+def zip_of(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buf.getvalue()
+
+
+def _console_api_cases() -> list[Case]:
+    """The routes the web console and the command line added: support images from an archive of class
+    folders, the risk-coverage curve, and what a key may do."""
+    archive = f"/v1/label-sets/{TARGET_SET}/images/archive"
+    curve = f"/v1/label-sets/{TARGET_SET}/risk-coverage"
+    red = img.normal_png(1)
+
+    def to_archive(data: bytes, content_type: str = "application/gzip") -> Callable[[], Request]:
+        return lambda: raw("POST", archive, data, content_type)
+
+    def curve_form(labels: object = ("red", "green", "blue", "red"), **fields: Any) -> Callable[[], Request]:
+        files = [("images", (f"{i}.png", img.normal_png(i), PNG)) for i in range(4)]
+        return lambda: Request(
+            "POST", curve, {"files": files, "data": {"labels": json.dumps(labels), **fields}}
+        )
+
+    archive_endpoint = "POST /v1/label-sets/{id}/images/archive"
+    curve_endpoint = "POST /v1/label-sets/{id}/risk-coverage"
+    return [
+        Case("archive: empty body", archive_endpoint, to_archive(b"", "application/zip")),
+        Case("archive: not an archive", archive_endpoint, to_archive(b"hello", "application/zip")),
+        Case("archive: gzip of garbage", archive_endpoint, to_archive(gzip.compress(b"\x01" * 5000))),
+        Case("archive: ../ member", archive_endpoint, to_archive(tar_gz({"../red/a.png": red}))),
+        Case("archive: image outside a folder", archive_endpoint, to_archive(tar_gz({"a.png": red}))),
+        Case("archive: only a symlink", archive_endpoint, to_archive(tar_gz({}, symlink="/etc/passwd"))),
+        Case("archive: unknown class folder", archive_endpoint, to_archive(tar_gz({"purple/a.png": red}))),
+        Case(
+            "archive: zip of 5000 entries",
+            archive_endpoint,
+            lambda: raw(
+                "POST", archive, zip_of({f"red/{i}.txt": b"" for i in range(5000)}), "application/zip"
+            ),
+            statuses=(413,),
+        ),
+        Case(
+            "archive: gzip bomb",
+            archive_endpoint,
+            lambda: raw("POST", archive, gzip.compress(b"\0" * (48 * 2**20), mtime=0), "application/gzip"),
+            statuses=(413,),
+        ),
+        Case(
+            "archive: multipart without the archive field",
+            archive_endpoint,
+            lambda: Request("POST", archive, {"files": [("other", ("a.zip", b"x", "application/zip"))]}),
+        ),
+        Case(
+            "archive: unknown label set",
+            archive_endpoint,
+            lambda: raw(
+                "POST",
+                "/v1/label-sets/no-such-set/images/archive",
+                zip_of({"red/a.png": red}),
+                "application/zip",
+            ),
+            statuses=(404,),
+        ),
+        Case("risk-coverage: unknown class", curve_endpoint, curve_form(("red", "green", "blue", "purple"))),
+        Case("risk-coverage: max_points 10^9", curve_endpoint, curve_form(max_points="1000000000")),
+        Case("risk-coverage: max_points text", curve_endpoint, curve_form(max_points="many")),
+        Case("risk-coverage: score pickle", curve_endpoint, curve_form(score="pickle")),
+        Case("risk-coverage: labels not a list", curve_endpoint, curve_form(labels={"a": 1})),
+        Case(
+            "risk-coverage: JSON body",
+            curve_endpoint,
+            lambda: Request("POST", curve, {"json": {"images": []}}),
+        ),
+        Case(
+            "risk-coverage: labels but no images",
+            curve_endpoint,
+            lambda: Request("POST", curve, {"data": {"labels": json.dumps(["red"])}}),
+        ),
+        Case(
+            "access: junk query and headers",
+            "GET /v1/access",
+            lambda: Request("GET", "/v1/access", {"params": {"scope": "admin" * 1000}}),
+            expect="2xx",
+        ),
+        Case(
+            "access: wrong method", "POST /v1/access", lambda: Request("POST", "/v1/access"), statuses=(405,)
+        ),
+    ]
+
+
 def build_corpus(*, label_sets: bool = True, multimodal: bool = True) -> list[Case]:
     """Every case; label-set and multimodal cases only when the server has those routes."""
     cases = _image_cases() + _classify_request_cases() + _misc_cases()
     if label_sets:
-        cases += _label_set_cases()
+        cases += _label_set_cases() + _console_api_cases()
     if multimodal:
         cases += _multimodal_cases()
     return cases

@@ -31,7 +31,7 @@ APP_DIR = Path(__file__).resolve().parents[2] / "app"
 
 # The auth contract, operation by operation. A new route must be added here (the test below compares this
 # table with the server's OpenAPI document), so nothing ships without a decision about its scope.
-PUBLIC = {"GET /livez", "GET /readyz", "GET /metrics"}
+PUBLIC = {"GET /livez", "GET /readyz", "GET /metrics", "GET /v1/access"}  # access: what the key may do
 READ = {
     "GET /v1/models",
     "POST /v1/classify",
@@ -51,6 +51,8 @@ ADMIN = {
     "DELETE /v1/label-sets/{label_set_id}/classes/{label}",
     "POST /v1/label-sets/{label_set_id}/images",
     "POST /v1/label-sets/{label_set_id}/calibrate",
+    "POST /v1/label-sets/{label_set_id}/images/archive",
+    "POST /v1/label-sets/{label_set_id}/risk-coverage",  # costs what a calibration costs
 }
 UNPROTECTED_DEFECTS: dict[str, str] = {}  # operation -> reason, as strict xfails (none open)
 PATH_VALUES = {"{label_set_id}": "auth-set", "{label}": "red", "{model}": VECTORS}
@@ -148,6 +150,14 @@ def test_public_operations_need_no_key(keyed_client) -> None:  # type: ignore[no
         assert r.status_code == 200, f"{operation}: {r.status_code} {r.text[:200]}"
         if path == "/metrics":
             assert "trustserve_http_requests_in_flight" in r.text
+        elif path == "/v1/access":  # without a key: keys are needed, nothing is allowed
+            assert r.json() | {"note": None} == {
+                "keys_required": True,
+                "scope": None,
+                "can_write": False,
+                "docs_public": False,
+                "note": None,
+            }
         else:
             assert r.json()["status"] == "ok"
 
@@ -270,6 +280,7 @@ NETWORK_MODULES = {
 NETWORK_ALLOWED = {  # client-side code: the Python client and the CLI that talks to a server
     "app/client.py",
     "app/labelsets/cli.py",
+    "app/labelsets/remote_cli.py",
 }
 
 

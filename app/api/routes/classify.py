@@ -77,7 +77,7 @@ OPENAPI_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/ClassifyRequest"}},
+            "application/json": {"schema": ClassifyRequest.model_json_schema()},  # inline: no dangling $ref
             "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
         },
     }
