@@ -167,9 +167,7 @@ def test_console_classifies_an_image_like_the_api_does(
     result = text_of(browser, "[data-testid=result]")
     for item in answer["top_k"]:
         assert item["label"] in result and f"{100 * item['probability']:.1f} %" in result
-    assert "msp" in result and "not available on this server" in text_of(
-        browser, "[data-testid=prediction-set]"
-    )
+    assert "msp" in result and "No prediction set" in text_of(browser, "[data-testid=prediction-set]")
     full_page_screenshot(browser, "console-try-it")
     assert foreign_requests(browser, server.url) == []
     assert console_errors(browser) == []
@@ -203,9 +201,12 @@ def test_label_set_from_a_folder_calibrated_then_a_calibrated_decision(
     assert stored["rule"] == "target_coverage" and stored["n"] == 30
     evidence = text_of(browser, "[data-testid=calibration]")
     assert f"{stored['threshold']:.4f}" in evidence and "coverage ≥ 80.0 %" in evidence
-    assert "Not tuned: the threshold is for the label set's own α = 1" in text_of(
-        browser, "[data-testid=selection]"
-    )
+    chosen = httpx.get(f"{server.url}/v1/label-sets/colours").json()["selection"]
+    shown = text_of(browser, "[data-testid=selection]")
+    if chosen is None:  # fixed settings (selection_mode "fixed" or a score that selects nothing)
+        assert "No selection recorded: the label set serves its own α = 1" in shown
+    else:
+        assert chosen["evidence"] in shown and chosen["policy"] in shown
     curve = text_of(browser, "[data-testid=risk-coverage]")
     assert "Risk-coverage of trustvlm on 30 calibration images" in curve
     assert "the calibrated rule accepts" in curve and f"{round(stored['coverage'] * 30)} of 30" in curve
@@ -276,7 +277,7 @@ def test_support_from_a_zip_of_class_folders_then_export_and_import(
     }
     assert counts == dict.fromkeys(COLOURS, 3)
 
-    # calibrated with tuning (through the API): the page shows how α / T_v were chosen, grid and all
+    # calibrated with tuning (through the API): the page shows how policy and α were chosen, every candidate
     calibration = sorted(folders["calibration"].glob("*/*.png"))
     r = httpx.post(
         f"{server.url}/v1/label-sets/zipped/calibrate",
@@ -286,16 +287,15 @@ def test_support_from_a_zip_of_class_folders_then_export_and_import(
         timeout=120,
     )  # fmt: skip
     assert r.status_code == 200, r.text
-    tuning = r.json()["calibration"]["tuning"]
+    chosen = r.json()["calibration"]["selection"]
     browser.refresh()  # the same URL: load the page again
     open_page(browser, f"{server.url}/ui/#/label-sets/zipped", "Label set zipped")
-    wait_for(lambda: css(browser, "[data-testid=selection] table"), what="the tuning evidence")
+    wait_for(lambda: css(browser, "[data-testid=selection] table"), what="the selection evidence")
     selection = text_of(browser, "[data-testid=selection]")
-    assert (
-        ", ".join(tuning["tuned"]) in selection and f"{tuning['n']} held-out calibration images" in selection
-    )
-    rows = browser.find_elements(By.CSS_SELECTOR, "[data-testid=selection] tbody tr")
-    assert len(rows) == len(tuning["grid"]) > 1
+    assert chosen["evidence"] == "calibration" and "calibration" in selection
+    assert f"{chosen['selection']['n']} images" in selection
+    rows = browser.find_elements(By.CSS_SELECTOR, "[data-testid=selection] table:last-of-type tbody tr")
+    assert len(rows) == len(chosen["selection"]["candidates"]) > 1
     full_page_screenshot(browser, "console-label-set-tuned")
 
     exported = tmp_path / "zipped.tar.gz"

@@ -48,26 +48,45 @@ export function objectsTable(objects) {
   return table(keys, objects.map((o) => keys.map((k) => (typeof o[k] === "object" && o[k] !== null ? JSON.stringify(o[k]) : fmt(o[k], 4)))));
 }
 
-/** How calibration chose the settings the threshold is for (the record's `tuning`: which settings, on
- * how many held-out images, the objective and every grid point tried). */
+/** How the label set's aspect policy and α were chosen (issue 14's self-selection: `selection` on the label
+ * set, evidence "support-loo" before calibration, "calibration" after, "fixed" when the user set them), with
+ * every candidate's AURC / AUROC and intervals; records from before self-selection show their α tuning. */
 export function renderSelection(ls) {
   const section = h("div", { "data-testid": "selection" });
+  const chosen = ls.selection;
   const cal = ls.calibration;
-  if (!cal) {
-    section.append(h("p", { class: "muted" }, "Not calibrated."));
-  } else if (!("tuning" in cal)) {
-    section.append(notAvailable("Tuning evidence"));
-  } else if (cal.tuning === null) {
-    section.append(h("p", { class: "muted" }, `Not tuned: the threshold is for the label set's own α = ${fmt(cal.alpha)} and T_v = ${fmt(cal.visual_temperature)}.`));
-  } else {
+  if (chosen) {
+    const detail = chosen.selection;
+    section.append(keyValues([
+      ["evidence", chosen.evidence],
+      ["aspect policy", `${chosen.policy}${ls.preprocess ? ` (setting: ${ls.preprocess})` : ""}`],
+      ["image space", chosen.image_space],
+      ["α", fmt(chosen.alpha)],
+      ["candidates compared", fmt(chosen.candidates_compared)],
+      ["rule", detail ? detail.rule : chosen.policy_rule],
+      ["chosen on", detail ? `${fmt(detail.n)} images (${fmt(detail.n_errors)} errors), best: ${detail.best}, chosen: ${detail.chosen}` : null],
+      ["fallback", detail ? detail.fallback : null],
+    ]));
+    if (Array.isArray(chosen.policies) && chosen.policies.length > 1) {
+      section.append(h("h4", {}, "Aspect policies compared"), objectsTable(chosen.policies));
+    }
+    if (detail && Array.isArray(detail.candidates) && detail.candidates.length) {
+      const rows = detail.candidates.map((c) => ({
+        candidate: c.name, alpha: c.alpha, AURC: c.aurc, AUROC: c.auroc,
+        "AURC − MSP": c.aurc_minus_msp, "within one SE": c.within_one_se ? "yes" : "no",
+      }));
+      section.append(h("h4", {}, "Every candidate"), objectsTable(rows));
+    }
+  } else if (cal && cal.tuning) {
     const t = cal.tuning;
     section.append(keyValues([
       ["tuned", (t.tuned || []).join(", ")],
       ["on", `${fmt(t.n)} held-out calibration images (not used for the threshold)`],
-      ["objective", `lowest ${t.objective}`],
       ["chosen", `α = ${fmt(cal.alpha)}, T_v = ${fmt(cal.visual_temperature)}`],
     ]));
     if (Array.isArray(t.grid) && t.grid.length) section.append(h("h4", {}, "Every point tried"), objectsTable(t.grid));
+  } else {
+    section.append(h("p", { class: "muted" }, `No selection recorded: the label set serves its own α = ${fmt(ls.alpha)} and T_v = ${fmt(ls.visual_temperature)}.`));
   }
   return section;
 }
