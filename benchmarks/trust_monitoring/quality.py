@@ -35,7 +35,9 @@ from app.trust.conformal import fit_conformal, nonconformity, prediction_sets
 from app.trust.datasets import load_dataset
 from app.trust.drift import ks_statistic, psi, reference_quantiles
 from app.trust.encoding import EncodingCache, LoadedModel, cache_path
-from app.trust.evaluation import EncodedSet, EvalConfig, EvalInputs, encode_inputs
+from app.trust.eval_config import EvalConfig
+from app.trust.eval_inputs import EvalInputs, encode_inputs
+from app.trust.eval_scoring import EncodedSet
 from app.trust.prototypes import PrototypeBank
 from app.trust.scores import softmax, trustvlm_scores
 

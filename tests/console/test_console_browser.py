@@ -313,15 +313,19 @@ def test_support_from_a_zip_of_class_folders_then_export_and_import(
 
 
 def test_monitor_answers_of_the_monitoring_issue_are_charted(server: LiveServer, browser: Any) -> None:
-    """The page maps GET /v1/label-sets/{id}/monitor to its charts in one function; fed the flat shape of
-    the monitoring issue's snapshot (its fields, as JSON), it finds all three series and the window."""
+    """The page maps GET /v1/label-sets/{id}/monitor to its charts in one function; fed an answer of the
+    endpoint's own schema (validated by ``MonitorOut``), it finds all three series and the window."""
+    from app.api.schemas_label_sets import MonitorOut
+
     open_page(browser, f"{server.url}/ui/", "Try it")
-    snapshot = {
-        "label_set": "x", "model": "m", "version": 3, "score": "trustvlm", "samples": 240,
-        "undefined_scores": 0, "window_start": 1_790_000_000.0, "window_end": 1_790_000_600.0,
-        "acceptance_rate": 0.61, "calibration_coverage": 0.8, "estimated_accuracy": 0.83,
-        "calibration_accuracy": 0.9, "psi": 0.42, "ks": 0.2, "min_samples": 100, "enough": True,
-    }  # fmt: skip
+    snapshot = MonitorOut.model_validate({
+        "id": "x", "version": 3, "calibrated": True, "score": "trustvlm",
+        "window": {"samples": 240, "undefined_scores": 0, "max_samples": 1000, "max_age_s": 3600.0,
+                   "min_samples": 100, "start": "2026-09-21T13:33:20+00:00",
+                   "end": "2026-09-21T13:43:20+00:00"},
+        "live_acceptance_rate": 0.61, "calibration_coverage": 0.8, "estimated_accuracy": 0.83,
+        "calibration_accuracy": 0.9, "drift": {"psi": 0.42, "ks": 0.2}, "note": None,
+    }).model_dump(mode="json")  # fmt: skip
     numbers = browser.execute_async_script(
         "const done = arguments[arguments.length - 1];"
         "import('/ui/static/js/render/monitor.js').then((m) => done(m.monitorNumbers(arguments[0])))"

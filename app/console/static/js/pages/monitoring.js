@@ -83,7 +83,8 @@ export async function renderMonitoring(root, chosenId) {
         ["calibration coverage", percent(coverage)],
         [`drift (${numbers.driftName})`, fmt(numbers.drift, 4)],
         ["estimated accuracy", percent(numbers.estimatedAccuracy)],
-        ["window", numbers.window && typeof numbers.window === "object" ? JSON.stringify(numbers.window) : fmt(numbers.window)],
+        ["window", numbers.window ? `${numbers.window.samples} answers${numbers.window.from ? `, ${numbers.window.from} – ${numbers.window.to}` : ""}` : null],
+        ["note", answer.note ?? null],
       ]), renderMonitorFields(answer)),
       h("div", { class: "card" }, charts(historyFrom(numbers, polled), coverage, numbers.driftName)));
   };
