@@ -208,6 +208,7 @@ class LabelSetCalibrator:
             accepted=result.accepts(conf),
             epsilon=request.epsilon,
             method=request.conformal_method,
+            selected_among=plan.candidates,
         )
 
     def _plan(self, entry: Entry, labels: Sequence[str], request: CalibrationRequest) -> _Plan:

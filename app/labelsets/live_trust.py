@@ -48,11 +48,15 @@ def fit_live_trust(
     accepted: np.ndarray,
     epsilon: float = DEFAULT_EPSILON,
     method: ConformalMethod = "lac",
+    selected_among: int = 1,
 ) -> LiveTrustFit:
-    """Conformal threshold and monitor reference from one calibration's scored images."""
+    """Conformal threshold and monitor reference from one calibration's scored images (``selected_among``:
+    candidates a selection compared on the same images; see ``app.trust.conformal.guarantee_text``)."""
     probabilities, source = conformal_probabilities(scored, has_prototype)
     return LiveTrustFit(
-        conformal=fit_conformal(probabilities, classes, epsilon, method, probabilities_from=source),
+        conformal=fit_conformal(
+            probabilities, classes, epsilon, method, probabilities_from=source, selected_among=selected_among
+        ),
         monitor=fit_monitor_reference(confidence, correct, accepted, score),
     )
 

@@ -123,13 +123,20 @@ def prediction_sets(probabilities: np.ndarray, threshold: float, method: Conform
     return [order[i, : sizes[i]] for i in range(p.shape[0])]
 
 
-def guarantee_text(epsilon: float, n: int) -> str:
-    """The sentence classify answers carry with each prediction set."""
-    return (
+def guarantee_text(epsilon: float, n: int, selected_among: int = 1) -> str:
+    """The sentence classify answers carry with each prediction set; ``selected_among`` > 1: the label
+    set's settings were chosen among that many candidates on the same images, so the bound is approximate."""
+    text = (
         f"contains the true label with probability ≥ {1 - epsilon:g} (ε = {epsilon:g}, split conformal over "
         f"{n} calibration images) for images exchangeable with the calibration images; marginal over "
         "images, not per image"
     )
+    if selected_among > 1:
+        text += (
+            f"; approximate: the label set's settings were selected among {selected_among} candidates on "
+            "these same calibration images"
+        )
+    return text
 
 
 def fit_conformal(
@@ -139,9 +146,11 @@ def fit_conformal(
     method: ConformalMethod = "lac",
     *,
     probabilities_from: str = "softmax",
+    selected_among: int = 1,
 ) -> ConformalThreshold:
     """Fit q̂ on labelled calibration probabilities (rows must come from the same function as at serve
-    time). ``probabilities_from`` names that function for the record."""
+    time). ``probabilities_from`` names that function for the record; ``selected_among``: candidates a
+    selection compared on these same images (> 1 makes the stated guarantee approximate)."""
     _check_epsilon(epsilon)
     scores = nonconformity(probabilities, labels, method)
     # both scores are ≤ 1, so 1.0 admits every label: a finite stand-in for +inf that survives JSON
@@ -159,7 +168,7 @@ def fit_conformal(
         calibration_coverage=float(covered.mean()),
         mean_set_size=float(np.mean([s.size for s in sets])),
         probabilities=probabilities_from,
-        guarantee=guarantee_text(epsilon, n),
+        guarantee=guarantee_text(epsilon, n, selected_among),
     )
 
 

@@ -101,3 +101,13 @@ def test_lac_sets_are_smaller_than_aps_on_average() -> None:
 def test_bad_arguments(probs: np.ndarray, labels: np.ndarray, eps: float) -> None:
     with pytest.raises(ConformalError):
         fit_conformal(probs, labels, eps)
+
+
+def test_guarantee_says_when_a_selection_saw_the_same_images() -> None:
+    """A selection among M > 1 candidates on the calibration images makes the stated bound approximate."""
+    from app.trust.conformal import guarantee_text
+
+    exact = guarantee_text(0.1, 500)
+    assert "≥ 0.9" in exact and "approximate" not in exact
+    selected = guarantee_text(0.1, 500, selected_among=24)
+    assert selected.startswith(exact) and "selected among 24 candidates" in selected
