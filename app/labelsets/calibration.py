@@ -129,8 +129,9 @@ class LabelSetCalibrator:
                 apply_selection(record, chosen)
                 view = await asyncio.to_thread(build_view, record, self.engine, repo.index_params)
             embeddings, features = encoded[record.meta.policy]
-            result = self._threshold(view, plan, embeddings, features, request)
-            live = self._live_trust(view, plan, embeddings, features, request, result)
+            scored = self._score(view, embeddings, features)  # once: the threshold and live trust share it
+            result = self._threshold(plan, scored, request)
+            live = self._live_trust(view, plan, scored, request, result)
             record.meta.calibration = CalibrationRecord(
                 **result.model_dump(),
                 score=plan.score,
@@ -149,19 +150,8 @@ class LabelSetCalibrator:
             embeddings, features, logit_scale=self.engine.logit_scale, logit_bias=self.engine.logit_bias
         )
 
-    def _threshold(
-        self,
-        view: LabelSetView,
-        plan: _Plan,
-        embeddings: np.ndarray,
-        features: np.ndarray,
-        request: CalibrationRequest,
-    ) -> CalibrationResult:
-        scored = self._score(view, embeddings, features)
-        conf = scored.scores[plan.score]
-        refined = judges_refined_prediction(plan.score)
-        predicted = scored.refined_predictions if refined else scored.predictions
-        correct = (np.asarray(predicted) == plan.classes).astype(np.int64)
+    def _threshold(self, plan: _Plan, scored: ScoredBatch, request: CalibrationRequest) -> CalibrationResult:
+        conf, correct = _judged(plan, scored)
         try:
             if request.rule == "target_risk":
                 assert request.target_risk is not None  # checked by _check_size
@@ -187,24 +177,19 @@ class LabelSetCalibrator:
         self,
         view: LabelSetView,
         plan: _Plan,
-        embeddings: np.ndarray,
-        features: np.ndarray,
+        scored: ScoredBatch,
         request: CalibrationRequest,
         result: CalibrationResult,
     ) -> LiveTrustFit:
         """Conformal threshold and monitor reference on the threshold's images, scored as served."""
-        scored = self._score(view, embeddings, features)
-        conf = scored.scores[plan.score]
-        predicted = (
-            scored.refined_predictions if judges_refined_prediction(plan.score) else scored.predictions
-        )
+        conf, correct = _judged(plan, scored)
         return fit_live_trust(
             scored,
             plan.classes,
             has_prototype=np.asarray(view.has_prototype),
             score=plan.score,
             confidence=conf,
-            correct=np.asarray(predicted) == plan.classes,
+            correct=correct.astype(bool),
             accepted=result.accepts(conf),
             epsilon=request.epsilon,
             method=request.conformal_method,
@@ -235,6 +220,12 @@ class LabelSetCalibrator:
             plan = _Plan(classes, score, policies, len(selection_grid(meta.alpha)) * len(policies))
         _check_size(request, classes.size, plan.candidates)
         return plan
+
+
+def _judged(plan: _Plan, scored: ScoredBatch) -> tuple[np.ndarray, np.ndarray]:
+    """The decision score of each image and whether the prediction it judges is right (int 0/1)."""
+    predicted = scored.refined_predictions if judges_refined_prediction(plan.score) else scored.predictions
+    return scored.scores[plan.score], (np.asarray(predicted) == plan.classes).astype(np.int64)
 
 
 def select_on_calibration(
