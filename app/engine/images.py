@@ -9,10 +9,12 @@ are normalised: CMYK, 16-bit and float grayscale, palette, alpha (composited on 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import struct
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,46 +165,43 @@ _READ_ERRORS = (
 )
 
 
-def decoded_pixels(data: bytes, limits: ImageLimits | None = None, *, name: str = "image") -> int:
-    """Pixels ``decode_image`` will decode for ``data`` (JPEG: at its draft size), read from the header
-    only; raises the same domain error as ``decode_image`` for a bad header."""
-    limits = limits or ImageLimits()
+@contextlib.contextmanager
+def _reading(data: bytes, limits: ImageLimits, name: str) -> Iterator[Image.Image]:
+    """The opened, header-checked image; a bad file becomes the domain error naming ``name``, both while
+    opening and while the caller reads it."""
     if not data:
         raise MalformedInput(f"{name}: the file is empty (0 bytes)", code="empty_image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = _open_checked(data, limits, name)
-            return int(img.size[0] * img.size[1])
+            yield _open_checked(data, limits, name)
     except TrustserveError:
         raise
     except _READ_ERRORS as exc:
         raise _refusal(exc, name) from None
+
+
+def decoded_pixels(data: bytes, limits: ImageLimits | None = None, *, name: str = "image") -> int:
+    """Pixels ``decode_image`` will decode for ``data`` (JPEG: at its draft size), read from the header
+    only; raises the same domain error as ``decode_image`` for a bad header."""
+    with _reading(data, limits or ImageLimits(), name) as img:
+        return int(img.size[0] * img.size[1])
 
 
 def decode_image(data: bytes, limits: ImageLimits | None = None, *, name: str = "image") -> Image.Image:
     """Decode one uploaded image into an upright RGB image, or raise a domain error naming ``name``.
     With ``limits.target_side`` the result is only as large as the model needs (≥ 2× its input side)."""
     limits = limits or ImageLimits()
-    if not data:
-        raise MalformedInput(f"{name}: the file is empty (0 bytes)", code="empty_image")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = _open_checked(data, limits, name)
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)  # animated GIF/WebP/multi-page TIFF: the first frame
-            orientation = img.getexif().get(_EXIF_ORIENTATION)
-            full_size = img.size[0] * img.size[1]
-            img.load()
-            img = _shrink(img, limits.target_side)
-            if orientation in _TRANSPOSE:
-                img = img.transpose(_TRANSPOSE[orientation])
-            img = _to_rgb(img)
-        if full_size >= RELEASE_AFTER_PIXELS:
-            release_freed_memory()
-        return img
-    except TrustserveError:
-        raise
-    except _READ_ERRORS as exc:
-        raise _refusal(exc, name) from None
+    with _reading(data, limits, name) as img:
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)  # animated GIF/WebP/multi-page TIFF: the first frame
+        orientation = img.getexif().get(_EXIF_ORIENTATION)
+        full_size = img.size[0] * img.size[1]
+        img.load()
+        img = _shrink(img, limits.target_side)
+        if orientation in _TRANSPOSE:
+            img = img.transpose(_TRANSPOSE[orientation])
+        img = _to_rgb(img)
+    if full_size >= RELEASE_AFTER_PIXELS:
+        release_freed_memory()
+    return img
