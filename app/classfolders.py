@@ -19,8 +19,9 @@ from __future__ import annotations
 import io
 import tarfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 from app.errors import InvalidInput, TooLarge
@@ -151,6 +152,36 @@ class _Budget:
         self.bytes += size
 
 
+def _take(
+    out: ClassFolderImages, budget: _Budget, name: str, size: int, read: Callable[[int], bytes]
+) -> None:
+    """One file entry of an archive: skipped (and counted) unless it is an image in a class folder; else its
+    declared ``size`` is charged to the budget before ``read(size + 1)`` reads it, and the data must be
+    exactly that size (a member cut short or longer than its header says is refused)."""
+    label = class_of(name)
+    if label is None:
+        out.skip(name)
+        return
+    budget.data(size)
+    content = read(size + 1)
+    if len(content) != size:
+        raise ClassFolderError(f"{name[:120]!r} is not the size its header declares")
+    out.labels.append(label)
+    out.files.append(content)
+
+
+def _zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    if info.flag_bits & 0x1:
+        raise ClassFolderError(f"{info.filename[:120]!r} is encrypted", code="encrypted_entry")
+    with archive.open(info) as member:  # zipfile never inflates past the declared size
+        return member.read(limit)
+
+
+def _tar_member(tar: tarfile.TarFile, info: tarfile.TarInfo, limit: int) -> bytes:
+    member = tar.extractfile(info)
+    return member.read(limit) if member is not None else b""
+
+
 def _read_zip(data: bytes, limits: ArchiveLimits) -> ClassFolderImages:
     # zipfile parses the whole central directory when it opens the file: count its entries first (an upper
     # bound: the signature may also occur inside file data, which can only make this check stricter)
@@ -163,19 +194,7 @@ def _read_zip(data: bytes, limits: ArchiveLimits) -> ClassFolderImages:
                 budget.entry()
                 if info.is_dir():
                     continue
-                label = class_of(info.filename)
-                if label is None:
-                    out.skip(info.filename)
-                    continue
-                if info.flag_bits & 0x1:
-                    raise ClassFolderError(f"{info.filename[:120]!r} is encrypted", code="encrypted_entry")
-                budget.data(info.file_size)  # the declared size; zipfile never inflates past it
-                with archive.open(info) as member:
-                    content = member.read(info.file_size + 1)
-                if len(content) != info.file_size:
-                    raise ClassFolderError(f"{info.filename[:120]!r} is not the size its header declares")
-                out.labels.append(label)
-                out.files.append(content)
+                _take(out, budget, info.filename, info.file_size, partial(_zip_member, archive, info))
     except ClassFolderError:
         raise
     except (zipfile.BadZipFile, NotImplementedError, EOFError, OSError, ValueError) as exc:
@@ -202,17 +221,7 @@ def _read_tar(data: bytes, limits: ArchiveLimits) -> ClassFolderImages:
                 if not info.isfile():  # links, devices, FIFOs: never followed or read
                     out.skip(info.name)
                     continue
-                label = class_of(info.name)
-                if label is None:
-                    out.skip(info.name)
-                    continue
-                budget.data(info.size)
-                member = tar.extractfile(info)
-                content = member.read(info.size + 1) if member is not None else b""
-                if len(content) != info.size:
-                    raise ClassFolderError(f"{info.name[:120]!r} is cut short")
-                out.labels.append(label)
-                out.files.append(content)
+                _take(out, budget, info.name, info.size, partial(_tar_member, tar, info))
     except ClassFolderError:
         raise
     except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeError) as exc:

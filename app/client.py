@@ -66,6 +66,15 @@ def _chunks(data: bytes, progress: Callable[[int], object]) -> Iterator[bytes]:
         progress(len(chunk))
 
 
+def _streamed_form(kwargs: Json, progress: Callable[[int, int | None], object]) -> Json:
+    """A multipart request (``files`` + ``data``) encoded once by httpx, then sent in chunks with a declared
+    length (the server bounds bodies by it), ``progress(n, total)`` after each chunk."""
+    encoded = httpx.Request("POST", "http://localhost/", files=kwargs["files"], data=kwargs["data"])
+    body = encoded.read()
+    headers = {"content-type": encoded.headers["content-type"], "content-length": str(len(body))}
+    return {"content": _chunks(body, lambda n: progress(n, len(body))), "headers": headers}
+
+
 def _raise_for_error(response: httpx.Response) -> None:
     if response.is_success:
         return
@@ -212,9 +221,20 @@ class TrustServeClient:
         return self._call(*_support_request(label_set, label, images))
 
     def calibrate(
-        self, label_set: str, images: Sequence[ImageInput], labels: Sequence[str], **options: Any
+        self,
+        label_set: str,
+        images: Sequence[ImageInput],
+        labels: Sequence[str],
+        *,
+        progress: Callable[[int, int | None], object] | None = None,
+        **options: Any,
     ) -> Json:
-        return self._call(*_calibrate_request(label_set, images, labels, options))
+        """Calibrate on labelled images; ``progress(n, total)`` is called as each chunk of ``n`` bytes of
+        the upload is sent (``total``: the body's length)."""
+        method, path, kwargs = _calibrate_request(label_set, images, labels, options)
+        if progress is not None:
+            kwargs = _streamed_form(kwargs, progress)
+        return self._call(method, path, kwargs)
 
     def add_classes(self, label_set: str, labels: Sequence[str]) -> Json:
         return self._call(

@@ -173,11 +173,11 @@ class CalibrateOut(BaseModel):
     """POST /v1/label-sets/{id}/calibrate."""
 
     id: str
-    version: int
-    alpha: float
-    visual_temperature: float
+    version: int = Field(description="the label set's version after this calibration")
+    alpha: float = Field(description="α the label set serves with now (a selection may have changed it)")
+    visual_temperature: float = Field(description="T_v the label set serves with (never tuned)")
     preprocess: AspectPolicy = Field(description="aspect policy the label set serves with now")
-    calibration: CalibrationRecord
+    calibration: CalibrationRecord = Field(description="the stored calibration record")
 
 
 def _finite(value: float) -> float | None:

@@ -2,7 +2,8 @@
 
 Two ways to run it:
 - ``--server URL``: upload the images to a running server (``POST /v1/label-sets/{id}/calibrate``); the
-  server stores the result and serves it at once. Use this while a server is running.
+  server stores the result and serves it at once. Use this while a server is running. Progress bars count
+  the images encoded and the bytes uploaded.
 - otherwise: load the model and the label-set store in this process and write the calibration there —
   the store the server uses (``TRUSTSERVE_DATABASE_URL`` when set: replicas see the change at once;
   else ``--store-dir`` / ``TRUSTSERVE_STORE_DIR``: a server on the same directory sees it at its next
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -67,25 +69,39 @@ def _request_fields(
 
 
 def _via_server(url: str, api_key: str | None, label_set: str, labels: list[str], images, fields) -> dict:
+    """Encode the images as PNG and upload them to a running server, which calibrates and stores the
+    result. Progress bars count the images encoded and the bytes uploaded; the server's own work follows."""
     import httpx
+    from tqdm import tqdm
 
-    files = []
-    for i, image in enumerate(images):
+    from app.client import TrustServeClient, TrustServeError
+    from app.labelsets.remote_cli import byte_progress
+
+    encoded = []
+    for image in tqdm(images, total=len(labels), unit="image", desc="encode as PNG", dynamic_ncols=True):
         buf = io.BytesIO()
         image.save(buf, "PNG")
-        files.append(("images", (f"{i}.png", buf.getvalue(), "image/png")))
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    response = httpx.post(
-        f"{url.rstrip('/')}/v1/label-sets/{label_set}/calibrate",
-        files=files,
-        data={**fields, "labels": json.dumps(labels)},
-        headers=headers,
-        timeout=600,
-    )
-    body = response.json()
-    if response.status_code != 200:
-        raise RuntimeError(body.get("error", {}).get("message", response.text))
-    return body["calibration"]
+        encoded.append(buf.getvalue())
+    try:
+        with (
+            TrustServeClient(url, api_key=api_key, timeout=600) as client,
+            byte_progress(f"upload → {label_set}") as progress,
+        ):
+            sent = 0
+
+            def uploaded(n: int, total: int | None) -> None:
+                nonlocal sent
+                sent += n
+                progress(n, total)
+                if sent == total:
+                    tqdm.write("uploaded; the server is calibrating…", file=sys.stderr)
+
+            answer = client.calibrate(label_set, encoded, labels, progress=uploaded, **fields)
+    except TrustServeError as exc:
+        raise RuntimeError(exc.message) from None
+    except httpx.TransportError as exc:
+        raise RuntimeError(f"cannot reach {url}: {exc}") from None
+    return answer["calibration"]
 
 
 async def _in_process(

@@ -86,10 +86,10 @@ class TowerNumerics(BaseModel):
     """Where one image-path model tower computed: runtime, weight precision, arithmetic dtype, device."""
 
     model_config = ConfigDict(extra="forbid")
-    runtime: str
-    precision: str
-    dtype: str
-    device: str
+    runtime: str = Field(description="the runtime the tower ran on, e.g. torch or onnxruntime")
+    precision: str = Field(description="weight precision, e.g. fp32 or int8")
+    dtype: str = Field(description="what the arithmetic ran in, e.g. float32 or int8")
+    device: str = Field(description="device kind: cpu or cuda")
 
 
 class CalibrationBasis(BaseModel):
@@ -99,10 +99,14 @@ class CalibrationBasis(BaseModel):
     output is stored in the arrays)."""
 
     model_config = ConfigDict(extra="forbid")
-    arrays_sha256: str
-    logit_scale: float
-    logit_bias: float
-    towers: dict[str, TowerNumerics]
+    arrays_sha256: str = Field(
+        description="sha256 of the arrays the scores read (text embeddings, prototypes after adaptation)"
+    )
+    logit_scale: float = Field(description="the model's logit scale when the scores were computed")
+    logit_bias: float = Field(description="the model's logit bias when the scores were computed")
+    towers: dict[str, TowerNumerics] = Field(
+        description="numerics of every tower that runs per request, by tower name"
+    )
 
 
 class TuningEvidence(BaseModel):
@@ -123,19 +127,19 @@ class CalibrationRecord(CalibrationResult):
     decision score was computed from. Accept a prediction when ``score >= threshold``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    score: TrustScoreName
+    score: TrustScoreName = Field(description="the trust score the threshold applies to")
     n_tuning: int = Field(0, description="calibration images used only to tune alpha / T_v")
     tuning: TuningEvidence | None = Field(None, description="records before issue 14: the half/half α tuning")
     selection: LabelSetSelection | None = Field(
         None, description="policy and α chosen on these calibration images (every candidate's evidence)"
     )
-    alpha: float
-    visual_temperature: float
+    alpha: float = Field(description="α of the TrustVLM score the threshold was computed with")
+    visual_temperature: float = Field(description="T_v of the TrustVLM score the threshold was computed with")
     label_set_version: int = Field(description="label-set version the threshold was computed for")
     basis: CalibrationBasis | None = Field(
         None, description="what the scores were computed from (null: recorded before this was kept)"
     )
-    calibrated_at: str = Field(default_factory=utc_now)
+    calibrated_at: str = Field(default_factory=utc_now, description="when, UTC ISO-8601")
     conformal: ConformalThreshold | None = Field(
         None, description="split-conformal threshold for prediction sets, fitted on the same images"
     )

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import httpx
 import typer
@@ -55,6 +55,26 @@ def _client(server: str, api_key: str | None) -> Iterator[TrustServeClient]:
     except httpx.TransportError as exc:  # connection refused, unknown host, timeout
         typer.echo(f"error: cannot reach {server}: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+class ByteProgress(Protocol):
+    """Called with the bytes just moved and, when known, the total."""
+
+    def __call__(self, n: int, total: int | None = None, /) -> None: ...
+
+
+@contextmanager
+def byte_progress(desc: str, total: int | None = None) -> Iterator[ByteProgress]:
+    """A progress bar in bytes for a transfer; ``progress(n, total)`` counts ``n`` more bytes (and sets the
+    total once the server declares it)."""
+    with tqdm(total=total, unit="B", unit_scale=True, desc=desc, dynamic_ncols=True) as bar:
+
+        def progress(n: int, total: int | None = None, /) -> None:
+            if total is not None and bar.total != total:
+                bar.total = total
+            bar.update(n)
+
+        yield progress
 
 
 def _echo_json(value: Any) -> None:
@@ -162,14 +182,8 @@ def export_command(
         with (
             os.fdopen(fd, "wb") as tmp,
             _client(server, api_key) as client,
-            tqdm(unit="B", unit_scale=True, desc=f"export {label_set}", dynamic_ncols=True) as bar,
+            byte_progress(f"export {label_set}") as progress,
         ):
-
-            def progress(n: int, total: int | None) -> None:
-                if total is not None and bar.total != total:
-                    bar.total = total
-                bar.update(n)
-
             written = client.download_export(label_set, tmp, progress=progress)
             tmp.flush()
             os.fsync(tmp.fileno())
@@ -193,13 +207,8 @@ def import_command(
     except OSError as exc:
         typer.echo(f"error: cannot read {str(archive)!r}: {exc.strerror}", err=True)
         raise typer.Exit(2) from None
-    with (
-        _client(server, api_key) as client,
-        tqdm(
-            total=len(data), unit="B", unit_scale=True, desc=f"import {archive.name}", dynamic_ncols=True
-        ) as bar,
-    ):
-        imported = client.import_label_set(data, new_id, progress=bar.update)
+    with _client(server, api_key) as client, byte_progress(f"import {archive.name}", len(data)) as progress:
+        imported = client.import_label_set(data, new_id, progress=progress)
     counts = {c["label"]: c["support_images"] for c in imported["classes"]}
     _echo_json({"id": imported["id"], "version": imported["version"], "support_images": counts,
                 "calibrated": imported["calibrated"]})  # fmt: skip

@@ -5,7 +5,7 @@ focused parts over one repository.
   change / delete, readiness, the replica hook of ``LabelSetSync``;
 - ``support`` (``support.py``): support images → class prototypes;
 - ``calibration`` (``calibration.py``): the reject rule, its settings and their evidence;
-- ``adaptation`` (``adaptation.py``): the opt-in test-time prototype cache;
+- ``adaptation`` (``adaptation_writer.py``): the opt-in test-time prototype cache;
 - ``transfer`` (``transfer.py``): export and import.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from app.config import Settings
 from app.engine.engine import ClassificationEngine
-from app.labelsets.adaptation import TestTimeAdaptation
+from app.labelsets.adaptation_writer import TestTimeAdaptation
 from app.labelsets.calibration import LabelSetCalibrator
 from app.labelsets.postgres_store import PostgresStore
 from app.labelsets.repository import LabelSetRepository

@@ -48,16 +48,20 @@ class CalibrationResult(BaseModel):
     """A calibrated reject rule: accept when confidence ≥ ``threshold``. Risks and coverage are fractions."""
 
     model_config = ConfigDict(frozen=True)
-    threshold: float
-    rule: CalibrationRule
-    target: float
-    delta: float | None = None
-    guarantee: str
-    coverage: float
-    risk: float
-    risk_upper_bound: float | None = None
-    n: int
-    n_accepted: int
+    threshold: float = Field(description="accept when score >= threshold")
+    rule: CalibrationRule = Field(description="target_risk (SGR, with a guarantee) or target_coverage")
+    target: float = Field(description="target selective risk (target_risk) or coverage (target_coverage)")
+    delta: float | None = Field(
+        None, description="confidence level of the risk guarantee (null for target_coverage)"
+    )
+    guarantee: str = Field(description="what the rule guarantees on new data, in words")
+    coverage: float = Field(description="fraction of calibration images accepted (a fraction, not %)")
+    risk: float = Field(description="error rate among accepted calibration images")
+    risk_upper_bound: float | None = Field(
+        None, description="upper confidence bound on the risk of accepted images (target_risk only)"
+    )
+    n: int = Field(description="calibration images used to pick the threshold")
+    n_accepted: int = Field(description="calibration images accepted at the threshold")
 
     def accepts(self, confidence: np.ndarray | float) -> np.ndarray:
         """Boolean accept decision(s) under this rule."""

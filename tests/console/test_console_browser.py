@@ -5,6 +5,7 @@ every console page go to runs/console-screenshots/ (not committed)."""
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,6 +202,12 @@ def test_label_set_from_a_folder_calibrated_then_a_calibrated_decision(
     assert stored["rule"] == "target_coverage" and stored["n"] == 30
     evidence = text_of(browser, "[data-testid=calibration]")
     assert f"{stored['threshold']:.4f}" in evidence and "coverage ≥ 80.0 %" in evidence
+    assert re.search(r"applies now\s+yes", evidence), evidence
+    basis, shown_basis = stored["basis"], text_of(browser, "[data-testid=calibration-basis]")
+    assert basis["towers"] and basis["arrays_sha256"][:16] in shown_basis
+    for tower, t in basis["towers"].items():  # where each per-request tower computed
+        assert f"{tower} {t['runtime']} {t['precision']} {t['dtype']} {t['device']}" in shown_basis
+    assert "logit scale, bias" in shown_basis and f"{basis['logit_scale']:.4f}" in shown_basis
     chosen = httpx.get(f"{server.url}/v1/label-sets/colours").json()["selection"]
     shown = text_of(browser, "[data-testid=selection]")
     if chosen is None:  # fixed settings (selection_mode "fixed" or a score that selects nothing)
@@ -298,8 +305,16 @@ def test_support_from_a_zip_of_class_folders_then_export_and_import(
     assert len(rows) == len(chosen["selection"]["candidates"]) > 1
     full_page_screenshot(browser, "console-label-set-tuned")
 
-    exported = tmp_path / "zipped.tar.gz"
-    exported.write_bytes(httpx.get(f"{server.url}/v1/label-sets/zipped/export").content)
+    # the export button downloads the archive the API serves (the same bytes: exports are deterministic)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+    )
+    css(browser, "[data-testid=export]").click()
+    exported = downloads / "zipped.tar.gz"
+    wait_for(lambda: exported.exists() and not list(downloads.glob("*.crdownload")), what="the download")
+    assert exported.read_bytes() == httpx.get(f"{server.url}/v1/label-sets/zipped/export").content
     open_page(browser, f"{server.url}/ui/#/label-sets", "Label sets")
     css(browser, "[data-testid=import-file]").send_keys(str(exported))
     css(browser, "[data-testid=import-id]").send_keys("zipped-copy")

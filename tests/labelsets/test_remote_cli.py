@@ -81,6 +81,14 @@ def test_created_from_a_folder_calibrated_then_classify_decides(server: LiveServ
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout[result.stdout.index("{") :])["n"] == 30
+    assert "encode as PNG" in result.stderr and "30/30" in result.stderr  # tqdm's bars: images, then bytes
+    assert "upload → shades" in result.stderr and "the server is calibrating" in result.stderr
+    refused = CliRunner().invoke(
+        cli,
+        ["calibrate", "nope", str(calibration), "--target-coverage", "0.8", "--server", server.url,
+         "--api-key", ADMIN_KEY],
+    )  # fmt: skip
+    assert refused.exit_code == 1 and "calibration failed: " in refused.stderr and "nope" in refused.stderr
 
     image = tmp_path / "probe.png"
     colour_image("green", 4242).save(image)

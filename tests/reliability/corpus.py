@@ -18,6 +18,7 @@ import time
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from tests.reliability import images as img
@@ -373,6 +374,32 @@ def _classify_request_cases() -> list[Case]:
     return cases
 
 
+def _calibrate_cases() -> list[Case]:
+    """Calibration forms with one bad field each (the images and their labels are valid)."""
+    coverage = {"rule": "target_coverage", "target_coverage": "0.5"}
+    bad_forms: dict[str, dict[str, str]] = {
+        "epsilon NaN": {**coverage, "epsilon": "nan"},
+        "epsilon 1": {**coverage, "epsilon": "1"},
+        "unknown conformal method": {**coverage, "conformal_method": "raps"},
+        "target_risk NaN": {"rule": "target_risk", "target_risk": "nan"},
+        "target_risk inf": {"rule": "target_risk", "target_risk": "inf"},
+        "target_risk 2": {"rule": "target_risk", "target_risk": "2"},
+        "delta 0": {"rule": "target_risk", "target_risk": "0.1", "delta": "0"},
+        "target_coverage NaN": {"rule": "target_coverage", "target_coverage": "NaN"},
+        "seed 1e309": {**coverage, "seed": "1e309"},
+        "seed NaN": {**coverage, "seed": "nan"},
+        "seed text": {**coverage, "seed": "x"},
+        "unknown rule": {"rule": "magic"},
+        "unknown score": {**coverage, "score": "pickle"},
+        "tune maybe": {**coverage, "tune": "maybe"},
+        "target_risk 100k characters": {"rule": "target_risk", "target_risk": "9" * 100_000 + "x"},
+    }
+    return [
+        Case(f"calibrate: {name}", "POST /v1/label-sets/{id}/calibrate", partial(calibrate_form, **form))
+        for name, form in bad_forms.items()
+    ]
+
+
 def _label_set_cases() -> list[Case]:
     base = "/v1/label-sets"
     item = f"{base}/{TARGET_SET}"
@@ -650,79 +677,7 @@ def _label_set_cases() -> list[Case]:
             statuses=(404,),
         ),
         # calibrate
-        Case(
-            "calibrate: epsilon NaN",
-            f"POST {base}/{{id}}/calibrate",
-            lambda: calibrate_form(rule="target_coverage", target_coverage="0.5", epsilon="nan"),
-        ),
-        Case(
-            "calibrate: epsilon 1",
-            f"POST {base}/{{id}}/calibrate",
-            lambda: calibrate_form(rule="target_coverage", target_coverage="0.5", epsilon="1"),
-        ),
-        Case(
-            "calibrate: unknown conformal method",
-            f"POST {base}/{{id}}/calibrate",
-            lambda: calibrate_form(rule="target_coverage", target_coverage="0.5", conformal_method="raps"),
-        ),
-        Case(
-            "calibrate: target_risk NaN",
-            f"POST {base}/{{id}}/calibrate",
-            lambda: calibrate_form(rule="target_risk", target_risk="nan"),
-        ),
-        Case(
-            "calibrate: target_risk inf",
-            f"POST {base}/{{id}}/calibrate",
-            lambda: calibrate_form(rule="target_risk", target_risk="inf"),
-        ),
-        Case(
-            "calibrate: target_risk 2",
-            f"POST {base}/{{id}}/calibrate",
-            lambda: calibrate_form(rule="target_risk", target_risk="2"),
-        ),
-        Case(
-            "calibrate: delta 0",
-            f"POST {base}/{{id}}/calibrate",
-            lambda: calibrate_form(rule="target_risk", target_risk="0.1", delta="0"),
-        ),
-        Case(
-            "calibrate: target_coverage NaN",
-            f"POST {base}/{{id}}/calibrate",
-            lambda: calibrate_form(rule="target_coverage", target_coverage="NaN"),
-        ),
-        Case(
-            "calibrate: seed 1e309",
-            f"POST {base}/{{id}}/calibrate",
-            lambda: calibrate_form(rule="target_coverage", target_coverage="0.5", seed="1e309"),
-        ),
-        Case(
-            "calibrate: seed NaN",
-            f"POST {base}/{{id}}/calibrate",
-            lambda: calibrate_form(rule="target_coverage", target_coverage="0.5", seed="nan"),
-        ),
-        Case(
-            "calibrate: seed text",
-            f"POST {base}/{{id}}/calibrate",
-            lambda: calibrate_form(rule="target_coverage", target_coverage="0.5", seed="x"),
-        ),
-        Case(
-            "calibrate: unknown rule", f"POST {base}/{{id}}/calibrate", lambda: calibrate_form(rule="magic")
-        ),
-        Case(
-            "calibrate: unknown score",
-            f"POST {base}/{{id}}/calibrate",
-            lambda: calibrate_form(rule="target_coverage", target_coverage="0.5", score="pickle"),
-        ),
-        Case(
-            "calibrate: tune maybe",
-            f"POST {base}/{{id}}/calibrate",
-            lambda: calibrate_form(rule="target_coverage", target_coverage="0.5", tune="maybe"),
-        ),
-        Case(
-            "calibrate: target_risk 100k characters",
-            f"POST {base}/{{id}}/calibrate",
-            lambda: calibrate_form(rule="target_risk", target_risk="9" * 100_000 + "x"),
-        ),
+        *_calibrate_cases(),
         # import
         Case(
             "import: empty body",

@@ -89,7 +89,12 @@ class LiveServer:
                 self.kill()
 
     def __enter__(self) -> LiveServer:
-        return self.start().wait_ready()
+        self.start()
+        try:
+            return self.wait_ready()
+        except BaseException:  # a server that never became ready must not outlive the test
+            self.stop()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

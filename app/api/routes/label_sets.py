@@ -5,6 +5,7 @@ FAISS index, calibrated reject rule). Writes need the admin scope; every write a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -35,6 +36,7 @@ from app.api.schemas_label_sets import (
     SupportImagesOut,
     UnavailableLabelSet,
 )
+from app.classfolders import ClassFolderImages
 from app.config import Settings
 from app.errors import InvalidInput
 from app.labelsets.archive import ARCHIVE_MEDIA_TYPE, ArchiveError, read_archive, write_archive
@@ -264,17 +266,39 @@ async def add_support_images(
     settings: SettingsDep,
     version: int | None = Depends(expected_version),
 ) -> SupportImagesOut:
+    async def labelled_images() -> ClassFolderImages:
+        labels, images, _ = await _labelled_images(request, settings, settings.max_images_per_request, set())
+        return ClassFolderImages(labels=labels, files=images)
+
+    answer, _ = await add_support(request, service, label_set_id, version, labelled_images)
+    return answer
+
+
+async def add_support(
+    request: Request,
+    service: LabelSetService,
+    label_set_id: str,
+    version: int | None,
+    read_images: Callable[[], Awaitable[ClassFolderImages]],
+) -> tuple[SupportImagesOut, ClassFolderImages]:
+    """What every support-image route does around reading its upload: 404 before the body is read,
+    ``read_images()`` (image files with one label each), 503 while the model loads, then ``support.add``
+    (all-or-nothing). Answers the common reply, which says whether a calibration was dropped, and what
+    was read (for a route that reports more, e.g. the archive's skipped entries)."""
     had_calibration = service.repository.get_view(label_set_id).calibration is not None  # 404 first
-    labels, images, _ = await _labelled_images(request, settings, settings.max_images_per_request, set())
+    images = await read_images()
     get_engine(request)
-    view, added = await service.support.add(label_set_id, labels, images, expected_version=version)
-    return SupportImagesOut(
+    view, added = await service.support.add(
+        label_set_id, images.labels, images.files, expected_version=version
+    )
+    answer = SupportImagesOut(
         id=view.id,
         version=view.version,
         added=added,
         support_counts={label: int(n) for label, n in zip(view.labels, view.support_counts)},
         calibration_dropped=had_calibration,
     )
+    return answer, images
 
 
 def calibration_request(fields: dict[str, str]) -> CalibrationRequest:

@@ -11,11 +11,11 @@ import asyncio
 from fastapi import APIRouter, Depends, Request
 from starlette.datastructures import UploadFile
 
-from app.api.deps import LabelSetsDep, SettingsDep, get_engine, require_admin
+from app.api.deps import LabelSetsDep, SettingsDep, require_admin
 from app.api.parsing import MULTIPART, media_type, read_form
-from app.api.routes.label_sets import expected_version
+from app.api.routes.label_sets import add_support, expected_version
 from app.api.schemas_console import SupportArchiveOut
-from app.classfolders import ArchiveLimits, read_class_archive
+from app.classfolders import ArchiveLimits, ClassFolderImages, read_class_archive
 from app.config import Settings
 from app.errors import InvalidInput
 
@@ -66,27 +66,19 @@ async def add_support_archive(
     settings: SettingsDep,
     version: int | None = Depends(expected_version),
 ) -> SupportArchiveOut:
-    had_calibration = service.repository.get_view(label_set_id).calibration is not None  # 404 first
-    data = await archive_bytes(request, settings)
-    get_engine(request)
-    limits = ArchiveLimits(max_members=settings.max_archive_members, max_bytes=settings.max_body_bytes)
-    images = await asyncio.to_thread(read_class_archive, data, limits)
-    del data
-    if not images.files:
-        raise InvalidInput(
-            f"the archive holds no images in class folders ({images.skipped} entries skipped)",
-            code="no_images",
-            details={"skipped_names": images.skipped_names},
-        )
-    view, added = await service.support.add(
-        label_set_id, images.labels, images.files, expected_version=version
-    )
+    async def class_folder_images() -> ClassFolderImages:
+        data = await archive_bytes(request, settings)
+        limits = ArchiveLimits(max_members=settings.max_archive_members, max_bytes=settings.max_body_bytes)
+        images = await asyncio.to_thread(read_class_archive, data, limits)
+        if not images.files:
+            raise InvalidInput(
+                f"the archive holds no images in class folders ({images.skipped} entries skipped)",
+                code="no_images",
+                details={"skipped_names": images.skipped_names},
+            )
+        return images
+
+    answer, images = await add_support(request, service, label_set_id, version, class_folder_images)
     return SupportArchiveOut(
-        id=view.id,
-        version=view.version,
-        added=added,
-        support_counts={label: int(n) for label, n in zip(view.labels, view.support_counts)},
-        calibration_dropped=had_calibration,
-        skipped=images.skipped,
-        skipped_names=images.skipped_names,
+        **answer.model_dump(), skipped=images.skipped, skipped_names=images.skipped_names
     )

@@ -210,7 +210,7 @@ export async function renderLabelSet(root, id) {
         section("Settings", "summary", renderSummary(ls)),
         section("Classes", "classes", renderClasses(ls))),
       section("Calibration: the chosen settings and their evidence", "calibration-card",
-        renderCalibration(ls.calibration),
+        renderCalibration(ls),
         h("h3", {}, "Risk-coverage curve"),
         curveBox,
         access.canWrite

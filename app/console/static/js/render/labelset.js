@@ -25,10 +25,31 @@ export function renderClasses(ls) {
     { numeric: [1] });
 }
 
-export function renderCalibration(cal) {
+/** What a calibration was computed on (its `basis`): where each tower that runs per request computed
+ * (runtime, precision, dtype, device), the model's logit scale and bias, and the digest of the arrays the
+ * scores read. A change to any of them makes the calibration not apply (app/labelsets/basis.py). */
+export function renderBasis(basis) {
+  if (!basis) return h("p", { class: "muted", "data-testid": "calibration-basis" }, "Not recorded: this calibration was made before its basis was kept.");
+  const towers = Object.entries(basis.towers).map(([tower, t]) => [tower, t.runtime, t.precision, t.dtype, t.device]);
+  return h("div", { "data-testid": "calibration-basis" },
+    table(["tower", "runtime", "precision", "dtype", "device"], towers),
+    keyValues([
+      ["logit scale, bias", `${fmt(basis.logit_scale, 4)}, ${fmt(basis.logit_bias, 4)}`],
+      ["arrays (sha256)", h("code", { title: basis.arrays_sha256 }, `${basis.arrays_sha256.slice(0, 16)}…`)],
+    ]));
+}
+
+/** The stored calibration of label set `ls`: the rule's result, whether it applies to the scores served
+ * now, and what it was computed on. */
+export function renderCalibration(ls) {
+  const cal = ls.calibration;
   if (!cal) return h("p", { class: "notice", "data-testid": "calibration" }, "Not calibrated: classify answers carry no accept/reject decision yet.");
   const target = cal.rule === "target_risk" ? `selective risk ≤ ${percent(cal.target)} at δ = ${fmt(cal.delta)}` : `coverage ≥ ${percent(cal.target)}`;
+  const applies = ls.calibration_applies
+    ? "yes"
+    : h("span", { class: "notice" }, `no: ${ls.calibration_problem || "it does not match the scores served now"}; recalibrate`);
   return h("div", { "data-testid": "calibration" }, keyValues([
+    ["applies now", applies],
     ["rule", `${cal.rule} (${target})`],
     ["score", cal.score],
     ["threshold", fmt(cal.threshold, 4)],
@@ -39,7 +60,7 @@ export function renderCalibration(cal) {
     ["images", `${cal.n} for the threshold${cal.n_tuning ? `, ${cal.n_tuning} for tuning α / T_v` : ""}`],
     ["α, T_v used", `${fmt(cal.alpha)}, ${fmt(cal.visual_temperature)}`],
     ["calibrated", `${cal.calibrated_at} (label-set version ${cal.label_set_version})`],
-  ]));
+  ]), h("h4", {}, "Computed on"), renderBasis(cal.basis));
 }
 
 /** A table of objects with the union of their keys (numbers formatted), for evidence lists. */
