@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     max_queue_size: int = Field(256, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
     preprocess_workers: int = Field(2, ge=1, le=64)
+    preprocess_niceness: int = Field(
+        5,
+        ge=0,
+        le=19,
+        description="Linux: niceness of the pre-processing threads, so that decoding yields the cores to the "
+        "model's parallel sections (0 = as the server; measured in benchmarks/README.md)",
+    )
     warmup: bool = True
 
     # request limits: every input that sizes work is bounded before the work starts (docs/RELIABILITY.md,
