@@ -10,7 +10,8 @@ process: "server / bare" compares a server with the model it runs.
 
 Per stage (from the server's own ``trustserve_stage_duration_seconds`` histograms and each answer's
 ``timing_ms``): multipart parse, decode, preprocess, queue wait, model (per image = batch time / batch
-size), scoring; and CPU seconds per image of the server process and of the load generator.
+size), scoring; and CPU seconds per image of the server process (also per thread: event loop, pre-processing
+pool, model thread, the runtime's native workers; names from ``py-spy dump``) and of the load generator.
 
     python -m benchmarks.serving.bench_runtimes --preset offline-conse --configs torch auto \
         --export-cache-dir /tmp/bench-export --json benchmarks/serving/results/runtimes-offline-conse.json
@@ -24,9 +25,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import io
 import json
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -92,6 +95,32 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of each thread of a process (``/proc/<pid>/task/<tid>/stat``)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def thread_groups(pid: int) -> dict[int, str]:
+    """Thread id -> Python thread name without its pool index (``model``, ``preprocess``, ``MainThread``
+    = the event loop), from ``py-spy dump``; threads it does not list are the runtimes' own native worker
+    threads. Empty when py-spy is not installed."""
+    if shutil.which("py-spy") is None:
+        return {}
+    dump = subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True).stdout
+    groups = {}
+    for line in dump.splitlines():
+        match = re.match(r'Thread (\S+) \(\w+\): "([^"]+)"', line)
+        if match:
+            name = re.sub(r"_\d+$", "", match.group(2))
+            groups[int(match.group(1), 0)] = "anyio" if name.startswith("AnyIO") else name
+    return groups
+
+
 def own_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -121,6 +150,7 @@ class Server:
     live: LiveServer
     towers: dict[str, Any] = field(default_factory=dict)
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    threads: dict[int, str] = field(default_factory=dict)
     bare: list[float] = field(default_factory=list)
 
 
@@ -236,11 +266,14 @@ async def closed_loop(
 
 def measure_round(server: Server, images: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
     pid = server.live.process.pid  # type: ignore[union-attr]
-    before, cpu0, own0, load0 = (
+    if not server.threads:  # after the warm-up: the pools' threads exist
+        server.threads = thread_groups(pid)
+    before, cpu0, own0, load0, threads0 = (
         stage_totals(server.live.url),
         process_cpu_s(pid),
         own_cpu_s(),
         os.getloadavg(),
+        thread_cpu_s(pid),
     )
     machine0 = machine_cpu()
     result = asyncio.run(
@@ -248,7 +281,12 @@ def measure_round(server: Server, images: list[bytes], args: argparse.Namespace)
             server.live.url, images, args.clients, args.requests, args.images_per_request, args.client
         )
     )
-    after, cpu1, own1 = stage_totals(server.live.url), process_cpu_s(pid), own_cpu_s()
+    after, cpu1, own1, threads1 = (
+        stage_totals(server.live.url),
+        process_cpu_s(pid),
+        own_cpu_s(),
+        thread_cpu_s(pid),
+    )
     machine1 = machine_cpu()
     n_images = result["requests_ok"] * args.images_per_request
     stages: dict[str, float] = {}
@@ -258,10 +296,15 @@ def measure_round(server: Server, images: list[bytes], args: argparse.Namespace)
     batches = after.get("batch_size", (0, 0))[1] - before.get("batch_size", (0, 0))[1]
     items = after.get("batch_size", (0, 0))[0] - before.get("batch_size", (0, 0))[0]
     stages["scoring"] *= args.images_per_request  # scoring is observed once per request
+    per_thread: dict[str, float] = collections.defaultdict(float)
+    for tid, seconds in threads1.items():
+        group = server.threads.get(tid, "native (runtime workers)") if server.threads else "all"
+        per_thread[group] += 1000 * (seconds - threads0.get(tid, 0.0)) / max(n_images, 1)
     result.update(
         stages_ms_per_image=stages,
         mean_batch_size=items / batches if batches else 0.0,
         server_cpu_ms_per_image=1000 * (cpu1 - cpu0) / max(n_images, 1),
+        server_cpu_ms_per_image_by_thread=dict(sorted(per_thread.items(), key=lambda kv: -kv[1])),
         client_cpu_ms_per_image=1000 * (own1 - own0) / max(n_images, 1),
         server_cores=(cpu1 - cpu0) / result["elapsed_s"],
         machine_busy=(machine1[0] - machine0[0]) / max(machine1[1] - machine0[1], 1.0),
@@ -359,10 +402,12 @@ def start(config: str, args: argparse.Namespace, cache: Path, tmp: Path) -> Serv
 
 def _round_line(r: dict[str, Any]) -> str:
     stages = {k: round(v, 2) for k, v in r["stages_ms_per_image"].items()}
+    threads = {k: round(v, 2) for k, v in r["server_cpu_ms_per_image_by_thread"].items() if v >= 0.01}
     return (
         f"{r['images_per_s']:.1f} img/s, batch {r['mean_batch_size']:.1f}, stages {stages}, server CPU "
-        f"{r['server_cpu_ms_per_image']:.1f} ms/img ({r['server_cores']:.2f} cores), machine busy "
-        f"{r['machine_busy']:.0%}, load {r['load_after'][0]:.2f}"
+        f"{r['server_cpu_ms_per_image']:.1f} ms/img ({r['server_cores']:.2f} cores; by thread {threads}), "
+        f"client CPU {r['client_cpu_ms_per_image']:.2f} ms/img, machine busy {r['machine_busy']:.0%}, "
+        f"load {r['load_after'][0]:.2f}"
     )
 
 
