@@ -74,8 +74,14 @@ def photo_jpegs(megapixels: float | None = None, quality: int = 90) -> list[byte
     return out
 
 
+def file_part(config: str) -> str:
+    """A configuration as part of a file name (``auto@PYTHONPATH=/x`` -> ``auto@PYTHONPATH=-x``)."""
+    return re.sub(r"[^A-Za-z0-9_.=@-]", "-", config)
+
+
 def parse_config(text: str) -> tuple[str, str, dict[str, str]]:
-    """``RUNTIME[:PRECISION][@VAR=VALUE,...]`` -> runtime, precision, extra server environment."""
+    """``RUNTIME[:PRECISION][@VAR=VALUE,...]`` -> runtime, precision, extra server environment (e.g.
+    ``auto@PYTHONPATH=/work/main``: a server running another checkout's code, for a before/after)."""
     head, _, extra = text.partition("@")
     runtime, _, precision = head.partition(":")
     env = dict(item.split("=", 1) for item in extra.split(",") if item)
@@ -390,7 +396,7 @@ def start(config: str, args: argparse.Namespace, cache: Path, tmp: Path) -> Serv
     }
     if args.max_batch:
         env["TRUSTSERVE_MAX_BATCH_SIZE"] = str(args.max_batch)
-    log = tmp / f"server-{config.replace(':', '-')}.log"
+    log = tmp / f"server-{file_part(config)}.log"
     live = LiveServer(["trustserve", "serve"], env=env, log_path=log).start()
     if args.autogroup_nice is not None:
         raise_priority(live.process.pid, args.autogroup_nice)  # type: ignore[union-attr]
@@ -514,7 +520,7 @@ def main() -> None:
                     spy = None
                     if args.py_spy is not None and rnd == 0:
                         args.py_spy.mkdir(parents=True, exist_ok=True)
-                        raw = args.py_spy / f"{args.preset}-{s.config.replace(':', '-')}.txt"
+                        raw = args.py_spy / f"{args.preset}-{file_part(s.config)}.txt"
                         spy = subprocess.Popen(
                             [
                                 "py-spy",
@@ -566,7 +572,7 @@ def main() -> None:
     print(f"load average after: {results['load_after']} on {os.cpu_count()} CPUs")
     if args.py_spy is not None:
         for s in servers:
-            raw = args.py_spy / f"{args.preset}-{s.config.replace(':', '-')}.txt"
+            raw = args.py_spy / f"{args.preset}-{file_part(s.config)}.txt"
             if raw.exists():
                 shares, frames = py_spy_top(raw)
                 per_thread = {k: round(v, 3) for k, v in shares.items()}
