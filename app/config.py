@@ -89,9 +89,9 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=19,
-        description="Linux: niceness of the pre-processing threads (0 = as the server). 5 lets decoding yield "
-        "the cores to ONNX Runtime's parallel sections (faster under CPU contention) but slowed the torch "
-        "runtime by 10-20 %: measured in benchmarks/README.md",
+        description="Linux: niceness of the pre-processing threads (0 = as the server). 5 lets decoding "
+        "yield the cores to ONNX Runtime's parallel sections (faster under CPU contention) but slowed the "
+        "torch runtime by 10-20 %: measured in benchmarks/README.md",
     )
     warmup: bool = True
 
