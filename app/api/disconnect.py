@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
+
+from starlette.types import Receive
 
 T = TypeVar("T")
 POLL_INTERVAL_S = 0.05
 
 
 class _Receiver(Protocol):
-    async def receive(self) -> Any: ...
+    @property
+    def receive(self) -> Receive: ...
 
 
 class ClientDisconnected(Exception):
