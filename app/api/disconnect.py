@@ -54,7 +54,11 @@ async def unless_disconnected(request: _Receiver, work: Awaitable[T]) -> T:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         raise ClientDisconnected
-    watcher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watcher
+    if watcher.done():  # finished with the work (a disconnect right after it, or an error): nothing to wait
+        if not watcher.cancelled():
+            watcher.exception()  # retrieved: the work's answer decides
+    else:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
     return task.result()

@@ -126,3 +126,11 @@ def test_uvicorn_reports_a_client_that_closes_mid_request() -> None:
             await serving
 
     assert asyncio.run(scenario()) == "disconnected"
+
+
+def test_a_failing_receive_does_not_cancel_the_work() -> None:
+    class _Broken:
+        async def receive(self) -> dict[str, str]:
+            raise RuntimeError("receive failed")
+
+    assert asyncio.run(unless_disconnected(_Broken(), asyncio.sleep(0.05, result="ok"))) == "ok"
