@@ -85,6 +85,14 @@ class Settings(BaseSettings):
     max_queue_size: int = Field(256, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
     preprocess_workers: int = Field(2, ge=1, le=64)
+    preprocess_niceness: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="Linux: niceness of the pre-processing threads (0 = as the server). 5 lets decoding "
+        "yield the cores to ONNX Runtime's parallel sections (faster under CPU contention) but slowed the "
+        "torch runtime by 10-20 %: measured in benchmarks/README.md",
+    )
     warmup: bool = True
 
     # request limits: every input that sizes work is bounded before the work starts (docs/RELIABILITY.md,

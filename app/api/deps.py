@@ -1,4 +1,7 @@
-"""Typed dependencies: services from app.state, and API-key scopes."""
+"""Typed dependencies: services from app.state, and API-key scopes.
+
+The functions FastAPI calls as dependencies are ``async def``: they never block, and FastAPI runs a plain
+``def`` dependency in its thread pool (a thread hand-off per dependency per request on the hot path)."""
 
 from __future__ import annotations
 
@@ -43,17 +46,33 @@ def get_multimodal(request: Request) -> MultimodalService:
     return service
 
 
-def require_read(request: Request) -> None:
+async def require_read(request: Request) -> None:
     """Read scope (classify, predict) when API keys are configured."""
     request.app.state.auth.check(request, "read")
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     """Admin scope (label-set and model changes) when API keys are configured."""
     request.app.state.auth.check(request, "admin")
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-EngineDep = Annotated[ClassificationEngine, Depends(get_engine)]
-LabelSetsDep = Annotated[LabelSetService, Depends(get_label_sets)]
-MultimodalDep = Annotated[MultimodalService, Depends(get_multimodal)]
+async def _settings(request: Request) -> Settings:
+    return get_settings(request)
+
+
+async def _engine(request: Request) -> ClassificationEngine:
+    return get_engine(request)
+
+
+async def _label_sets(request: Request) -> LabelSetService:
+    return get_label_sets(request)
+
+
+async def _multimodal(request: Request) -> MultimodalService:
+    return get_multimodal(request)
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+EngineDep = Annotated[ClassificationEngine, Depends(_engine)]
+LabelSetsDep = Annotated[LabelSetService, Depends(_label_sets)]
+MultimodalDep = Annotated[MultimodalService, Depends(_multimodal)]

@@ -14,7 +14,7 @@ import io
 import math
 import struct
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -188,11 +188,21 @@ def decoded_pixels(data: bytes, limits: ImageLimits | None = None, *, name: str 
         return int(img.size[0] * img.size[1])
 
 
-def decode_image(data: bytes, limits: ImageLimits | None = None, *, name: str = "image") -> Image.Image:
+def decode_image(
+    data: bytes,
+    limits: ImageLimits | None = None,
+    *,
+    name: str = "image",
+    check_pixels: Callable[[int], None] | None = None,
+) -> Image.Image:
     """Decode one uploaded image into an upright RGB image, or raise a domain error naming ``name``.
-    With ``limits.target_side`` the result is only as large as the model needs (≥ 2× its input side)."""
+    With ``limits.target_side`` the result is only as large as the model needs (≥ 2× its input side).
+    ``check_pixels`` is called with the pixels the image will decode to (``decoded_pixels``, from the
+    same header read) before any pixel is decoded: it refuses by raising (a request's pixel budget)."""
     limits = limits or ImageLimits()
     with _reading(data, limits, name) as img:
+        if check_pixels is not None:
+            check_pixels(int(img.size[0] * img.size[1]))
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)  # animated GIF/WebP/multi-page TIFF: the first frame
         orientation = img.getexif().get(_EXIF_ORIENTATION)

@@ -20,11 +20,14 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.serving.bench_runtimes import raise_priority  # noqa: E402
 from benchmarks.serving.bench_serving import LABELS, photo_jpegs  # noqa: E402
 from tests.support.live_server import LiveServer  # noqa: E402
 
 
-def start_and_measure(preset: str, runtime: str, cache: Path, store: Path, requests: int) -> str:
+def start_and_measure(
+    preset: str, runtime: str, cache: Path, store: Path, requests: int, autogroup_nice: int | None = None
+) -> str:
     images = photo_jpegs()
     env = {
         "TRUSTSERVE_MODEL": preset,
@@ -35,7 +38,10 @@ def start_and_measure(preset: str, runtime: str, cache: Path, store: Path, reque
     }
     server = LiveServer(["trustserve", "serve"], env=env, log_path=store.parent / f"{runtime}.log")
     started = time.perf_counter()
-    server.start().wait_ready(timeout_s=900)
+    server.start()
+    if autogroup_nice is not None:
+        raise_priority(server.process.pid, autogroup_nice)  # type: ignore[union-attr]
+    server.wait_ready(timeout_s=900)
     ready_s = time.perf_counter() - started
     try:
         latencies = []
@@ -65,6 +71,9 @@ def main() -> None:
     parser.add_argument("--preset", default="offline-conse")
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--runtimes", nargs="+", default=["torch", "auto"])
+    parser.add_argument(
+        "--autogroup-nice", type=int, default=None, help="as bench_runtimes: e.g. -19 for the servers"
+    )
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,7 +83,9 @@ def main() -> None:
             for label in passes:
                 store = Path(tmp) / f"store-{runtime}-{label}"
                 store.mkdir()
-                line = start_and_measure(args.preset, runtime, cache, store, args.requests)
+                line = start_and_measure(
+                    args.preset, runtime, cache, store, args.requests, args.autogroup_nice
+                )
                 cache_note = "no export" if runtime == "torch" else f"{label} export cache"
                 print(f"preset={args.preset} runtime={runtime} ({cache_note}): {line}", flush=True)
     print(f"load average after: {os.getloadavg()}")

@@ -176,6 +176,29 @@ def test_body_size_limit(app_factory) -> None:  # type: ignore[no-untyped-def]
     assert r.json()["error"]["code"] == "payload_too_large"
 
 
+def _decoded_images(client) -> float:  # type: ignore[no-untyped-def]
+    engine = client.app.state.engine
+    histogram = engine.metrics.stage_duration.labels("decode", engine.model_id)
+    return next(s.value for m in histogram.collect() for s in m.samples if s.name.endswith("_count"))
+
+
+@pytest.mark.parametrize(
+    ("sizes", "status"),
+    [([(120, 100)], 413), ([(80, 80), (80, 80)], 413), ([(60, 60), (60, 60)], 200), ([(90, 100)], 200)],
+)
+def test_request_pixel_budget_is_checked_before_any_decoding(app_factory, sizes, status) -> None:  # type: ignore[no-untyped-def]
+    """One image (budget checked from the header the decoder reads) and several (all headers first)."""
+    client = app_factory(max_request_pixels=10_000)
+    decoded = _decoded_images(client)
+    r = _multipart(client, [image_bytes(size=size) for size in sizes])
+    assert r.status_code == status, r.text
+    if status == 413:
+        assert r.json()["error"]["code"] == "too_many_pixels"
+        assert _decoded_images(client) == decoded
+    else:
+        assert _decoded_images(client) == decoded + len(sizes)
+
+
 def test_text_embeddings_are_cached(client) -> None:  # type: ignore[no-untyped-def]
     engine = client.app.state.engine
     _multipart(client, [image_bytes()], labels=["zebra", "okapi"])
