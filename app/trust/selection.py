@@ -17,6 +17,13 @@ and α and the image space are chosen on labelled evidence with a rule made for 
    out-of-fold AURC gain of the *procedure* over MSP is not positive, MSP is chosen (the fallback says so).
 4. Too little evidence (fewer than ``min_errors`` errors or correct predictions) chooses MSP.
 
+**Anchored** (``anchor=``, issue 14's ``--tune`` fix): when a default is already in use (the preset's α, or
+what the support images chose before calibration data existed), the rule starts from it instead of MSP.
+The anchor comes first in the order of step 2 (the best must beat it by more than one paired standard
+error), and step 3 compares the procedure with the anchor: it moves away only when its cross-fitted
+out-of-fold AURC gain over the anchor exceeds one standard error of that gain (over folds). Moving to MSP
+is one of the moves, so a fused default that ranks worse than MSP is still left when the evidence says so.
+
 The evidence is either labelled calibration data (``evidence="calibration"``) or, before any exists, the
 support images themselves with leave-one-out prototypes (``evidence="support-loo"``,
 :func:`loo_similarities`): each support image is scored against prototypes built without it, so it is a
@@ -171,7 +178,9 @@ class Selection(BaseModel):
     n_errors: int
     best: str
     rule: str
-    crossfit_gain: float | None = None  # mean out-of-fold AURC(MSP) − AURC(chosen by the rule)
+    anchor: str | None = None  # the default in use the anchored rule started from (None: MSP)
+    crossfit_gain: float | None = None  # mean out-of-fold AURC(base) − AURC(chosen by the rule); base =
+    # the anchor, else MSP
     crossfit_gain_se: float | None = None
     crossfit_choices: list[str] = []
     fallback: str | None = None
@@ -182,6 +191,11 @@ class Selection(BaseModel):
         return Candidate(self.alpha, self.space)
 
 
+ANCHORED_RULE_TEXT = (
+    "keep the default in use ({anchor}) unless the best candidate's calibration AURC is lower by more than "
+    "one paired-bootstrap standard error AND the rule's cross-fitted out-of-fold AURC gain over the default "
+    "exceeds one standard error; then the simplest candidate within one standard error of the best"
+)
 RULE_TEXT = (
     "simplest candidate (MSP, then smaller α, then the model's own space) whose calibration AURC is within "
     "one paired-bootstrap standard error of the best; MSP unless the rule's cross-fitted out-of-fold AURC "
@@ -250,14 +264,23 @@ def select_candidate(
     seed: int = 0,
     min_errors: int = MIN_ERRORS,
     no_evidence: Candidate | None = None,
+    anchor: Candidate | None = None,
 ) -> Selection:
     """Apply the rule of the module docstring to ``scores`` (all candidates of ``grid`` on one evidence
     set) and return the choice with every candidate's evidence. ``no_evidence``: the candidate to use when
-    the evidence is too thin to compare (default MSP; e.g. a preset's default α, said in ``fallback``)."""
+    the evidence is too thin to compare (default MSP, or the anchor; e.g. a preset's default α, said in
+    ``fallback``). ``anchor``: the default in use, kept unless the evidence beats it (the anchored rule)."""
     order = [c.name for c in grid]
     if not order or order[0] != MSP:
         raise ValueError("the grid must start with MSP (α = 0)")
     by_name = {c.name: c for c in grid}
+    base = MSP
+    if anchor is not None:
+        if anchor.name not in by_name:
+            raise ValueError(f"anchor candidate {anchor.name} is not in the grid")
+        base = anchor.name
+        order = [base, *(m for m in order if m != base)]  # the anchor is the "simplest"
+        no_evidence = no_evidence or anchor
     n = int(scores.confidence[MSP].size)
     finite = np.ones(n, dtype=bool)
     for m in order:  # e.g. leave-one-out support images whose predicted class had no other image
@@ -270,7 +293,8 @@ def select_candidate(
         cand = by_name[chosen]
         return Selection(
             chosen=chosen, alpha=cand.alpha, space=cand.space, score=score, evidence=evidence,
-            n=int(idx.size), n_errors=errors, best=best, rule=RULE_TEXT, **extra,
+            n=int(idx.size), n_errors=errors, best=best, anchor=anchor.name if anchor else None,
+            rule=ANCHORED_RULE_TEXT.format(anchor=base) if anchor else RULE_TEXT, **extra,
         )  # fmt: skip
 
     if min(errors, idx.size - errors) < min_errors:
@@ -279,7 +303,7 @@ def select_candidate(
             raise ValueError(f"no_evidence candidate {default.name} is not in the grid")
         return result(
             default.name,
-            MSP,
+            base,
             fallback=f"too little evidence: {errors} errors and {idx.size - errors} correct predictions "
             f"among {idx.size} samples (need {min_errors} of each); using {default.name}",
         )
@@ -291,13 +315,17 @@ def select_candidate(
     gain: float | None = None
     gain_se: float | None = None
     choices: list[str] = []
-    if folds >= 2 and chosen != MSP:
+    if folds >= 2 and chosen != base:
         gain, gain_se, choices = _crossfit_gain(
             scores, order, idx, msp_correct, folds, replicates, seed, min_errors
         )
-        if gain is not None and gain <= 0:
+        if anchor is None and gain is not None and gain <= 0:
             fallback = f"the rule's cross-fitted out-of-fold AURC gain over MSP is {gain:.4f} ≤ 0"
             chosen = MSP
+        elif anchor is not None and (gain is None or gain_se is None or gain <= gain_se):
+            shown = "unavailable" if gain is None else f"{gain:.4f} (SE {gain_se:.4f})"
+            fallback = f"the rule's cross-fitted out-of-fold AURC gain over the default {base} is {shown}: kept"
+            chosen = base
     return result(
         chosen,
         best,
@@ -353,8 +381,9 @@ def _crossfit_gain(
     seed: int,
     min_errors: int,
 ) -> tuple[float | None, float | None, list[str]]:
-    """Mean and standard error over folds of AURC(MSP) − AURC(the rule's choice on the other folds), on
-    the held-out fold. ``None`` when a fold split is impossible (too few of a class)."""
+    """Mean and standard error over folds of AURC(base) − AURC(the rule's choice on the other folds), on
+    the held-out fold; base = ``order[0]`` (MSP, or the anchor). ``None`` when a fold split is impossible
+    (too few of a class)."""
     if min(int(strata.sum()), int(strata.size - strata.sum())) < folds:
         return None, None, []
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
@@ -363,12 +392,12 @@ def _crossfit_gain(
         fit_idx, held_idx = idx[fit], idx[held]
         fit_errors = int(fit.size - strata[fit].sum())
         if min(fit_errors, fit.size - fit_errors) < min_errors:
-            chosen = MSP
+            chosen = order[0]
         else:
             chosen = _one_se_choice(scores, order, fit_idx, bootstrap_indices(fit.size, replicates, seed))[0]
         choices.append(chosen)
         gains.append(
-            aurc(scores.confidence[MSP][held_idx], scores.correct[MSP][held_idx])
+            aurc(scores.confidence[order[0]][held_idx], scores.correct[order[0]][held_idx])
             - aurc(scores.confidence[chosen][held_idx], scores.correct[chosen][held_idx])
         )
     arr = np.asarray(gains)
