@@ -324,7 +324,9 @@ def select_candidate(
             chosen = MSP
         elif anchor is not None and (gain is None or gain_se is None or gain <= gain_se):
             shown = "unavailable" if gain is None else f"{gain:.4f} (SE {gain_se:.4f})"
-            fallback = f"the rule's cross-fitted out-of-fold AURC gain over the default {base} is {shown}: kept"
+            fallback = (
+                f"the rule's cross-fitted out-of-fold AURC gain over the default {base} is {shown}: kept"
+            )
             chosen = base
     return result(
         chosen,
