@@ -48,7 +48,7 @@ from app.labelsets.selection import (
     selection_grid,
 )
 from app.labelsets.self_selection import apply_selection, selects_alpha
-from app.labelsets.support import Images, check_pairs, class_indices, encode, label_set_spaces
+from app.labelsets.support import Images, check_pairs, class_indices, encode_in_spaces, label_set_spaces
 from app.labelsets.support_features import complete_policies, complete_spaces, prototype_state
 from app.labelsets.views import build_view
 from app.trust.calibration import (
@@ -126,7 +126,7 @@ class LabelSetCalibrator:
         asked = self._plan(repo.entry(label_set_id), labels, request)  # fail fast
         if "independent" in asked.spaces and not await asyncio.to_thread(self.engine.independent_loadable):
             asked = self._plan(repo.entry(label_set_id), labels, request)  # without it
-        encoded = {p: await encode(self.engine, images, p, asked.spaces) for p in asked.policies}
+        encoded = {p: await encode_in_spaces(self.engine, images, p, asked.spaces) for p in asked.policies}
         async with repo.lock(label_set_id):
             entry = repo.entry(label_set_id)
             plan = self._plan(entry, labels, request)
@@ -203,7 +203,7 @@ class LabelSetCalibrator:
         conf, correct = _judged(plan, scored)
         return fit_live_trust(
             scored,
-            plan.classes,
+            plan.classes[plan.thresholding],
             has_prototype=np.asarray(view.has_prototype),
             score=plan.score,
             confidence=conf,

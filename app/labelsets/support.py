@@ -32,6 +32,14 @@ Encoded = dict[AspectPolicy, tuple[np.ndarray, dict[str, np.ndarray]]]  # p -> (
 
 
 async def encode(
+    engine: ClassificationEngine, images: Images, policy: AspectPolicy | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings, features in the model's own image space) under the aspect ``policy``."""
+    embeddings, features = await encode_in_spaces(engine, images, policy)
+    return embeddings, features["own"]
+
+
+async def encode_in_spaces(
     engine: ClassificationEngine,
     images: Images,
     policy: AspectPolicy | None = None,
@@ -58,7 +66,7 @@ async def encode_policies(engine: ClassificationEngine, images: Images, meta: La
     """The images under every aspect policy the label set uses (one; both for ``preprocess: auto``), in
     every image space it uses."""
     spaces = await usable_spaces(engine, meta)
-    return {p: await encode(engine, images, p, spaces) for p in policies_for(meta.preprocess)}
+    return {p: await encode_in_spaces(engine, images, p, spaces) for p in policies_for(meta.preprocess)}
 
 
 async def usable_spaces(engine: ClassificationEngine, meta: LabelSetMeta) -> tuple[str, ...]:

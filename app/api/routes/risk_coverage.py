@@ -16,7 +16,7 @@ from app.api.routes.label_sets import _IMAGES_FORM, _labelled_images, _multipart
 from app.api.schemas_console import CurvePointOut, OperatingPointOut, RiskCoverageOut
 from app.errors import Conflict, InvalidInput
 from app.labelsets.models import LabelSetView
-from app.labelsets.support import class_indices, encode
+from app.labelsets.support import class_indices, encode_in_spaces
 from app.trust.risk_coverage import operating_point, summarise_risk_coverage
 from app.trust.scores import TRUST_SCORE_NAMES, TrustScoreName, judges_refined_prediction
 
@@ -65,7 +65,7 @@ async def risk_coverage(
     _options(view, fields)
     class_indices(repo.get_meta(label_set_id), labels)  # fail before encoding
     asked = view  # queries as the label set's prototypes: its aspect policy and image space
-    embeddings, spaces = await encode(engine, images, asked.policy, (asked.space,))
+    embeddings, spaces = await encode_in_spaces(engine, images, asked.policy, (asked.space,))
     view = repo.get_view(label_set_id)  # the version the answer is for
     if (view.policy, view.space) != (asked.policy, asked.space):
         raise Conflict("the label set's aspect policy or image space changed meanwhile; retry")
