@@ -124,10 +124,16 @@ class CalibrationRecord(CalibrationResult):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     score: TrustScoreName
-    n_tuning: int = Field(0, description="calibration images used only to tune alpha / T_v")
+    n_tuning: int = Field(
+        0,
+        description="calibration images used only for the selection (aspect policy, image space, α), "
+        "disjoint from the n the threshold and the conformal sets were fitted on",
+    )
     tuning: TuningEvidence | None = Field(None, description="records before issue 14: the half/half α tuning")
     selection: LabelSetSelection | None = Field(
-        None, description="policy and α chosen on these calibration images (every candidate's evidence)"
+        None,
+        description="policy, image space and α chosen on the n_tuning selection images (every candidate's "
+        "evidence)",
     )
     alpha: float
     visual_temperature: float

@@ -29,10 +29,10 @@ support images themselves with leave-one-out prototypes (``evidence="support-loo
 :func:`loo_similarities`): each support image is scored against prototypes built without it, so it is a
 fresh sample for its own class.
 
-The reject threshold must not be fitted on data the selection chose with, *or* must pay for the choice.
-:func:`calibrate_selected_target_risk` does the latter: SGR (Geifman & El-Yaniv, 2017) at δ / M for a grid
-of M candidates. By the union bound the SGR guarantees of all M candidates hold at once with probability
-≥ 1 − δ, so the guarantee of whichever candidate was selected — on the same data — stays valid.
+The reject threshold and the conformal sets must not be fitted on data the selection chose with (or
+must pay for the choice): label sets select on one half of their calibration images and fit the
+threshold and the conformal sets on the other (``app.labelsets.calibration``, which says why a split and
+not a union-bound correction).
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ from pydantic import BaseModel, ConfigDict
 from scipy.stats import rankdata
 from sklearn.model_selection import StratifiedKFold
 
-from app.trust.calibration import CalibrationResult, calibrate_target_risk
 from app.trust.metrics import aurc, auroc
 from app.trust.scores import l2_normalize, msp, trustvlm_from_similarities
 
@@ -404,25 +403,3 @@ def _crossfit_gain(
         )
     arr = np.asarray(gains)
     return float(arr.mean()), float(arr.std(ddof=1) / np.sqrt(arr.size)), choices
-
-
-# --- the threshold after a selection ---------------------------------------------------------------------
-
-
-def calibrate_selected_target_risk(
-    conf: np.ndarray, correct: np.ndarray, target_risk: float, delta: float, candidates: int
-) -> CalibrationResult:
-    """SGR on the selected candidate's calibration confidences at δ / ``candidates`` (Bonferroni over the
-    grid the selection chose from, on the same data): the returned guarantee holds with probability
-    ≥ 1 − δ whichever candidate the selection picked."""
-    if candidates < 1:
-        raise ValueError(f"candidates must be ≥ 1, got {candidates}")
-    result = calibrate_target_risk(conf, correct, target_risk, delta / candidates)
-    note = (
-        f" The confidence was selected among {candidates} candidates on these same samples; the bound is "
-        f"taken at δ/{candidates} per candidate, so by the union bound it holds with probability ≥ "
-        f"{1 - delta:g} for the selected one."
-    )
-    return result.model_copy(update={"delta": delta, "guarantee": result.guarantee.replace(
-        f"With probability ≥ {1 - delta / candidates:g}", f"With probability ≥ {1 - delta:g}"
-    ) + note})  # fmt: skip

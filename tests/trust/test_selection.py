@@ -1,12 +1,11 @@
 """Self-selection of α and image space: the one-SE rule, the cross-fitted fallback to MSP, leave-one-out
-prototypes, the vectorised bootstrap metrics and the Bonferroni-corrected SGR threshold."""
+prototypes, the vectorised bootstrap metrics and the anchored rule (issue 14's --tune fix)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from app.trust.calibration import calibrate_target_risk
 from app.trust.metrics import aurc, auroc, eaurc
 from app.trust.prototypes import PrototypeBank
 from app.trust.scores import l2_normalize, trustvlm_scores
@@ -16,7 +15,6 @@ from app.trust.selection import (
     CandidateScores,
     aurc_rows,
     auroc_rows,
-    calibrate_selected_target_risk,
     candidate_grid,
     eaurc_rows,
     loo_similarities,
@@ -179,17 +177,6 @@ def test_vectorised_bootstrap_metrics_match_the_reference() -> None:
         assert aurc_rows(conf, correct)[r] == pytest.approx(aurc(conf[r], correct[r]))
         assert auroc_rows(conf, correct)[r] == pytest.approx(auroc(conf[r], correct[r]))
         assert eaurc_rows(conf, correct)[r] == pytest.approx(eaurc(conf[r], correct[r]))
-
-
-def test_selected_threshold_pays_for_the_selection() -> None:
-    rng = np.random.default_rng(9)
-    conf = rng.random(2000)
-    correct = (rng.random(2000) < 0.5 + 0.5 * conf).astype(int)
-    corrected = calibrate_selected_target_risk(conf, correct, 0.2, 0.1, candidates=11)
-    plain = calibrate_target_risk(conf, correct, 0.2, 0.1 / 11)
-    assert corrected.threshold == plain.threshold and corrected.delta == 0.1
-    assert "11 candidates" in corrected.guarantee and "≥ 0.9" in corrected.guarantee
-    assert corrected.coverage <= calibrate_target_risk(conf, correct, 0.2, 0.1).coverage
 
 
 def test_anchored_rule_keeps_the_default_unless_the_evidence_beats_it() -> None:
