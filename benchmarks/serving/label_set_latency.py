@@ -44,7 +44,7 @@ def start(tree: Path, preset: str, runtime: str, store: Path, log: Path) -> Live
         "TRUSTSERVE_LOG_LEVEL": "WARNING",
         "TRUSTSERVE_RUNTIME_THREADS": "1",
     }
-    command = [sys.executable, "-c", "from app.cli import app; app()", "serve"]
+    command = [sys.executable, "-c", "from app.cli import main; main()", "serve"]
     return LiveServer(command, env=env, log_path=log, cwd=tree).start().wait_ready(timeout_s=900)
 
 
