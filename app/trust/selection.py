@@ -308,7 +308,8 @@ def select_candidate(
         )
     resamples = bootstrap_indices(idx.size, replicates, seed)
     chosen, best, boot, point, se = _one_se_choice(scores, order, idx, resamples)
-    evidence_rows = _evidence(scores, order, by_name, idx, resamples, boot, point, se, best)
+    listed = [c.name for c in grid]  # the evidence in grid order (MSP first), whatever the anchor
+    evidence_rows = _evidence(scores, listed, by_name, idx, resamples, boot, point, se, best)
 
     fallback: str | None = None
     gain: float | None = None
