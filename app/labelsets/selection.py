@@ -226,6 +226,8 @@ def _choose_policy(
         return default, []
     finite = np.logical_and.reduce([np.isfinite(conf) for _, conf, _ in picks.values()])
     idx = np.flatnonzero(finite)
+    if idx.size < 2:  # e.g. leave-one-out with one support image per class: nothing to compare on
+        return default, []
     boot = bootstrap_indices(idx.size, replicates, seed)
 
     def measured(policy: AspectPolicy) -> tuple[float, np.ndarray]:

@@ -131,3 +131,15 @@ def test_msp_is_served_in_the_own_space_and_the_anchor_is_kept_when_nothing_beat
     assert free.alpha == 0.0 and free.image_space == "own"  # MSP needs no extra forward
     msp_anchor = select_for_label_set({"crop": enc}, anchor=Candidate(), **common)  # type: ignore[arg-type]
     assert msp_anchor.alpha == 0.0 and msp_anchor.selection.anchor == "msp"  # type: ignore[union-attr]
+
+
+def test_one_support_image_per_class_keeps_the_default_policy() -> None:
+    """Leave-one-out has no evidence when every class has one image: no crash, the default policy."""
+    # one image per class, each predicted right: its own class has no leave-one-out prototype (undefined)
+    text, classes, emb, feats = _world(7, C, feature_signal=3.0, text_signal=20.0)
+    enc = support_encodings(emb, {"own": feats}, classes, text, logit_scale=20.0, logit_bias=0.0)
+    chosen = select_for_label_set(
+        {"crop": enc, "letterbox": enc}, default_policy="letterbox", evidence="support-loo",
+        score="trustvlm", visual_temperature=0.01, fallback_alpha=2.0,
+    )  # fmt: skip
+    assert chosen.policy == "letterbox" and chosen.alpha == 2.0
