@@ -35,13 +35,18 @@ class LabelProbability(BaseModel):
 class TrustInfo(BaseModel):
     """What the image-space check could use for this image."""
 
-    image_space: str = Field(description="the auxiliary image encoder used for prototypes")
+    image_space: str = Field(
+        description="the image encoder the prototypes and this image's features come from: the model's own "
+        "space, or for a label set that chose it, the independent one (e.g. 'lite0:efficientnet_lite:lite0')"
+    )
     prototypes_for_prediction: bool
     classes_with_prototypes: int
     preprocess: str = Field(description="aspect policy the image was encoded with (crop | letterbox)")
     alpha: float | None = Field(None, description="TrustVLM α of the label set (0: plain MSP); null: ad hoc")
     selection_evidence: str | None = Field(
-        None, description="how policy and α were chosen: support-loo | calibration | fixed; null: ad hoc"
+        None,
+        description="how policy, image space and α were chosen: support-loo | calibration | fixed; "
+        "null: ad hoc",
     )
     note: str | None = None
 

@@ -23,7 +23,7 @@ from app.labelsets.models import (
     LabelSetMeta,
     LabelSetView,
 )
-from app.labelsets.selection import PreprocessSetting, SelectionMode
+from app.labelsets.selection import ImageSpaceSetting, PreprocessSetting, SelectionMode
 from app.trust.monitoring import MonitorSettings, MonitorSnapshot
 from app.trust.scores import TrustScoreName
 from app.vlm.preprocessing import AspectPolicy
@@ -59,6 +59,13 @@ class LabelSetCreate(BaseModel):
         description="auto: α (0 = plain MSP) chosen on support (leave-one-out) and calibration evidence; "
         "fixed: α as given. Default: the preset's, fixed when alpha is given",
     )
+    image_space: ImageSpaceSetting | None = Field(
+        None,
+        description="image space of prototypes and queries: own (the model's), independent (the preset's "
+        "separate network; one more forward per classify) or auto (both encoded; chosen on support images, "
+        "then at calibrate). Default: auto when the model has an independent space and selection_mode is "
+        "auto, else own",
+    )
 
 
 class LabelSetUpdate(BaseModel):
@@ -78,6 +85,11 @@ class LabelSetUpdate(BaseModel):
         None,
         description="aspect policy setting; support images are not re-encoded, so a change needs their "
         "kept encodings under the new policy (409 otherwise); drops the calibration",
+    )
+    image_space: ImageSpaceSetting | None = Field(
+        None,
+        description="image space setting; support images are not re-encoded, so a change needs their kept "
+        "features in the new space (409 otherwise); drops the calibration",
     )
 
 
@@ -118,6 +130,9 @@ class LabelSetOut(LabelSetMeta):
     )
     adapted: bool = Field(description="test-time cache entries have moved the prototypes")
     prototype_index: IndexInfo | None
+    image_space_encoder: str = Field(
+        "", description="the network behind `space` (the model's own encoder, or the independent one)"
+    )
 
     @classmethod
     def build(cls, meta: LabelSetMeta, view: LabelSetView) -> LabelSetOut:
@@ -132,6 +147,7 @@ class LabelSetOut(LabelSetMeta):
             calibration_problem=view.calibration_problem,
             adapted=view.adapted,
             prototype_index=IndexInfo.of(view.index),
+            image_space_encoder=view.space_encoder,
         )
 
 
@@ -177,6 +193,7 @@ class CalibrateOut(BaseModel):
     alpha: float = Field(description="α the label set serves with now (a selection may have changed it)")
     visual_temperature: float = Field(description="T_v the label set serves with (never tuned)")
     preprocess: AspectPolicy = Field(description="aspect policy the label set serves with now")
+    image_space: str = Field("own", description="image space the label set serves with now")
     calibration: CalibrationRecord = Field(description="the stored calibration record")
 
 

@@ -14,11 +14,11 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -39,7 +39,11 @@ from app.vlm.presets import ModelPreset, get_preset
 log = logging.getLogger(__name__)
 
 _Pixels = tuple[np.ndarray, np.ndarray | None]
+_Prepared = tuple[_Pixels, np.ndarray | None]  # the batcher's pixels, the independent space's pixels
 _Encoded = tuple[np.ndarray, np.ndarray]
+ImageSpace = Literal["own", "independent"]
+OWN_SPACE: ImageSpace = "own"  # the preset's image space g (its aux encoder, or the VLM's own features)
+INDEPENDENT_SPACE: ImageSpace = "independent"  # the preset's first ``extra_image_spaces`` network
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -56,6 +60,11 @@ class EncodedImages:
     aux_features: np.ndarray
     decode_s: float = 0.0
     inference_s: float = 0.0
+    space_features: dict[str, np.ndarray] = field(default_factory=dict)  # per image space asked for
+
+    def features_in(self, space: str) -> np.ndarray:
+        """Raw image-space features in ``space`` ("own" or "independent"; asked for when encoding)."""
+        return self.aux_features if space == OWN_SPACE else self.space_features[space]
 
 
 def lower_thread_priority(niceness: int) -> None:
@@ -127,6 +136,9 @@ class ClassificationEngine:
         self.ready = False
         self._health_checked_at = 0.0
         self._health_ok = False
+        self._independent: tuple[AuxImageEncoder, TowerReport] | None = None
+        self._independent_error: str | None = None  # why loading it failed (then only "own" is offered)
+        self._independent_lock = threading.Lock()
 
     # construction ------------------------------------------------------------------------------
     @classmethod
@@ -204,6 +216,75 @@ class ClassificationEngine:
         pixels = self._preprocess(Image.new("RGB", (64, 48), (127, 127, 127)))
         return max(int(max(p.shape[-2:])) for p in pixels if p is not None)
 
+    # the independent image space ---------------------------------------------------------------
+    @property
+    def independent_space_name(self) -> str | None:
+        """The preset's extra image space label sets may choose as "independent" (its first
+        ``extra_image_spaces`` entry; e.g. EfficientNet-Lite0 beside the offline Lite2), or None."""
+        return next(iter(self.preset.extra_image_spaces), None)
+
+    def image_spaces(self) -> list[ImageSpace]:
+        """The image spaces label sets can use on this model: "own", and "independent" when the preset
+        declares an extra one (and loading it has not failed)."""
+        usable = self.independent_space_name and self._independent_error is None
+        return [OWN_SPACE, INDEPENDENT_SPACE] if usable else [OWN_SPACE]
+
+    def independent_loadable(self) -> bool:
+        """Load the independent space now if needed (blocking); False when it cannot be (logged once;
+        e.g. a torch-free install without its export), and from then on only "own" is offered."""
+        if INDEPENDENT_SPACE not in self.image_spaces():
+            return False
+        try:
+            self.independent_encoder()
+        except Exception as exc:  # a missing package or export: serve on the own space
+            self._independent_error = f"{type(exc).__name__}: {exc}"
+            log.warning("independent image space unavailable, label sets use the own space: %s", exc)
+            return False
+        return True
+
+    def independent_encoder(self) -> tuple[AuxImageEncoder, TowerReport]:
+        """The independent space's encoder on the runtime layer, loaded on first use (blocking: call from
+        a thread; a label set that never uses it costs nothing)."""
+        name = self.independent_space_name
+        if name is None or self._independent_error is not None:
+            raise InvalidInput(
+                f"model {self.model_id} has no independent image space"
+                + (
+                    f" (loading it failed: {self._independent_error})"
+                    if self._independent_error
+                    else " (its preset declares no extra_image_spaces)"
+                ),
+                code="no_independent_image_space",
+            )
+        with self._independent_lock:
+            if self._independent is None:
+                from app.vlm.loading import load_image_space_tower
+
+                started = time.perf_counter()
+                self._independent = load_image_space_tower(self.preset, name, self.settings)
+                log.info(
+                    "independent image space %s (%s) loaded in %.2f s on %s/%s",
+                    name,
+                    self._independent[0].name,
+                    time.perf_counter() - started,
+                    self._independent[1].runtime,
+                    self._independent[1].precision,
+                )
+            return self._independent
+
+    def space_encoder_id(self, space: str) -> str:
+        """What an image space is (the answer's ``trust.image_space``)."""
+        if space == OWN_SPACE:
+            return self.aux_encoder_id
+        return f"{self.independent_space_name}:{self.independent_encoder()[0].name}"
+
+    def space_towers(self, space: str) -> dict[str, TowerReport]:
+        """The image-path towers that run per request for a label set in ``space`` (its calibration
+        basis): the model's, plus the independent encoder's when that space is used."""
+        if space == OWN_SPACE:
+            return dict(self.towers)
+        return {**self.towers, f"image-space:{self.independent_space_name}": self.independent_encoder()[1]}
+
     # admission ---------------------------------------------------------------------------------
     def check_capacity(self) -> None:
         """``QueueFullError`` when the pipeline is already full: checked before a body is read, so an
@@ -251,10 +332,15 @@ class ClassificationEngine:
     def _preprocess(self, image: Image.Image, policy: AspectPolicy | None = None) -> _Pixels:
         """The aspect policy (default: the preset's), then each encoder's own transform (one image for
         both). Whoever builds prototypes and whoever queries them must pass the same policy."""
+        return self._prepare(image, policy, independent=False)[0]
+
+    def _prepare(self, image: Image.Image, policy: AspectPolicy | None, *, independent: bool) -> _Prepared:
+        """``_preprocess``, plus the independent space's transform of the same policy-applied image."""
         image = apply_aspect_policy(image, policy or self.preset.preprocess)
         vlm_pixels = self.backend.preprocess(image)
         aux_pixels = self.aux_encoder.preprocess(image) if self.aux_encoder is not None else None
-        return vlm_pixels, aux_pixels
+        extra = self.independent_encoder()[0].preprocess(image) if independent else None
+        return (vlm_pixels, aux_pixels), extra
 
     def _encode_batch(self, items: list[_Pixels]) -> list[_Encoded]:
         """ONE model call for the whole batch (plus one aux-encoder call when g is a separate model)."""
@@ -283,8 +369,9 @@ class ClassificationEngine:
         self,
         upload: tuple[bytes, str],
         policy: AspectPolicy | None = None,
+        independent: bool = False,
         check_pixels: Callable[[int], None] | None = None,
-    ) -> _Pixels:
+    ) -> _Prepared:
         """One upload -> model input tensors, in a pre-processing thread; the decoded image (at most
         2× the model's input side, see ``app.engine.images``) does not outlive this call.
         ``check_pixels``: a one-image request's pixel budget, checked from the header before decoding."""
@@ -292,7 +379,7 @@ class ClassificationEngine:
         started = time.perf_counter()
         image = decode_image(data, self.image_limits, name=name, check_pixels=check_pixels)
         decoded = time.perf_counter()
-        pixels = self._preprocess(image, policy)
+        pixels = self._prepare(image, policy, independent=independent)
         self.metrics.stage_duration.labels("decode", self.model_id).observe(decoded - started)
         self.metrics.stage_duration.labels("preprocess", self.model_id).observe(time.perf_counter() - decoded)
         return pixels
@@ -339,46 +426,79 @@ class ClassificationEngine:
         self._check_pixel_total(total, len(files))
 
     async def encode_uploads(
-        self, files: list[bytes], *, field: str = "image", policy: AspectPolicy | None = None
+        self,
+        files: list[bytes],
+        *,
+        field: str = "image",
+        policy: AspectPolicy | None = None,
+        spaces: Sequence[str] = (OWN_SPACE,),
     ) -> EncodedImages:
         """Uploaded image files -> embeddings: the request's pixel budget is checked from the headers,
         then the images are decoded, preprocessed and embedded one batch at a time (never all decoded at
-        once; each batch goes through the batcher after the previous one, so other requests interleave)."""
+        once; each batch goes through the batcher after the previous one, so other requests interleave).
+        ``spaces``: the image spaces whose features are wanted ("independent" adds one forward of its
+        encoder per batch; ``features_in``)."""
         if not files:
             raise ValueError("encode_uploads needs at least one file")
+        independent = await self._wants_independent(spaces)
         uploads = [(data, f"{field}[{i}]") for i, data in enumerate(files)]
+        prepare = partial(self._decode_and_preprocess, policy=policy, independent=independent)
         if len(files) == 1:  # the budget is checked from the header the decoder reads: one pool job
             check = partial(self._check_pixel_total, images=1)
-            return await self._encode_chunks(
-                uploads, partial(self._decode_and_preprocess, policy=policy, check_pixels=check)
-            )
+            return await self._encode_chunks(uploads, partial(prepare, check_pixels=check))
         await self.check_request_pixels(files, field=field)
-        return await self._encode_chunks(uploads, partial(self._decode_and_preprocess, policy=policy))
+        return await self._encode_chunks(uploads, prepare)
 
     async def encode_images(
-        self, images: list[Image.Image], *, policy: AspectPolicy | None = None
+        self,
+        images: list[Image.Image],
+        *,
+        policy: AspectPolicy | None = None,
+        spaces: Sequence[str] = (OWN_SPACE,),
     ) -> EncodedImages:
         """Preprocess decoded images in the pool (aspect ``policy``, default the preset's), then embed them
-        through the dynamic batcher (a batch at a time)."""
+        through the dynamic batcher (a batch at a time); ``spaces`` as for ``encode_uploads``."""
         if not images:
             raise ValueError("encode_images needs at least one image")
-        return await self._encode_chunks(list(images), partial(self._preprocess, policy=policy))
+        independent = await self._wants_independent(spaces)
+        prepare = partial(self._prepare, policy=policy, independent=independent)
+        return await self._encode_chunks(list(images), prepare)
 
-    async def _encode_chunks(self, items: list[T], prepare: Callable[[T], _Pixels]) -> EncodedImages:
+    async def _wants_independent(self, spaces: Sequence[str]) -> bool:
+        unknown = set(spaces) - {OWN_SPACE, INDEPENDENT_SPACE}
+        if unknown:
+            raise ValueError(f"unknown image spaces {sorted(unknown)}")
+        if INDEPENDENT_SPACE not in spaces:
+            return False
+        await asyncio.to_thread(self.independent_encoder)  # loaded once, off the event loop
+        return True
+
+    async def _encode_chunks(self, items: list[T], prepare: Callable[[T], _Prepared]) -> EncodedImages:
         chunk = self.settings.max_batch_size
         embeddings: list[np.ndarray] = []
         features: list[np.ndarray] = []
+        independent: list[np.ndarray] = []
         decode_s = inference_s = 0.0
+        loop = asyncio.get_running_loop()
         for start in range(0, len(items), chunk):
             t0 = time.perf_counter()
-            pixels = await self._in_pool(prepare, items[start : start + chunk])
+            prepared = await self._in_pool(prepare, items[start : start + chunk])
+            pixels = [p for p, _ in prepared]
             t1 = time.perf_counter()
             self.metrics.queue_depth.labels(self.model_id).set(self.batcher.queue_depth + len(pixels))
             outputs = await self.batcher.submit_many(pixels, timeout_s=self.settings.request_timeout_s)
+            extra = [e for _, e in prepared if e is not None]
+            if extra:  # one forward of the independent encoder for the chunk, on the model thread
+                encoder = self.independent_encoder()[0]
+                batch = np.stack(extra)
+                independent.append(await loop.run_in_executor(self._model_thread, encoder.encode, batch))
             decode_s, inference_s = decode_s + t1 - t0, inference_s + time.perf_counter() - t1
             embeddings += [e for e, _ in outputs]
             features += [f for _, f in outputs]
-        return EncodedImages(np.stack(embeddings), np.stack(features), decode_s, inference_s)
+        spaces: dict[str, np.ndarray] = {}
+        if independent:
+            spaces[INDEPENDENT_SPACE] = np.concatenate(independent).astype(np.float32)
+        return EncodedImages(np.stack(embeddings), np.stack(features), decode_s, inference_s, spaces)
 
     # texts ---------------------------------------------------------------------------------------
     async def text_embeddings(

@@ -49,13 +49,21 @@ def fit_live_trust(
     epsilon: float = DEFAULT_EPSILON,
     method: ConformalMethod = "lac",
     selected_among: int = 1,
+    selection_images: int = 0,
 ) -> LiveTrustFit:
-    """Conformal threshold and monitor reference from one calibration's scored images (``selected_among``:
-    candidates a selection compared on the same images; see ``app.trust.conformal.guarantee_text``)."""
+    """Conformal threshold and monitor reference from one calibration's scored images (``selected_among``
+    candidates compared by a selection on ``selection_images`` disjoint images; see
+    ``app.trust.conformal.guarantee_text``)."""
     probabilities, source = conformal_probabilities(scored, has_prototype)
     return LiveTrustFit(
         conformal=fit_conformal(
-            probabilities, classes, epsilon, method, probabilities_from=source, selected_among=selected_among
+            probabilities,
+            classes,
+            epsilon,
+            method,
+            probabilities_from=source,
+            selected_among=selected_among,
+            selection_images=selection_images,
         ),
         monitor=fit_monitor_reference(confidence, correct, accepted, score),
     )

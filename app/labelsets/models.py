@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.engine.scoring import ScoredBatch, score_batch
-from app.labelsets.selection import LabelSetSelection, PreprocessSetting, SelectionMode
+from app.labelsets.selection import ImageSpaceSetting, LabelSetSelection, PreprocessSetting, SelectionMode
 from app.trust.calibration import CalibrationResult, Decision
 from app.trust.conformal import ConformalThreshold
 from app.trust.monitoring import MonitorReference
@@ -128,10 +128,16 @@ class CalibrationRecord(CalibrationResult):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     score: TrustScoreName = Field(description="the trust score the threshold applies to")
-    n_tuning: int = Field(0, description="calibration images used only to tune alpha / T_v")
+    n_tuning: int = Field(
+        0,
+        description="calibration images used only for the selection (aspect policy, image space, α), "
+        "disjoint from the n the threshold and the conformal sets were fitted on",
+    )
     tuning: TuningEvidence | None = Field(None, description="records before issue 14: the half/half α tuning")
     selection: LabelSetSelection | None = Field(
-        None, description="policy and α chosen on these calibration images (every candidate's evidence)"
+        None,
+        description="policy, image space and α chosen on the n_tuning selection images (every candidate's "
+        "evidence)",
     )
     alpha: float = Field(description="α of the TrustVLM score the threshold was computed with")
     visual_temperature: float = Field(description="T_v of the TrustVLM score the threshold was computed with")
@@ -182,7 +188,14 @@ class LabelSetMeta(BaseModel):
     policy: AspectPolicy = Field(
         "crop", description="the aspect policy prototypes and queries use now (auto: the chosen one)"
     )
-    image_space: str = Field("own", description="image space of the prototypes (the model's own)")
+    image_space: ImageSpaceSetting = Field(
+        "own",
+        description="image space setting: own (the model's), independent (the preset's separate network, "
+        "e.g. EfficientNet-Lite0 beside the offline Lite2) or auto (chosen on evidence)",
+    )
+    space: str = Field(
+        "own", description="the image space prototypes and queries use now (auto: the chosen one)"
+    )
     selection_mode: SelectionMode = Field(
         "fixed", description="auto: α (0 = MSP) chosen on support / calibration evidence; fixed: as set"
     )
@@ -247,6 +260,8 @@ class LabelSetView:
     adapted: bool = False
     policy: AspectPolicy = "crop"  # the aspect policy queries must be encoded with (as the prototypes)
     selection_evidence: str = "fixed"  # support-loo | calibration | fixed
+    space: str = "own"  # the image space queries' features must come from (as the prototypes')
+    space_encoder: str = ""  # what that space is (e.g. "lite0:efficientnet_lite:lite0")
 
     def prototype_topk(self, aux_features: np.ndarray, k: int = PROTOTYPE_TOPK) -> PrototypeTopK | None:
         """Nearest prototypes of raw image features via the FAISS index, for TrustVLM*'s visual softmax on

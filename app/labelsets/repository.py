@@ -41,8 +41,8 @@ from app.labelsets.models import (
     utc_now,
 )
 from app.labelsets.postgres_store import StoreUnavailableError
-from app.labelsets.selection import PreprocessSetting, SelectionMode
-from app.labelsets.self_selection import change_preprocess
+from app.labelsets.selection import ImageSpaceSetting, PreprocessSetting, SelectionMode
+from app.labelsets.self_selection import change_image_space, change_preprocess
 from app.labelsets.store import (
     CorruptEntryError,
     LabelSetNotFoundError,
@@ -249,10 +249,12 @@ class LabelSetRepository:
         adaptation: AdaptationConfig | None = None,
         preprocess: PreprocessSetting | None = None,
         selection_mode: SelectionMode | None = None,
+        image_space: ImageSpaceSetting | None = None,
     ) -> LabelSetView:
         """A new label set at version 1 with its text embeddings computed once; ``Conflict`` when the id
         exists. ``preprocess`` defaults to the preset's policy; ``selection_mode`` (α chosen on evidence) to
-        the preset's ``trust.selection``, or ``fixed`` when ``alpha`` is given."""
+        the preset's ``trust.selection``, or ``fixed`` when ``alpha`` is given; ``image_space`` to ``auto``
+        when the model has an independent space and α is selected, else ``own``."""
         if not is_valid_slug(label_set_id):
             raise InvalidInput(
                 f"label-set id {shown(label_set_id)} must match ^[a-z0-9][a-z0-9-_]{{0,63}}$",
@@ -266,6 +268,15 @@ class LabelSetRepository:
                 )
         cleaned = self.labels(labels)
         preset = self.engine.preset
+        mode = selection_mode or ("fixed" if alpha is not None else preset.trust.selection)
+        spaces = self.engine.image_spaces()
+        if image_space is None:
+            image_space = "auto" if len(spaces) > 1 and mode == "auto" else "own"
+        elif image_space != "auto" and image_space not in spaces:
+            raise InvalidInput(
+                f"this server's model has no {image_space!r} image space (it has {spaces})",
+                code="no_independent_image_space",
+            )
         chosen_templates = validate_templates(list(templates) if templates else None, preset.templates)
         self._check_prompt_count(len(cleaned), len(chosen_templates))
         async with self.lock(label_set_id):
@@ -291,7 +302,9 @@ class LabelSetRepository:
                 adaptation=adaptation or AdaptationConfig(),
                 preprocess=preprocess or preset.preprocess,
                 policy=preset.preprocess if preprocess in (None, "auto") else preprocess,
-                selection_mode=selection_mode or ("fixed" if alpha is not None else preset.trust.selection),
+                selection_mode=mode,
+                image_space=image_space,
+                space="independent" if image_space == "independent" else "own",
             )
             arrays: dict[str, np.ndarray] = {
                 TEXT: text.astype(np.float32),
@@ -330,6 +343,7 @@ class LabelSetRepository:
         adaptation: AdaptationConfig | None = None,
         selection_mode: SelectionMode | None = None,
         preprocess: PreprocessSetting | None = None,
+        image_space: ImageSpaceSetting | None = None,
     ) -> LabelSetView:
         """Change settings. A change to what the decision score is computed from drops the calibration
         (it no longer holds): α, T_v, the trust score, and an adaptation change that moves prototypes
@@ -345,6 +359,8 @@ class LabelSetRepository:
                 if value is not None and value != getattr(meta, name):
                     changes[name] = value
             reencode = preprocess is not None and preprocess != meta.preprocess
+            respace = image_space is not None and image_space != meta.image_space
+            reencode = reencode or respace
             mode = selection_mode or ("fixed" if alpha is not None else None)
             if mode is not None and mode != meta.selection_mode:
                 changes["selection_mode"] = mode
@@ -361,12 +377,23 @@ class LabelSetRepository:
             if changes.keys() & SCORE_SETTINGS or moves_prototypes or reencode:
                 changes["calibration"] = None
             record = self.next_version(entry, expected_version, **changes)
-            if reencode:
-                assert preprocess is not None
+            if preprocess is not None and preprocess != meta.preprocess:
                 try:
                     change_preprocess(record, preprocess, self.engine.preset.preprocess)
                 except ValueError as exc:
                     raise Conflict(str(exc), code="preprocess_needs_support_encodings") from exc
+            if respace:
+                assert image_space is not None
+                spaces = self.engine.image_spaces()
+                if image_space != "auto" and image_space not in spaces:
+                    raise InvalidInput(
+                        f"this server's model has no {image_space!r} image space (it has {spaces})",
+                        code="no_independent_image_space",
+                    )
+                try:
+                    change_image_space(record, image_space, list(spaces))
+                except ValueError as exc:
+                    raise Conflict(str(exc), code="image_space_needs_support_encodings") from exc
             if adaptation is not None and not adaptation.enabled:
                 drop_cache(record.arrays)
             return await self.commit(record, meta.version)

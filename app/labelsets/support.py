@@ -1,6 +1,7 @@
 """Support images: labelled images whose image-space features become the class prototypes (TrustVLM's
 P_c = normalised mean of the support features, kept as running sums and counts), encoded with the label
-set's aspect policy (both policies for ``preprocess: auto``). Each image's encodings are also kept
+set's aspect policy (both policies for ``preprocess: auto``) in its image space (both spaces for
+``image_space: auto``). Each image's encodings are also kept
 (bounded, ``app.labelsets.support_features``) for the leave-one-out self-selection, which runs here,
 whenever the support images change (``app.labelsets.self_selection``)."""
 
@@ -17,7 +18,7 @@ from app.errors import Conflict, InvalidInput, shown
 from app.labelsets import support_features
 from app.labelsets.models import COUNTS, SUMS, LabelSetMeta, LabelSetView
 from app.labelsets.repository import LabelSetRepository
-from app.labelsets.selection import policies_for
+from app.labelsets.selection import policies_for, spaces_for
 from app.labelsets.self_selection import apply_selection, support_selection
 from app.labelsets.store import StoredLabelSet
 from app.labelsets.support_features import append_support, kept_count
@@ -27,34 +28,66 @@ from app.vlm.preprocessing import AspectPolicy
 Images = Sequence[Image.Image] | Sequence[bytes]
 
 
+Encoded = dict[AspectPolicy, tuple[np.ndarray, dict[str, np.ndarray]]]  # p -> (embeddings, {space: f})
+
+
 async def encode(
     engine: ClassificationEngine, images: Images, policy: AspectPolicy | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings, aux features) for decoded images or uploaded files under the aspect ``policy`` (the
-    engine decodes files a batch at a time, after checking the request's pixel budget)."""
+    """(embeddings, features in the model's own image space) under the aspect ``policy``."""
+    embeddings, features = await encode_in_spaces(engine, images, policy)
+    return embeddings, features["own"]
+
+
+async def encode_in_spaces(
+    engine: ClassificationEngine,
+    images: Images,
+    policy: AspectPolicy | None = None,
+    spaces: Sequence[str] = ("own",),
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(embeddings, {space: raw features}) for decoded images or uploaded files under the aspect
+    ``policy`` (the engine decodes files a batch at a time, after checking the request's pixel budget)."""
     if all(isinstance(image, bytes) for image in images):
-        encoded = await engine.encode_uploads(list(images), policy=policy)  # type: ignore[arg-type]
+        encoded = await engine.encode_uploads(list(images), policy=policy, spaces=spaces)  # type: ignore[arg-type]
     else:
-        encoded = await engine.encode_images(list(images), policy=policy)  # type: ignore[arg-type]
-    return encoded.embeddings, encoded.aux_features
+        encoded = await engine.encode_images(list(images), policy=policy, spaces=spaces)  # type: ignore[arg-type]
+    return encoded.embeddings, {space: encoded.features_in(space) for space in spaces}
 
 
-async def encode_policies(
-    engine: ClassificationEngine, images: Images, meta: LabelSetMeta
-) -> dict[AspectPolicy, tuple[np.ndarray, np.ndarray]]:
-    """The images under every aspect policy the label set uses (one; both for ``preprocess: auto``)."""
-    return {p: await encode(engine, images, p) for p in policies_for(meta.preprocess)}
+def label_set_spaces(engine: ClassificationEngine, meta: LabelSetMeta) -> tuple[str, ...]:
+    """The image spaces the label set encodes in (one; every one the model has for ``image_space: auto``)."""
+    try:
+        return spaces_for(meta.image_space, engine.image_spaces())
+    except ValueError as exc:
+        raise InvalidInput(str(exc), code="no_independent_image_space") from exc
+
+
+async def encode_policies(engine: ClassificationEngine, images: Images, meta: LabelSetMeta) -> Encoded:
+    """The images under every aspect policy the label set uses (one; both for ``preprocess: auto``), in
+    every image space it uses."""
+    spaces = await usable_spaces(engine, meta)
+    return {p: await encode_in_spaces(engine, images, p, spaces) for p in policies_for(meta.preprocess)}
+
+
+async def usable_spaces(engine: ClassificationEngine, meta: LabelSetMeta) -> tuple[str, ...]:
+    """``label_set_spaces``, loading the independent space first when it is wanted; ``auto`` drops it
+    when it cannot be loaded (a fixed ``independent`` then fails with a clear 422)."""
+    spaces = label_set_spaces(engine, meta)
+    auto_independent = "independent" in spaces and meta.image_space == "auto"
+    if auto_independent and not await asyncio.to_thread(engine.independent_loadable):
+        return label_set_spaces(engine, meta)
+    return spaces
 
 
 def check_auto_room(meta: LabelSetMeta, kept: int, adding: int) -> None:
     """``InvalidInput`` when an ``auto`` label set would exceed the kept-image bound (its prototypes
-    under the other policy are rebuilt from the kept images, so it cannot keep only some)."""
+    under the other policy or space are rebuilt from the kept images, so it cannot keep only some)."""
     bound = support_features.MAX_KEPT_SUPPORT_IMAGES
-    if meta.preprocess == "auto" and kept + adding > bound:
+    auto = [name for name in ("preprocess", "image_space") if getattr(meta, name) == "auto"]
+    if auto and kept + adding > bound:
         raise InvalidInput(
-            f"a label set with preprocess 'auto' keeps every support image's encodings: at most "
-            f"{bound} support images (has {kept}, adding {adding}); set preprocess "
-            "to 'crop' or 'letterbox' for more",
+            f"a label set with {' and '.join(auto)} 'auto' keeps every support image's encodings: at "
+            f"most {bound} support images (has {kept}, adding {adding}); fix {auto[0]} for more",
             code="too_many_support_images",
         )
 
@@ -113,10 +146,12 @@ class SupportImages:
         async with repo.lock(label_set_id):
             entry = repo.entry(label_set_id)
             meta = entry.record.meta
-            if meta.preprocess != asked.preprocess or meta.policy not in encoded:
-                raise Conflict("the label set's preprocess setting changed meanwhile; retry")
+            if (meta.preprocess, meta.image_space) != (asked.preprocess, asked.image_space) or (
+                meta.policy not in encoded or meta.space not in encoded[meta.policy][1]
+            ):
+                raise Conflict("the label set's preprocess or image_space setting changed meanwhile; retry")
             check_auto_room(meta, kept_count(entry.record.arrays), len(images))
-            features = encoded[meta.policy][1]
+            features = encoded[meta.policy][1][meta.space]
             classes = class_indices(meta, labels)  # re-check: a class may have gone meanwhile
             if meta.feature_dim is not None and features.shape[1] != meta.feature_dim:
                 raise Conflict(

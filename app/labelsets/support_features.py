@@ -22,21 +22,24 @@ from app.vlm.preprocessing import ASPECT_POLICIES, AspectPolicy
 
 SUPPORT_CLASSES = "support_classes"
 MAX_KEPT_SUPPORT_IMAGES = 1024  # × (D + F) float32 per policy: 7 MB at the offline model's 384 + 1280
+# (+ 5 MB per policy for the independent space's 1,280)
+SPACES = ("own", "independent")  # app.engine.engine.OWN_SPACE / INDEPENDENT_SPACE
+Encodings = Mapping[AspectPolicy, tuple[np.ndarray, Mapping[str, np.ndarray]]]  # p -> (emb, {space: f})
 
 
 def embeddings_name(policy: AspectPolicy) -> str:
     return f"support_embeddings.{policy}"
 
 
-def features_name(policy: AspectPolicy) -> str:
-    return f"support_features.{policy}"
+def features_name(policy: AspectPolicy, space: str = "own") -> str:
+    return f"support_features.{policy}" if space == "own" else f"support_features.{policy}.{space}"
 
 
 def support_array_names() -> set[str]:
     """Every array name this module may store (for the label set's array check)."""
     names = {SUPPORT_CLASSES}
     for policy in ASPECT_POLICIES:
-        names |= {embeddings_name(policy), features_name(policy)}
+        names |= {embeddings_name(policy), *(features_name(policy, s) for s in SPACES)}
     return names
 
 
@@ -45,7 +48,12 @@ def kept_count(arrays: Mapping[str, np.ndarray]) -> int:
 
 
 def kept_policies(arrays: Mapping[str, np.ndarray]) -> list[AspectPolicy]:
-    return [p for p in ASPECT_POLICIES if features_name(p) in arrays]
+    return [p for p in ASPECT_POLICIES if embeddings_name(p) in arrays]
+
+
+def kept_spaces(arrays: Mapping[str, np.ndarray], policy: AspectPolicy) -> list[str]:
+    """The image spaces whose features are kept under ``policy``."""
+    return [s for s in SPACES if features_name(policy, s) in arrays]
 
 
 def complete_policies(arrays: Mapping[str, np.ndarray], counts: np.ndarray) -> list[AspectPolicy]:
@@ -56,16 +64,13 @@ def complete_policies(arrays: Mapping[str, np.ndarray], counts: np.ndarray) -> l
     return kept_policies(arrays)
 
 
-def append_support(
-    arrays: MutableMapping[str, np.ndarray],
-    classes: np.ndarray,
-    encodings: Mapping[AspectPolicy, tuple[np.ndarray, np.ndarray]],
-) -> int:
-    """Append (embeddings, features) per policy for ``classes`` up to the bound; returns how many were
-    kept. Every policy already stored must be given (the arrays stay row-aligned)."""
-    stored = kept_policies(arrays)
-    if stored and set(stored) != set(encodings):
-        raise ValueError(f"support encodings for {sorted(encodings)}, stored for {stored}")
+def append_support(arrays: MutableMapping[str, np.ndarray], classes: np.ndarray, encodings: Encodings) -> int:
+    """Append embeddings and features per policy and space for ``classes`` up to the bound; returns how
+    many were kept. Every (policy, space) already stored must be given (the arrays stay row-aligned)."""
+    stored = {(p, s) for p in kept_policies(arrays) for s in kept_spaces(arrays, p)}
+    given = {(p, s) for p, (_, feats) in encodings.items() for s in feats}
+    if stored and stored != given:
+        raise ValueError(f"support encodings for {sorted(given)}, stored for {sorted(stored)}")
     room = max(MAX_KEPT_SUPPORT_IMAGES - kept_count(arrays), 0)
     take = min(room, int(classes.size))
     if take == 0:
@@ -73,7 +78,8 @@ def append_support(
     cls = np.asarray(classes[:take], dtype=np.int64)
     arrays[SUPPORT_CLASSES] = np.concatenate([arrays.get(SUPPORT_CLASSES, np.zeros(0, np.int64)), cls])
     for policy, (emb, feats) in encodings.items():
-        for name, new in ((embeddings_name(policy), emb), (features_name(policy), feats)):
+        named = [(embeddings_name(policy), emb), *((features_name(policy, s), f) for s, f in feats.items())]
+        for name, new in named:
             part = np.asarray(new[:take], dtype=np.float32)
             old = arrays.get(name, np.zeros((0, part.shape[1]), np.float32))
             arrays[name] = np.concatenate([old, part])
@@ -81,21 +87,22 @@ def append_support(
 
 
 def kept_support(
-    arrays: Mapping[str, np.ndarray], policy: AspectPolicy
+    arrays: Mapping[str, np.ndarray], policy: AspectPolicy, space: str = "own"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(embeddings, features, classes) of the kept support images under ``policy``, or None."""
-    if features_name(policy) not in arrays or kept_count(arrays) == 0:
+    """(embeddings, features in ``space``, classes) of the kept support images under ``policy``, or None."""
+    if features_name(policy, space) not in arrays or kept_count(arrays) == 0:
         return None
-    return arrays[embeddings_name(policy)], arrays[features_name(policy)], arrays[SUPPORT_CLASSES]
+    return arrays[embeddings_name(policy)], arrays[features_name(policy, space)], arrays[SUPPORT_CLASSES]
 
 
 def prototype_state(
-    arrays: Mapping[str, np.ndarray], policy: AspectPolicy, num_classes: int
+    arrays: Mapping[str, np.ndarray], policy: AspectPolicy, num_classes: int, space: str = "own"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(sums (C, F) float64, counts (C,)) of the prototypes under ``policy`` from the kept images."""
-    kept = kept_support(arrays, policy)
+    """(sums (C, F) float64, counts (C,)) of the prototypes under ``policy`` in ``space`` from the kept
+    images."""
+    kept = kept_support(arrays, policy, space)
     if kept is None:
-        raise ValueError(f"no support features kept under {policy!r}")
+        raise ValueError(f"no support features kept under {policy!r} in the {space} image space")
     _, feats, classes = kept
     sums = np.zeros((num_classes, feats.shape[1]))
     np.add.at(sums, classes, feats.astype(np.float64))
@@ -109,7 +116,10 @@ def remove_class(arrays: MutableMapping[str, np.ndarray], index: int) -> None:
     cls = arrays[SUPPORT_CLASSES]
     keep = cls != index
     for policy in kept_policies(arrays):
-        for name in (embeddings_name(policy), features_name(policy)):
+        for name in (
+            embeddings_name(policy),
+            *(features_name(policy, s) for s in kept_spaces(arrays, policy)),
+        ):
             arrays[name] = arrays[name][keep]
     arrays[SUPPORT_CLASSES] = np.where(cls[keep] > index, cls[keep] - 1, cls[keep])
 
@@ -117,16 +127,40 @@ def remove_class(arrays: MutableMapping[str, np.ndarray], index: int) -> None:
 def drop_policies(arrays: MutableMapping[str, np.ndarray], policies: Iterable[AspectPolicy]) -> None:
     for policy in policies:
         arrays.pop(embeddings_name(policy), None)
-        arrays.pop(features_name(policy), None)
+        for space in SPACES:
+            arrays.pop(features_name(policy, space), None)
     if not kept_policies(arrays):
         arrays.pop(SUPPORT_CLASSES, None)
 
 
+def drop_spaces(arrays: MutableMapping[str, np.ndarray], spaces: Iterable[str]) -> None:
+    """Drop the kept features of ``spaces`` under every policy (the embeddings stay)."""
+    for policy in kept_policies(arrays):
+        for space in spaces:
+            arrays.pop(features_name(policy, space), None)
+
+
+def complete_spaces(
+    arrays: Mapping[str, np.ndarray], counts: np.ndarray, policies: Iterable[AspectPolicy]
+) -> list[str]:
+    """Spaces kept for every support image behind the prototypes under every one of ``policies``."""
+    usable = set(complete_policies(arrays, counts))
+    wanted = list(policies)
+    if not wanted or not set(wanted) <= usable:
+        return []
+    return [s for s in SPACES if all(features_name(p, s) in arrays for p in wanted)]
+
+
 def check_support_arrays(
-    arrays: Mapping[str, np.ndarray], num_classes: int, embedding_dim: int, feature_dim: int | None
+    arrays: Mapping[str, np.ndarray],
+    num_classes: int,
+    embedding_dim: int,
+    feature_dim: int | None,
+    served_space: str = "own",
 ) -> None:
     """``ValueError`` unless the kept support arrays are consistent: aligned rows, known classes, the
-    model's widths, finite values, within the bound."""
+    model's widths (``feature_dim``: the prototypes', in ``served_space``), finite values, within the
+    bound."""
     names = set(arrays) & support_array_names()
     if not names:
         return
@@ -141,11 +175,23 @@ def check_support_arrays(
         or ((cls < 0) | (cls >= num_classes)).any()
     ):
         raise ValueError("kept support classes must be ≤ the bound, integers of known classes")
+    orphans = {features_name(p, s) for p in ASPECT_POLICIES for s in SPACES} & set(arrays)
     for policy in kept_policies(arrays):
-        emb, feats = arrays.get(embeddings_name(policy)), arrays[features_name(policy)]
-        if emb is None or emb.shape != (n, embedding_dim) or feats.ndim != 2 or feats.shape[0] != n:
-            raise ValueError(f"kept support encodings under {policy!r} do not match their classes")
-        if feature_dim is not None and feats.shape[1] != feature_dim:
-            raise ValueError(f"kept support features have width {feats.shape[1]}, prototypes {feature_dim}")
-        if not (np.isfinite(emb).all() and np.isfinite(feats).all()):
-            raise ValueError("kept support encodings must be finite")
+        emb = arrays[embeddings_name(policy)]
+        if emb.shape != (n, embedding_dim) or not np.isfinite(emb).all():
+            raise ValueError(f"kept support embeddings under {policy!r} do not match their classes")
+        if not kept_spaces(arrays, policy):
+            raise ValueError(f"kept support encodings under {policy!r} have no image-space features")
+        for space in kept_spaces(arrays, policy):
+            feats = arrays[features_name(policy, space)]
+            orphans.discard(features_name(policy, space))
+            if feats.ndim != 2 or feats.shape[0] != n or feats.shape[1] < 1:
+                raise ValueError(f"kept support features under {policy!r} do not match their classes")
+            if space == served_space and feature_dim is not None and feats.shape[1] != feature_dim:
+                raise ValueError(
+                    f"kept support features have width {feats.shape[1]}, prototypes {feature_dim}"
+                )
+            if not np.isfinite(feats).all():
+                raise ValueError("kept support encodings must be finite")
+    if orphans:
+        raise ValueError(f"kept support features without their embeddings: {sorted(orphans)}")

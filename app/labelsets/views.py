@@ -57,7 +57,11 @@ def check_arrays(record: StoredLabelSet, engine: ClassificationEngine) -> None:
         raise ValueError("text embeddings must be finite and L2-normalised")
     if counts.dtype.kind not in "iu" or counts.shape != (c,) or (counts < 0).any():
         raise ValueError(f"prototype counts {counts.dtype}{counts.shape} must be ({c},) integers ≥ 0")
-    feature_dim = engine.feature_dim
+    if meta.space not in engine.image_spaces():
+        raise ValueError(
+            f"the label set uses the {meta.space} image space; this model has {engine.image_spaces()}"
+        )
+    feature_dim = engine.feature_dim if meta.space == "own" else engine.independent_encoder()[0].dim
     if sums.dtype.kind != "f" or sums.ndim != 2 or sums.shape[0] != c or not np.isfinite(sums).all():
         raise ValueError(f"prototype sums {sums.dtype}{sums.shape} must be finite ({c}, F)")
     if sums.shape[1] == 0:
@@ -67,7 +71,7 @@ def check_arrays(record: StoredLabelSet, engine: ClassificationEngine) -> None:
         raise ValueError(
             f"prototype sums have width {sums.shape[1]}; this model's image space has {feature_dim}"
         )
-    check_support_arrays(arrays, c, meta.embedding_dim, meta.feature_dim)
+    check_support_arrays(arrays, c, meta.embedding_dim, meta.feature_dim, meta.space)
     present = [name for name in optional if name in arrays]
     if present:
         if len(present) != len(optional) or sums.shape[1] == 0:
@@ -119,7 +123,7 @@ def build_view(
         arrays_sha256=arrays_digest(text, prototypes, has_prototype),
         logit_scale=engine.logit_scale,
         logit_bias=engine.logit_bias,
-        towers=serving_numerics(engine.towers),
+        towers=serving_numerics(engine.space_towers(meta.space)),
     )
     problem = None
     if meta.calibration is not None:
@@ -152,6 +156,8 @@ def build_view(
         adapted=bool(cache_class.size),
         policy=meta.policy,
         selection_evidence=meta.selection.evidence if meta.selection is not None else "fixed",
+        space=meta.space,
+        space_encoder=engine.space_encoder_id(meta.space),
     )
 
 

@@ -123,15 +123,23 @@ def prediction_sets(probabilities: np.ndarray, threshold: float, method: Conform
     return [order[i, : sizes[i]] for i in range(p.shape[0])]
 
 
-def guarantee_text(epsilon: float, n: int, selected_among: int = 1) -> str:
-    """The sentence classify answers carry with each prediction set; ``selected_among`` > 1: the label
-    set's settings were chosen among that many candidates on the same images, so the bound is approximate."""
+def guarantee_text(epsilon: float, n: int, selected_among: int = 1, selection_images: int = 0) -> str:
+    """The sentence classify answers carry with each prediction set. ``selected_among`` > 1: the label
+    set's settings were chosen among that many candidates — on ``selection_images`` other calibration
+    images, disjoint from the n here (the guarantee then holds as stated: the settings are a fixed function
+    of data independent of these n images, so exchangeability with them is untouched), or, when
+    ``selection_images`` is 0, on these same images (then the bound is only approximate)."""
     text = (
         f"contains the true label with probability ≥ {1 - epsilon:g} (ε = {epsilon:g}, split conformal over "
         f"{n} calibration images) for images exchangeable with the calibration images; marginal over "
         "images, not per image"
     )
-    if selected_among > 1:
+    if selected_among > 1 and selection_images > 0:
+        text += (
+            f"; the label set's settings were selected among {selected_among} candidates on "
+            f"{selection_images} other calibration images, disjoint from these"
+        )
+    elif selected_among > 1:
         text += (
             f"; approximate: the label set's settings were selected among {selected_among} candidates on "
             "these same calibration images"
@@ -147,10 +155,11 @@ def fit_conformal(
     *,
     probabilities_from: str = "softmax",
     selected_among: int = 1,
+    selection_images: int = 0,
 ) -> ConformalThreshold:
     """Fit q̂ on labelled calibration probabilities (rows must come from the same function as at serve
-    time). ``probabilities_from`` names that function for the record; ``selected_among``: candidates a
-    selection compared on these same images (> 1 makes the stated guarantee approximate)."""
+    time). ``probabilities_from`` names that function for the record; ``selected_among`` /
+    ``selection_images``: see ``guarantee_text``."""
     _check_epsilon(epsilon)
     scores = nonconformity(probabilities, labels, method)
     # both scores are ≤ 1, so 1.0 admits every label: a finite stand-in for +inf that survives JSON
@@ -168,7 +177,7 @@ def fit_conformal(
         calibration_coverage=float(covered.mean()),
         mean_set_size=float(np.mean([s.size for s in sets])),
         probabilities=probabilities_from,
-        guarantee=guarantee_text(epsilon, n, selected_among),
+        guarantee=guarantee_text(epsilon, n, selected_among, selection_images),
     )
 
 

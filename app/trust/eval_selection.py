@@ -6,7 +6,9 @@ test split never touches, and the choice is applied to the test set:
 
 - ``<score> (auto…)``: evidence = the draw's support images with leave-one-out prototypes (what a label set
   without calibration data can do; the product default when the preset's ``trust.selection`` is ``auto``);
-- ``<score> (tuned…)``: evidence = the draw's calibration images from ``train`` (``--tune``).
+- ``<score> (tuned…)``: evidence = the draw's calibration images from ``train`` (``--tune``), with the
+  anchored rule: the ``auto`` row's choice (the default in use) is kept unless the calibration evidence
+  beats it by more than one standard error (``app.trust.selection``, issue 14's ``--tune`` fix).
 
 ``…`` names the image spaces the selection could choose from (``: own``, ``: lite0``) — none when it had
 all of them. Intervals: a paired bootstrap of the test images (the same resamples for every row and draw)
@@ -115,6 +117,7 @@ def selected_rows(
         )
     rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     records: dict[str, dict[str, Any]] = {}
+    defaults: dict[tuple[tuple[str, ...], str], Candidate] = {}  # the auto rows' choices: tuned's anchors
     for kind, (logits, labels, sims) in evidence.items():
         for subset in space_sets(spaces):
             grid = candidate_grid(subset)
@@ -132,7 +135,10 @@ def selected_rows(
                     seed=seed,
                     replicates=replicates,
                     no_evidence=fallback,
+                    anchor=defaults.get((tuple(subset), score)) if kind == "tuned" else None,
                 )
+                if kind == "auto":
+                    defaults[(tuple(subset), score)] = selection.candidate
                 name = row_name(score, kind, subset, spaces)
                 rows[name] = apply_choice(
                     selection.candidate, score, test_logits, test_spaces, banks,

@@ -17,15 +17,22 @@ and α and the image space are chosen on labelled evidence with a rule made for 
    out-of-fold AURC gain of the *procedure* over MSP is not positive, MSP is chosen (the fallback says so).
 4. Too little evidence (fewer than ``min_errors`` errors or correct predictions) chooses MSP.
 
+**Anchored** (``anchor=``, issue 14's ``--tune`` fix): when a default is already in use (the preset's α, or
+what the support images chose before calibration data existed), the rule starts from it instead of MSP.
+The anchor comes first in the order of step 2 (the best must beat it by more than one paired standard
+error), and step 3 compares the procedure with the anchor: it moves away only when its cross-fitted
+out-of-fold AURC gain over the anchor exceeds one standard error of that gain (over folds). Moving to MSP
+is one of the moves, so a fused default that ranks worse than MSP is still left when the evidence says so.
+
 The evidence is either labelled calibration data (``evidence="calibration"``) or, before any exists, the
 support images themselves with leave-one-out prototypes (``evidence="support-loo"``,
 :func:`loo_similarities`): each support image is scored against prototypes built without it, so it is a
 fresh sample for its own class.
 
-The reject threshold must not be fitted on data the selection chose with, *or* must pay for the choice.
-:func:`calibrate_selected_target_risk` does the latter: SGR (Geifman & El-Yaniv, 2017) at δ / M for a grid
-of M candidates. By the union bound the SGR guarantees of all M candidates hold at once with probability
-≥ 1 − δ, so the guarantee of whichever candidate was selected — on the same data — stays valid.
+The reject threshold and the conformal sets must not be fitted on data the selection chose with (or
+must pay for the choice): label sets select on one half of their calibration images and fit the
+threshold and the conformal sets on the other (``app.labelsets.calibration``, which says why a split and
+not a union-bound correction).
 """
 
 from __future__ import annotations
@@ -39,7 +46,6 @@ from pydantic import BaseModel, ConfigDict
 from scipy.stats import rankdata
 from sklearn.model_selection import StratifiedKFold
 
-from app.trust.calibration import CalibrationResult, calibrate_target_risk
 from app.trust.metrics import aurc, auroc
 from app.trust.scores import l2_normalize, msp, trustvlm_from_similarities
 
@@ -171,7 +177,9 @@ class Selection(BaseModel):
     n_errors: int
     best: str
     rule: str
-    crossfit_gain: float | None = None  # mean out-of-fold AURC(MSP) − AURC(chosen by the rule)
+    anchor: str | None = None  # the default in use the anchored rule started from (None: MSP)
+    crossfit_gain: float | None = None  # mean out-of-fold AURC(base) − AURC(chosen by the rule); base =
+    # the anchor, else MSP
     crossfit_gain_se: float | None = None
     crossfit_choices: list[str] = []
     fallback: str | None = None
@@ -182,6 +190,11 @@ class Selection(BaseModel):
         return Candidate(self.alpha, self.space)
 
 
+ANCHORED_RULE_TEXT = (
+    "keep the default in use ({anchor}) unless the best candidate's calibration AURC is lower by more than "
+    "one paired-bootstrap standard error AND the rule's cross-fitted out-of-fold AURC gain over the default "
+    "exceeds one standard error; then the simplest candidate within one standard error of the best"
+)
 RULE_TEXT = (
     "simplest candidate (MSP, then smaller α, then the model's own space) whose calibration AURC is within "
     "one paired-bootstrap standard error of the best; MSP unless the rule's cross-fitted out-of-fold AURC "
@@ -250,14 +263,23 @@ def select_candidate(
     seed: int = 0,
     min_errors: int = MIN_ERRORS,
     no_evidence: Candidate | None = None,
+    anchor: Candidate | None = None,
 ) -> Selection:
     """Apply the rule of the module docstring to ``scores`` (all candidates of ``grid`` on one evidence
     set) and return the choice with every candidate's evidence. ``no_evidence``: the candidate to use when
-    the evidence is too thin to compare (default MSP; e.g. a preset's default α, said in ``fallback``)."""
+    the evidence is too thin to compare (default MSP, or the anchor; e.g. a preset's default α, said in
+    ``fallback``). ``anchor``: the default in use, kept unless the evidence beats it (the anchored rule)."""
     order = [c.name for c in grid]
     if not order or order[0] != MSP:
         raise ValueError("the grid must start with MSP (α = 0)")
     by_name = {c.name: c for c in grid}
+    base = MSP
+    if anchor is not None:
+        if anchor.name not in by_name:
+            raise ValueError(f"anchor candidate {anchor.name} is not in the grid")
+        base = anchor.name
+        order = [base, *(m for m in order if m != base)]  # the anchor is the "simplest"
+        no_evidence = no_evidence or anchor
     n = int(scores.confidence[MSP].size)
     finite = np.ones(n, dtype=bool)
     for m in order:  # e.g. leave-one-out support images whose predicted class had no other image
@@ -270,7 +292,8 @@ def select_candidate(
         cand = by_name[chosen]
         return Selection(
             chosen=chosen, alpha=cand.alpha, space=cand.space, score=score, evidence=evidence,
-            n=int(idx.size), n_errors=errors, best=best, rule=RULE_TEXT, **extra,
+            n=int(idx.size), n_errors=errors, best=best, anchor=anchor.name if anchor else None,
+            rule=ANCHORED_RULE_TEXT.format(anchor=base) if anchor else RULE_TEXT, **extra,
         )  # fmt: skip
 
     if min(errors, idx.size - errors) < min_errors:
@@ -279,25 +302,32 @@ def select_candidate(
             raise ValueError(f"no_evidence candidate {default.name} is not in the grid")
         return result(
             default.name,
-            MSP,
+            base,
             fallback=f"too little evidence: {errors} errors and {idx.size - errors} correct predictions "
             f"among {idx.size} samples (need {min_errors} of each); using {default.name}",
         )
     resamples = bootstrap_indices(idx.size, replicates, seed)
     chosen, best, boot, point, se = _one_se_choice(scores, order, idx, resamples)
-    evidence_rows = _evidence(scores, order, by_name, idx, resamples, boot, point, se, best)
+    listed = [c.name for c in grid]  # the evidence in grid order (MSP first), whatever the anchor
+    evidence_rows = _evidence(scores, listed, by_name, idx, resamples, boot, point, se, best)
 
     fallback: str | None = None
     gain: float | None = None
     gain_se: float | None = None
     choices: list[str] = []
-    if folds >= 2 and chosen != MSP:
+    if folds >= 2 and chosen != base:
         gain, gain_se, choices = _crossfit_gain(
             scores, order, idx, msp_correct, folds, replicates, seed, min_errors
         )
-        if gain is not None and gain <= 0:
+        if anchor is None and gain is not None and gain <= 0:
             fallback = f"the rule's cross-fitted out-of-fold AURC gain over MSP is {gain:.4f} ≤ 0"
             chosen = MSP
+        elif anchor is not None and (gain is None or gain_se is None or gain <= gain_se):
+            shown = "unavailable" if gain is None else f"{gain:.4f} (SE {gain_se:.4f})"
+            fallback = (
+                f"the rule's cross-fitted out-of-fold AURC gain over the default {base} is {shown}: kept"
+            )
+            chosen = base
     return result(
         chosen,
         best,
@@ -353,8 +383,9 @@ def _crossfit_gain(
     seed: int,
     min_errors: int,
 ) -> tuple[float | None, float | None, list[str]]:
-    """Mean and standard error over folds of AURC(MSP) − AURC(the rule's choice on the other folds), on
-    the held-out fold. ``None`` when a fold split is impossible (too few of a class)."""
+    """Mean and standard error over folds of AURC(base) − AURC(the rule's choice on the other folds), on
+    the held-out fold; base = ``order[0]`` (MSP, or the anchor). ``None`` when a fold split is impossible
+    (too few of a class)."""
     if min(int(strata.sum()), int(strata.size - strata.sum())) < folds:
         return None, None, []
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
@@ -363,35 +394,13 @@ def _crossfit_gain(
         fit_idx, held_idx = idx[fit], idx[held]
         fit_errors = int(fit.size - strata[fit].sum())
         if min(fit_errors, fit.size - fit_errors) < min_errors:
-            chosen = MSP
+            chosen = order[0]
         else:
             chosen = _one_se_choice(scores, order, fit_idx, bootstrap_indices(fit.size, replicates, seed))[0]
         choices.append(chosen)
         gains.append(
-            aurc(scores.confidence[MSP][held_idx], scores.correct[MSP][held_idx])
+            aurc(scores.confidence[order[0]][held_idx], scores.correct[order[0]][held_idx])
             - aurc(scores.confidence[chosen][held_idx], scores.correct[chosen][held_idx])
         )
     arr = np.asarray(gains)
     return float(arr.mean()), float(arr.std(ddof=1) / np.sqrt(arr.size)), choices
-
-
-# --- the threshold after a selection ---------------------------------------------------------------------
-
-
-def calibrate_selected_target_risk(
-    conf: np.ndarray, correct: np.ndarray, target_risk: float, delta: float, candidates: int
-) -> CalibrationResult:
-    """SGR on the selected candidate's calibration confidences at δ / ``candidates`` (Bonferroni over the
-    grid the selection chose from, on the same data): the returned guarantee holds with probability
-    ≥ 1 − δ whichever candidate the selection picked."""
-    if candidates < 1:
-        raise ValueError(f"candidates must be ≥ 1, got {candidates}")
-    result = calibrate_target_risk(conf, correct, target_risk, delta / candidates)
-    note = (
-        f" The confidence was selected among {candidates} candidates on these same samples; the bound is "
-        f"taken at δ/{candidates} per candidate, so by the union bound it holds with probability ≥ "
-        f"{1 - delta:g} for the selected one."
-    )
-    return result.model_copy(update={"delta": delta, "guarantee": result.guarantee.replace(
-        f"With probability ≥ {1 - delta / candidates:g}", f"With probability ≥ {1 - delta:g}"
-    ) + note})  # fmt: skip

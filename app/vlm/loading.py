@@ -74,6 +74,13 @@ def load_preset(name: str, **settings: object) -> LoadedModels:
 def load_image_space(preset: ModelPreset, name: str, settings: Settings) -> AuxImageEncoder:
     """One of the preset's ``extra_image_spaces`` on the runtime layer (evaluation; label sets that select
     it)."""
+    return load_image_space_tower(preset, name, settings)[0]
+
+
+def load_image_space_tower(
+    preset: ModelPreset, name: str, settings: Settings
+) -> tuple[AuxImageEncoder, TowerReport]:
+    """``load_image_space`` and the report of the tower it runs on (runtime, precision, dtype, device)."""
     from app.vlm.aux.factory import create_aux_encoder
 
     spec = preset.extra_image_spaces[name]
@@ -84,8 +91,8 @@ def load_image_space(preset: ModelPreset, name: str, settings: Settings) -> AuxI
         encoder = create_aux_encoder(spec, context)
     finally:
         context.close()
-    if encoder is None:
+    if encoder is None or not context.reports:
         raise ValueError(
             f"image space {name!r}: kind {SHARED_TOWER!r} is the preset's own space, not an extra one"
         )
-    return encoder
+    return encoder, next(iter(context.reports.values()))

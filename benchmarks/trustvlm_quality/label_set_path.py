@@ -1,8 +1,10 @@
 """Issue 14's targets through the label-set path: the real engine and ``LabelSetService`` (support images
-→ leave-one-out selection, calibrate → selection on all calibration images + threshold), then the test
-images scored exactly as ``/v1/classify`` scores them (``LabelSetView.score`` under the label set's policy).
+→ leave-one-out selection, calibrate → anchored selection on half the calibration images + threshold on
+the other half), then the test images scored exactly as ``/v1/classify`` scores them
+(``LabelSetView.score`` under the label set's policy, in its image space).
 
-Per support draw: a label set with ``preprocess`` and ``selection`` as given, K support images per class
+Per support draw: a label set with ``preprocess``, ``image_space`` and ``selection`` as given, K support
+images per class
 from ``train``, calibration images from the rest of ``train`` (disjoint), the test split measured against
 MSP. Prints the chosen policy / α / evidence and ΔAUROC and E-AURC / MSP per draw and on average.
 
@@ -37,7 +39,8 @@ LABEL_SET = "bench"
 async def one_draw(
     engine: ClassificationEngine, args: argparse.Namespace, draw: int
 ) -> dict[str, float | str]:
-    train, test = load_dataset(args.dataset, "train"), load_dataset(args.dataset, "test")
+    train = load_dataset(args.dataset, "train")
+    test = load_dataset(args.dataset, "test", limit=args.test_limit, seed=0)
     support_idx = draw_support_indices(train.labels, args.shots, seed=draw)
     rest = np.setdiff1d(np.arange(len(train)), support_idx)
     calib_idx = np.sort(np.random.default_rng(100 + draw).permutation(rest)[: args.calib_size])
@@ -50,6 +53,7 @@ async def one_draw(
             LABEL_SET,
             names,
             preprocess=args.preprocess,
+            image_space=args.image_space,
             selection_mode=args.selection,
             trust_score="trustvlm",
         )
@@ -68,9 +72,12 @@ async def one_draw(
         )
         await service.stop()
     images = [test.images[i] for i in range(len(test))]
-    encoded = await engine.encode_images(images, policy=view.policy)
+    encoded = await engine.encode_images(images, policy=view.policy, spaces=(view.space,))
     scored = view.score(
-        encoded.embeddings, encoded.aux_features, logit_scale=engine.logit_scale, logit_bias=engine.logit_bias
+        encoded.embeddings,
+        encoded.features_in(view.space),
+        logit_scale=engine.logit_scale,
+        logit_bias=engine.logit_bias,
     )
     correct = (scored.predictions == test.labels).astype(np.int64)
     msp, fused = scored.scores["msp"], scored.scores["trustvlm"]
@@ -78,6 +85,8 @@ async def one_draw(
     return {
         "support_policy": after_support.policy,
         "support_alpha": after_support.alpha,
+        "support_space": after_support.space,
+        "space": view.space,
         "policy": view.policy,
         "alpha": view.alpha,
         "evidence": view.selection_evidence,
@@ -98,6 +107,8 @@ async def main() -> None:
     parser.add_argument("--calib-size", type=int, default=200)
     parser.add_argument("--preprocess", default="auto", choices=["crop", "letterbox", "auto"])
     parser.add_argument("--selection", default="auto", choices=["auto", "fixed"])
+    parser.add_argument("--image-space", default="auto", choices=["own", "independent", "auto"])
+    parser.add_argument("--test-limit", type=int, default=None, help="class-balanced test subset (seed 0)")
     parser.add_argument("--runtime", default="onnxruntime")
     args = parser.parse_args()
     print(f"start {time.strftime('%H:%M:%S', time.gmtime())} UTC, load {os.getloadavg()}", flush=True)
@@ -111,8 +122,9 @@ async def main() -> None:
             await engine.stop()
     for d, row in enumerate(rows):
         print(
-            f"draw {d}: after support {row['support_policy']} α={row['support_alpha']:g}; "
-            f"after calibrate {row['policy']} α={row['alpha']:g} ({row['evidence']}); zero-shot acc "
+            f"draw {d}: after support {row['support_policy']} {row['support_space']} "
+            f"α={row['support_alpha']:g}; after calibrate {row['policy']} {row['space']} α={row['alpha']:g} "
+            f"({row['evidence']}); zero-shot acc "
             f"{100 * float(row['accuracy']):.1f} %; ΔAUROC {float(row['delta_auroc']):+.2f}; "
             f"E-AURC {float(row['eaurc_ratio']):.2f}× MSP"
         )

@@ -218,6 +218,7 @@ def main() -> None:
             square = summary["dataset"]["test_metadata"].get("all_square", True)
             if args.plots_to is not None and (policy == "letterbox" or not square):
                 suffix = "" if square else f"_{policy}"  # square sets: letterbox = crop
+                args.plots_to.mkdir(parents=True, exist_ok=True)
                 for png in out.glob("risk_coverage_*.png"):
                     shutil.copy(
                         png, args.plots_to / f"risk_coverage_{label}{suffix}_{png.stem.split('_')[-1]}.png"

@@ -191,11 +191,14 @@ def test_calibrate_target_risk_with_tuning(tmp_path: Path, tiny_engine) -> None:
         request = CalibrationRequest(rule="target_risk", target_risk=0.2, delta=0.1, tune=True)
         view = await service.calibration.calibrate("colours", labels, images, request)
         cal = view.calibration
-        # the selection and the threshold use all 240 images; SGR pays for the choice at δ / M
-        assert cal.n == 240 and cal.n_tuning == 0 and cal.selection is not None
+        # the selection sees a class-stratified half, the threshold the other half (disjoint: SGR at δ)
+        assert cal.n == 120 and cal.n_tuning == 120 and cal.selection is not None
         chosen = cal.selection
         assert chosen.evidence == "calibration" and chosen.candidates_compared == 6
-        assert "δ/6" in cal.guarantee or "among 6 candidates" in cal.guarantee
+        assert chosen.selection is not None and chosen.selection.n == 120
+        assert "among 6 candidates on 120 other calibration images, disjoint" in cal.guarantee
+        assert "With probability ≥ 0.9" in cal.guarantee
+        assert cal.conformal is not None and cal.conformal.n == 120 and "disjoint" in cal.conformal.guarantee
         assert cal.risk_upper_bound <= 0.2 and cal.delta == 0.1
         assert view.alpha == cal.alpha == chosen.alpha and view.selection_evidence == "calibration"
         assert view.visual_temperature == 0.01  # selection never touches T_v

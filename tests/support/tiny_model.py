@@ -15,6 +15,7 @@ TINY_CONFIG = {
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
 }
 TINY_PRESET = "tiny-clip"
+TINY_TWO_SPACES_PRESET = "tiny-clip-two-spaces"  # + an independent image space (a second random tower)
 
 
 def register_tiny_arch(folder: Path) -> Path:
@@ -40,4 +41,12 @@ def write_tiny_models_dir(root: Path) -> Path:
         "offline": True,
     }
     (root / f"{TINY_PRESET}.yaml").write_text(yaml.safe_dump(preset))
+    two_spaces = {
+        **preset,
+        "name": TINY_TWO_SPACES_PRESET,
+        "description": "the tiny model with a second tiny open_clip image tower as its independent space",
+        "extra_image_spaces": {"tiny2": {"kind": "open_clip", "args": {"architecture": TINY_ARCH}}},
+        "trust": {"alpha": 2.0, "selection": "auto"},
+    }
+    (root / f"{TINY_TWO_SPACES_PRESET}.yaml").write_text(yaml.safe_dump(two_spaces))
     return root

@@ -111,3 +111,11 @@ def test_guarantee_says_when_a_selection_saw_the_same_images() -> None:
     assert "≥ 0.9" in exact and "approximate" not in exact
     selected = guarantee_text(0.1, 500, selected_among=24)
     assert selected.startswith(exact) and "selected among 24 candidates" in selected
+
+
+def test_guarantee_after_a_selection_on_disjoint_images_is_exact() -> None:
+    """Settings selected on images disjoint from the conformal ones: the stated bound holds, and says so."""
+    from app.trust.conformal import guarantee_text
+
+    text = guarantee_text(0.1, 250, selected_among=24, selection_images=250)
+    assert "approximate" not in text and "250 other calibration images, disjoint" in text

@@ -1,12 +1,11 @@
 """Self-selection of α and image space: the one-SE rule, the cross-fitted fallback to MSP, leave-one-out
-prototypes, the vectorised bootstrap metrics and the Bonferroni-corrected SGR threshold."""
+prototypes, the vectorised bootstrap metrics and the anchored rule (issue 14's --tune fix)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from app.trust.calibration import calibrate_target_risk
 from app.trust.metrics import aurc, auroc, eaurc
 from app.trust.prototypes import PrototypeBank
 from app.trust.scores import l2_normalize, trustvlm_scores
@@ -16,7 +15,6 @@ from app.trust.selection import (
     CandidateScores,
     aurc_rows,
     auroc_rows,
-    calibrate_selected_target_risk,
     candidate_grid,
     eaurc_rows,
     loo_similarities,
@@ -181,12 +179,30 @@ def test_vectorised_bootstrap_metrics_match_the_reference() -> None:
         assert eaurc_rows(conf, correct)[r] == pytest.approx(eaurc(conf[r], correct[r]))
 
 
-def test_selected_threshold_pays_for_the_selection() -> None:
-    rng = np.random.default_rng(9)
-    conf = rng.random(2000)
-    correct = (rng.random(2000) < 0.5 + 0.5 * conf).astype(int)
-    corrected = calibrate_selected_target_risk(conf, correct, 0.2, 0.1, candidates=11)
-    plain = calibrate_target_risk(conf, correct, 0.2, 0.1 / 11)
-    assert corrected.threshold == plain.threshold and corrected.delta == 0.1
-    assert "11 candidates" in corrected.guarantee and "≥ 0.9" in corrected.guarantee
-    assert corrected.coverage <= calibrate_target_risk(conf, correct, 0.2, 0.1).coverage
+def test_anchored_rule_keeps_the_default_unless_the_evidence_beats_it() -> None:
+    """Issue 14's ``--tune`` fix: from a default in use (α = 4, near the best), the anchored rule keeps it
+    where the free rule moves to its own simplest pick (α = 2); from a harmful default (α = 8 on a
+    pure-noise space) it moves to MSP, which beats it clearly."""
+    anchor = Candidate(4.0, "own")
+    kept = moved_free = 0
+    for seed in range(6):
+        w = world(300, 1.5, seed=seed)
+        selection, _ = selection_on(w, replicates=200, anchor=anchor)
+        kept += selection.chosen == anchor.name
+        moved_free += selection_on(w, replicates=200)[0].chosen != anchor.name
+        assert selection.anchor == anchor.name and "default" in selection.rule
+    assert kept >= 5 and moved_free >= 5
+    harmful = Candidate(8.0, "own")
+    for seed in range(3):
+        selection, scores = selection_on(world(300, 0.0, seed=seed), replicates=200, anchor=harmful)
+        assert selection.chosen == MSP and selection.fallback is None
+        assert selection.crossfit_gain is not None and selection.crossfit_gain_se is not None
+        assert selection.crossfit_gain > selection.crossfit_gain_se
+        assert aurc(scores.confidence[MSP], scores.correct[MSP]) < aurc(
+            scores.confidence[harmful.name], scores.correct[harmful.name]
+        )
+
+
+def test_anchor_must_be_in_the_grid() -> None:
+    with pytest.raises(ValueError, match="anchor"):
+        selection_on(world(100, 1.0, seed=1), anchor=Candidate(3.0, "own"))

@@ -174,8 +174,10 @@ async def encode(
     request: Request, engine: ClassificationEngine, settings: Settings, target: Target, files: list[bytes]
 ) -> tuple[EncodedImages, np.ndarray]:
     """Image embeddings and the class text embeddings (stored in a label set, or encoded now)."""
-    if target.view is not None:  # the label set's aspect policy: queries as its prototypes
-        encoded = await unless_disconnected(request, engine.encode_uploads(files, policy=target.view.policy))
+    if target.view is not None:  # the label set's aspect policy and image space: queries as its prototypes
+        view = target.view
+        work = engine.encode_uploads(files, policy=view.policy, spaces=(view.space,))
+        encoded = await unless_disconnected(request, work)
         return encoded, target.view.text_embeddings
     assert target.templates is not None
     text_work = engine.text_embeddings(target.labels, target.templates, timeout_s=settings.request_timeout_s)
@@ -192,7 +194,7 @@ def score(
     if target.view is not None:
         return target.view.score(
             encoded.embeddings,
-            encoded.aux_features,
+            encoded.features_in(target.view.space),
             logit_scale=engine.logit_scale,
             logit_bias=engine.logit_bias,
         )
@@ -334,7 +336,7 @@ async def _classify(
         target.labels,
         body.top_k,
         view=target.view,
-        image_space=engine.aux_encoder_id,
+        image_space=(target.view.space_encoder if target.view is not None else "") or engine.aux_encoder_id,
         preprocess=engine.preset.preprocess,
     )
     done = time.perf_counter()
@@ -351,7 +353,8 @@ async def _classify(
             [r.decision.accept for r in results],
         )
     if label_sets is not None and target.view is not None:
-        label_sets.adaptation.observe_predictions(target.view.id, encoded.aux_features, scored)
+        features = encoded.features_in(target.view.space)
+        label_sets.adaptation.observe_predictions(target.view.id, features, scored)
     view = target.view
     return ClassifyResponse(
         model=engine.model_id,

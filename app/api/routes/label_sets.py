@@ -152,6 +152,7 @@ async def create_label_set(body: LabelSetCreate, request: Request, service: Labe
         adaptation=body.adaptation,
         preprocess=body.preprocess,
         selection_mode=body.selection_mode,
+        image_space=body.image_space,
     )
     return _out(service, body.id)
 
@@ -360,6 +361,7 @@ async def calibrate(
         alpha=view.alpha,
         visual_temperature=view.visual_temperature,
         preprocess=view.policy,
+        image_space=view.space,
         calibration=view.calibration,
     )
 

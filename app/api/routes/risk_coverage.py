@@ -14,9 +14,9 @@ from app.api.deps import LabelSetsDep, SettingsDep, get_engine, require_admin
 from app.api.parsing import form_int
 from app.api.routes.label_sets import _IMAGES_FORM, _labelled_images, _multipart_body
 from app.api.schemas_console import CurvePointOut, OperatingPointOut, RiskCoverageOut
-from app.errors import InvalidInput
+from app.errors import Conflict, InvalidInput
 from app.labelsets.models import LabelSetView
-from app.labelsets.support import class_indices, encode
+from app.labelsets.support import class_indices, encode_in_spaces
 from app.trust.risk_coverage import operating_point, summarise_risk_coverage
 from app.trust.scores import TRUST_SCORE_NAMES, TrustScoreName, judges_refined_prediction
 
@@ -64,8 +64,12 @@ async def risk_coverage(
     engine = get_engine(request)
     _options(view, fields)
     class_indices(repo.get_meta(label_set_id), labels)  # fail before encoding
-    embeddings, features = await encode(engine, images)
+    asked = view  # queries as the label set's prototypes: its aspect policy and image space
+    embeddings, spaces = await encode_in_spaces(engine, images, asked.policy, (asked.space,))
     view = repo.get_view(label_set_id)  # the version the answer is for
+    if (view.policy, view.space) != (asked.policy, asked.space):
+        raise Conflict("the label set's aspect policy or image space changed meanwhile; retry")
+    features = spaces[view.space]
     score, max_points = _options(view, fields)
     classes = class_indices(repo.get_meta(label_set_id), labels)
     scored = view.score(embeddings, features, logit_scale=engine.logit_scale, logit_bias=engine.logit_bias)

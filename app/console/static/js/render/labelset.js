@@ -8,7 +8,7 @@ export function renderSummary(ls) {
     ["version", fmt(ls.version)],
     ["description", ls.description || null],
     ["model", ls.model],
-    ["image space", ls.aux_encoder],
+    ["image space", ls.image_space_encoder || ls.aux_encoder],
     ["trust score", ls.trust_score],
     ["α (TrustVLM)", fmt(ls.alpha)],
     ["T_v (TrustVLM*)", fmt(ls.visual_temperature)],
@@ -57,7 +57,7 @@ export function renderCalibration(ls) {
     ["coverage on calibration images", percent(cal.coverage)],
     ["risk on calibration images", percent(cal.risk)],
     ["risk upper bound", cal.risk_upper_bound === null || cal.risk_upper_bound === undefined ? null : percent(cal.risk_upper_bound)],
-    ["images", `${cal.n} for the threshold${cal.n_tuning ? `, ${cal.n_tuning} for tuning α / T_v` : ""}`],
+    ["images", `${cal.n} for the threshold${cal.n_tuning ? `, ${cal.n_tuning} for the selection` : ""}`],
     ["α, T_v used", `${fmt(cal.alpha)}, ${fmt(cal.visual_temperature)}`],
     ["calibrated", `${cal.calibrated_at} (label-set version ${cal.label_set_version})`],
   ]), h("h4", {}, "Computed on"), renderBasis(cal.basis));
