@@ -153,13 +153,14 @@ def models_export(
     models_dir: Annotated[Path | None, typer.Option(help="model repository folder")] = None,
 ) -> None:
     """Build the export cache of PRESET ahead of time (for images and air-gapped sites): export every
-    tower, check parity against torch, and with ``auto`` measure the runtimes and store the verdict."""
+    tower, including the towers of the preset's extra image spaces (which a label set loads on first use),
+    check parity against torch, and with ``auto`` measure the runtimes and store the verdict."""
     from pydantic import ValidationError
 
     from app.config import Settings
     from app.observability.logging import configure_logging
     from app.runtime.types import UnsupportedSettingError
-    from app.vlm.loading import load_models
+    from app.vlm.loading import load_image_space_tower, load_models
     from app.vlm.presets import get_preset
 
     overrides: dict[str, Any] = {
@@ -174,12 +175,16 @@ def models_export(
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
         configure_logging(settings.log_level, json_logs=False)
-        loaded = load_models(get_preset(settings.model, settings.models_dir), settings)
+        model_preset = get_preset(settings.model, settings.models_dir)
+        loaded = load_models(model_preset, settings)
+        towers = dict(loaded.towers)
+        for space in model_preset.extra_image_spaces:
+            towers[f"image-space:{space}"] = load_image_space_tower(model_preset, space, settings)[1]
     except (ValidationError, UnsupportedSettingError, KeyError) as exc:
         typer.echo(f"export failed: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"export cache: {settings.export_cache_dir}")
-    for tower, report in loaded.towers.items():
+    for tower, report in towers.items():
         typer.echo(
             f"{tower:<10} {report.runtime:<12} {report.precision:<5} cache {report.cache:<6} {report.checks}"
         )

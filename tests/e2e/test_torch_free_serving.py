@@ -128,3 +128,83 @@ def test_warm_cache_serves_without_torch(tiny_models_dir: Path, tmp_path: Path, 
     assert result["multimodal_prediction"] in {
         "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"
     }  # fmt: skip
+
+
+INDEPENDENT_SPACE_SERVER = textwrap.dedent(
+    """
+    import io, json, sys
+    BLOCKED = {blocked!r}
+
+    class NoTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"torch-free serving imported {{name}}")
+            return None
+
+    sys.meta_path.insert(0, NoTorch())
+    from fastapi.testclient import TestClient
+    from PIL import Image
+    from app.api.app import create_app
+    from app.config import Settings
+
+    settings = Settings(model={preset!r}, models_dir={models_dir!r}, export_cache_dir={cache!r},
+                        runtime={runtime!r}, store_dir={store!r}, device="cpu", log_json=False)
+
+    def png(colour):
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 30), colour).save(buf, "PNG")
+        return buf.getvalue()
+
+    out = {{}}
+    with TestClient(create_app(settings)) as client:
+        for _ in range(600):
+            if client.get("/readyz").status_code == 200:
+                break
+            import time; time.sleep(0.05)
+        r = client.post("/v1/label-sets",
+                        json={{"id": "colours", "labels": ["red", "blue"], "image_space": "independent"}})
+        out["create"] = r.status_code
+        for label, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+            r = client.post("/v1/label-sets/colours/images", data={{"label": label}},
+                            files=[("images", ("x.png", png(colour), "image/png"))])
+            out["add_" + label] = r.status_code
+        r = client.post("/v1/classify", files={{"image": ("a.png", png((200, 30, 30)), "image/png")}},
+                        data={{"label_set": "colours"}})
+        out["classify_label_set"] = r.status_code
+        out["trust_image_space"] = r.json()["results"][0]["trust"].get("image_space")
+        out["space"] = client.get("/v1/label-sets/colours").json().get("space")
+    out["torch_loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+    print("RESULT " + json.dumps(out))
+    """
+)
+
+
+def test_exported_independent_space_serves_without_torch(tiny_models_dir: Path, tmp_path: Path) -> None:
+    """``trustserve models export`` also exports the preset's extra image spaces, so a label set in the
+    independent space works where torch is absent (the slim image bakes its cache the same way)."""
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+    from tests.support.tiny_model import TINY_TWO_SPACES_PRESET
+
+    cache = tmp_path / "export-cache"
+    args = ["models", "export", TINY_TWO_SPACES_PRESET, "--runtime", "onnxruntime", "--cache-dir", str(cache)]
+    exported = CliRunner().invoke(cli, [*args, "--models-dir", str(tiny_models_dir)])
+    assert exported.exit_code == 0, exported.output
+    script = INDEPENDENT_SPACE_SERVER.format(
+        blocked=BLOCKED,
+        preset=TINY_TWO_SPACES_PRESET,
+        models_dir=str(tiny_models_dir),
+        cache=str(cache),
+        runtime="onnxruntime",
+        store=str(tmp_path / "store"),
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    result = json.loads(lines[0].removeprefix("RESULT "))
+    assert result["torch_loaded"] == []
+    assert result["create"] == 201 and result["add_red"] == result["add_blue"] == 200, result
+    assert result["classify_label_set"] == 200, result
+    assert result["space"] == "independent", result
+    assert result["trust_image_space"] and "tiny2" in result["trust_image_space"], result
