@@ -33,6 +33,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,7 @@ STORE_FORMAT = {"format": "trustserve.labelset-store", "version": 1}
 DATA_FILE = re.compile(r"^v\d{8}\.[a-z_]{1,32}\.(safetensors|bin)$")
 MAX_DATA_FILE_BYTES = 4 * 2**30
 MAX_MANIFEST_BYTES = 64 * 2**20
+LOAD_ATTEMPTS = 5  # reads racing that many commits in a row give up (see DirectoryStore.load)
 
 
 class StoreError(Exception):
@@ -317,23 +319,35 @@ class DirectoryStore(LabelSetStore):
         return 0 if manifest is None else int(manifest["version"])
 
     def load(self, label_set_id: str) -> StoredLabelSet:
-        folder = self._dir(label_set_id)
-        if not folder.is_dir():
+        """The committed version. Readers take no lock: a write that commits between reading the manifest
+        and reading its data files removes those files, so the read is retried on the newer manifest
+        (a few times; a file missing under an unchanged manifest is corruption)."""
+        read_data = partial(self._read_data, label_set_id)
+        for _ in range(LOAD_ATTEMPTS - 1):
+            manifest = self._committed_manifest(label_set_id)
+            try:
+                return record_from_manifest(label_set_id, manifest, read_data)
+            except CorruptEntryError:
+                if self.current_version(label_set_id) == manifest["version"]:
+                    raise  # nothing was committed meanwhile: the entry is damaged
+        return record_from_manifest(label_set_id, self._committed_manifest(label_set_id), read_data)
+
+    def _committed_manifest(self, label_set_id: str) -> dict:
+        if not self._dir(label_set_id).is_dir():
             raise LabelSetNotFoundError(label_set_id)
         manifest = self._read_manifest(label_set_id)
         if manifest is None:
             raise CorruptEntryError(label_set_id, "no manifest.json: the creating write never committed")
+        return manifest
 
-        def read_file(name: str, size: int) -> bytes:
-            try:
-                data = read_regular_file(folder / name, size)
-            except OSError as exc:
-                raise CorruptEntryError(label_set_id, f"data file {name} unreadable ({exc})") from None
-            if data is None:
-                raise CorruptEntryError(label_set_id, f"missing data file {name}")
-            return data
-
-        return record_from_manifest(label_set_id, manifest, read_file)
+    def _read_data(self, label_set_id: str, name: str, size: int) -> bytes:
+        try:
+            data = read_regular_file(self._dir(label_set_id) / name, size)
+        except OSError as exc:
+            raise CorruptEntryError(label_set_id, f"data file {name} unreadable ({exc})") from None
+        if data is None:
+            raise CorruptEntryError(label_set_id, f"missing data file {name}")
+        return data
 
     def save(self, record: StoredLabelSet, expected_version: int) -> None:
         label_set_id = record.meta.id

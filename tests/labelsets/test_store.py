@@ -103,6 +103,31 @@ def test_concurrent_writers_never_lose_an_update(tmp_path: Path) -> None:
     np.testing.assert_array_equal(final.arrays["prototype_counts"], np.array([21, 20, 22]))
 
 
+def test_a_read_racing_a_commit_reads_the_newer_version(tmp_path: Path) -> None:
+    """Readers take no lock: when a write commits (and removes the old version's files) between a reader's
+    manifest read and its data-file reads, the reader retries on the new manifest instead of reporting
+    the entry as corrupt."""
+    store = DirectoryStore(tmp_path)
+    store.save(make_record(version=1), expected_version=0)
+    read_manifest = store._read_manifest
+    raced: list[int] = []
+
+    def manifest_then_commit(label_set_id: str) -> dict | None:
+        manifest = read_manifest(label_set_id)
+        if not raced:  # the first read: a writer commits version 2 right after it
+            raced.append(1)
+            newer = store.load(label_set_id)
+            newer.meta = newer.meta.model_copy(update={"version": 2})
+            newer.arrays["prototype_counts"] = newer.arrays["prototype_counts"] + 1
+            store.save(newer, expected_version=1)
+        return manifest
+
+    store._read_manifest = manifest_then_commit  # type: ignore[method-assign]
+    record = store.load("animals")
+    assert record.meta.version == 2 and raced == [1]
+    np.testing.assert_array_equal(record.arrays["prototype_counts"], np.array([2, 1, 3]))
+
+
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
