@@ -236,32 +236,29 @@ class ClassificationEngine:
             return False
         try:
             self.independent_encoder()
-        except Exception as exc:  # a missing package or export: serve on the own space
-            self._independent_error = f"{type(exc).__name__}: {exc}"
-            log.warning("independent image space unavailable, label sets use the own space: %s", exc)
+        except InvalidInput:
             return False
         return True
 
     def independent_encoder(self) -> tuple[AuxImageEncoder, TowerReport]:
         """The independent space's encoder on the runtime layer, loaded on first use (blocking: call from
-        a thread; a label set that never uses it costs nothing)."""
+        a thread; a label set that never uses it costs nothing). A failed load is remembered: it is
+        logged once and every later call answers ``InvalidInput`` at once instead of retrying the load
+        (an export, under ``runtime=auto``) on each request."""
         name = self.independent_space_name
-        if name is None or self._independent_error is not None:
-            raise InvalidInput(
-                f"model {self.model_id} has no independent image space"
-                + (
-                    f" (loading it failed: {self._independent_error})"
-                    if self._independent_error
-                    else " (its preset declares no extra_image_spaces)"
-                ),
-                code="no_independent_image_space",
-            )
         with self._independent_lock:
+            if name is None or self._independent_error is not None:
+                raise self._no_independent_space()
             if self._independent is None:
                 from app.vlm.loading import load_image_space_tower
 
                 started = time.perf_counter()
-                self._independent = load_image_space_tower(self.preset, name, self.settings)
+                try:
+                    self._independent = load_image_space_tower(self.preset, name, self.settings)
+                except Exception as exc:  # a missing package or export: label sets use the own space
+                    self._independent_error = f"{type(exc).__name__}: {exc}"
+                    log.warning("independent image space unavailable, label sets use the own space: %s", exc)
+                    raise self._no_independent_space() from None
                 log.info(
                     "independent image space %s (%s) loaded in %.2f s on %s/%s",
                     name,
@@ -271,6 +268,16 @@ class ClassificationEngine:
                     self._independent[1].precision,
                 )
             return self._independent
+
+    def _no_independent_space(self) -> InvalidInput:
+        why = (
+            f" (loading it failed: {self._independent_error})"
+            if self._independent_error
+            else " (its preset declares no extra_image_spaces)"
+        )
+        return InvalidInput(
+            f"model {self.model_id} has no independent image space{why}", code="no_independent_image_space"
+        )
 
     def space_encoder_id(self, space: str) -> str:
         """What an image space is (the answer's ``trust.image_space``)."""

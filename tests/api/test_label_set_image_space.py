@@ -94,3 +94,32 @@ def test_a_model_without_an_independent_space_refuses_it(client) -> None:  # typ
     assert r.status_code == 422 and r.json()["error"]["code"] == "no_independent_image_space"
     r = client.post("/v1/label-sets", json={"id": "y", "labels": LABELS})
     assert r.status_code == 201 and r.json()["image_space"] == "own" and r.json()["space"] == "own"
+
+
+def test_a_failed_load_of_the_independent_space_is_a_clear_4xx_and_is_not_retried(  # type: ignore[no-untyped-def]
+    app_factory, monkeypatch
+) -> None:
+    """Loading the independent space can fail (e.g. a torch-free install without its export): a label set
+    asking for it gets 422 ``no_independent_image_space`` every time, the load is attempted once (not an
+    export per request), and ``auto`` label sets carry on in the own space."""
+    import app.vlm.loading
+
+    attempts: list[str] = []
+
+    def failing_load(preset, name, settings):  # type: ignore[no-untyped-def]
+        attempts.append(name)
+        raise RuntimeError("no export of this tower and no torch to make one")
+
+    monkeypatch.setattr(app.vlm.loading, "load_image_space_tower", failing_load)
+    client = app_factory(model=TINY_TWO_SPACES_PRESET, runtime="torch")
+    fixed = {"id": "fixed", "labels": LABELS, "image_space": "independent"}
+    r = client.post("/v1/label-sets", json=fixed)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "no_independent_image_space", r.text
+    assert "loading it failed" in r.json()["error"]["message"]
+    r = client.post("/v1/label-sets", json=fixed)  # from now on the model offers only "own"
+    assert r.status_code == 422 and r.json()["error"]["code"] == "no_independent_image_space", r.text
+    assert attempts == ["tiny2"]
+    got = _create(client, "auto-set", image_space="auto")
+    assert got["space"] == "own"
+    assert _classify(client, "auto-set")["trust"]["image_space"] == got["image_space_encoder"]
+    assert attempts == ["tiny2"]
