@@ -123,3 +123,24 @@ def test_a_failed_load_of_the_independent_space_is_a_clear_4xx_and_is_not_retrie
     assert got["space"] == "own"
     assert _classify(client, "auto-set")["trust"]["image_space"] == got["image_space_encoder"]
     assert attempts == ["tiny2"]
+
+
+def test_a_stored_independent_label_set_whose_encoder_cannot_load_is_listed_unavailable(  # type: ignore[no-untyped-def]
+    app_factory, monkeypatch
+) -> None:
+    """A restart where the independent encoder cannot load (here: a missing package, an ``ImportError``)
+    still starts the server; the label set stored in that space is reported unavailable with the reason."""
+    import app.vlm.loading
+    from app.errors import MissingDependencyError
+
+    first = app_factory(model=TINY_TWO_SPACES_PRESET, runtime="torch")
+    assert _create(first, "indep", image_space="independent")["space"] == "independent"
+
+    def missing(preset, name, settings):  # type: ignore[no-untyped-def]
+        raise MissingDependencyError("the independent image space", "torch", "pip install torch")
+
+    monkeypatch.setattr(app.vlm.loading, "load_image_space_tower", missing)
+    restarted = app_factory(model=TINY_TWO_SPACES_PRESET, runtime="torch")
+    r = restarted.get("/v1/label-sets/indep")
+    assert r.status_code == 503 and r.json()["error"]["code"] == "label_set_unavailable", r.text
+    assert "no independent image space" in r.json()["error"]["message"]
