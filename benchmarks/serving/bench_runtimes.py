@@ -381,19 +381,27 @@ def raise_priority(pid: int | str, nice: int) -> None:
     path.write_text(str(nice))
 
 
-def start(config: str, args: argparse.Namespace, cache: Path, tmp: Path) -> Server:
+def server_env(config: str, preset: str, store: Path, cache: Path, **settings: str) -> dict[str, str]:
+    """The environment of a benchmarked ``trustserve serve``: ``config``'s runtime, precision and extra
+    variables (``parse_config``), the preset, its own store, the shared export cache, warnings-only logs,
+    then ``settings`` (``TRUSTSERVE_`` + the upper-cased name)."""
     runtime, precision, extra = parse_config(config)
-    env = {
-        "TRUSTSERVE_MODEL": args.preset,
-        "TRUSTSERVE_STORE_DIR": str(tmp / f"store-{config}"),
+    return {
+        "TRUSTSERVE_MODEL": preset,
+        "TRUSTSERVE_STORE_DIR": str(store),
         "TRUSTSERVE_RUNTIME": runtime,
         "TRUSTSERVE_PRECISION": precision,
         "TRUSTSERVE_EXPORT_CACHE_DIR": str(cache),
-        "TRUSTSERVE_MAX_QUEUE_SIZE": "4096",
         "TRUSTSERVE_LOG_LEVEL": "WARNING",
-        "TRUSTSERVE_LOG_JSON": "false",
+        **{f"TRUSTSERVE_{name.upper()}": value for name, value in settings.items()},
         **extra,
     }
+
+
+def start(config: str, args: argparse.Namespace, cache: Path, tmp: Path) -> Server:
+    env = server_env(
+        config, args.preset, tmp / f"store-{config}", cache, max_queue_size="4096", log_json="false"
+    )
     if args.max_batch:
         env["TRUSTSERVE_MAX_BATCH_SIZE"] = str(args.max_batch)
     log = tmp / f"server-{file_part(config)}.log"

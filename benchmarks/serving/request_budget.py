@@ -37,7 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.serving.bench_runtimes import parse_config, photo_jpegs  # noqa: E402
+from benchmarks.serving.bench_runtimes import photo_jpegs, server_env  # noqa: E402
 from tests.reliability.budget import MeasuredServer  # noqa: E402
 from tests.support.live_server import LiveServer  # noqa: E402
 
@@ -124,19 +124,15 @@ def main() -> None:
         tmp = Path(tmp_name)
         cache = args.export_cache_dir or tmp / "export"
         for config in args.configs:
-            runtime, precision, extra = parse_config(config)
             for batch in args.batch_sizes:
-                env = {
-                    "TRUSTSERVE_MODEL": args.preset,
-                    "TRUSTSERVE_STORE_DIR": str(tmp / f"store-{len(rows)}"),
-                    "TRUSTSERVE_RUNTIME": runtime,
-                    "TRUSTSERVE_PRECISION": precision,
-                    "TRUSTSERVE_EXPORT_CACHE_DIR": str(cache),
-                    "TRUSTSERVE_MAX_BATCH_SIZE": str(batch),
-                    "TRUSTSERVE_MAX_NEW_PROMPTS_PER_REQUEST": str(max_prompts),
-                    "TRUSTSERVE_LOG_LEVEL": "WARNING",
-                    **extra,
-                }
+                env = server_env(
+                    config,
+                    args.preset,
+                    tmp / f"store-{len(rows)}",
+                    cache,
+                    max_batch_size=str(batch),
+                    max_new_prompts_per_request=str(max_prompts),
+                )
                 live = LiveServer(["trustserve", "serve"], env=env, log_path=tmp / "server.log")
                 server = MeasuredServer(live, headroom_bytes=8 * 2**30).start(timeout_s=1800)
                 try:

@@ -33,6 +33,7 @@ from tests.support.browser import (
     wait_for,
 )
 from tests.support.live_server import LiveServer, tiny_server
+from tests.support.uploads import write_class_folders
 
 pytestmark = [needs_browser, pytest.mark.timeout(600)]
 COLOURS = ["blue", "green", "red"]
@@ -41,21 +42,17 @@ MONITOR_PATH = "/v1/label-sets/{label_set_id}/monitor"  # the monitoring issue a
 REDOC_BADGE = "cdn.redoc.ly"  # ReDoc's footer logo: refused by the page's CSP, so never requested
 
 
-def write_class_folders(root: Path, per_class: int, seed: int) -> Path:
-    for c, label in enumerate(COLOURS):
-        (root / label).mkdir(parents=True)
-        for i in range(per_class):
-            colour_image(label, seed + 100 * c + i).save(root / label / f"{i}.png")
-    (root / "notes.txt").write_text("not an image: skipped")
-    return root
+def class_folders(root: Path, per_class: int, seed: int) -> Path:
+    extras = {"notes.txt": "not an image: skipped"}
+    return write_class_folders(root, COLOURS, per_class, seed, colour_image, extras)
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("class-folders")
     return {
-        "support": write_class_folders(root / "support", 3, seed=0),
-        "calibration": write_class_folders(root / "calibration", 10, seed=1000),
+        "support": class_folders(root / "support", 3, seed=0),
+        "calibration": class_folders(root / "calibration", 10, seed=1000),
     }
 
 

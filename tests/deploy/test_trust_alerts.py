@@ -15,7 +15,6 @@ drift alert (PSI > 0.25) has probability ≈ 1e-3, and the seeds are fixed.
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from app.trust.datasets import LabelledImages, load_dataset
 from tests.deploy.promql import ALERT_RULES
 from tests.deploy.test_prometheus import PROMETHEUS, Prometheus, render_config, wait_for
 from tests.support.live_server import LiveServer, default_server
+from tests.support.uploads import png_files
 
 TRUST_ALERTS = (
     "TrustserveTrustDrift",
@@ -56,20 +56,11 @@ pytestmark = [
 ]
 
 
-def _files(images: list, field: str) -> list[tuple[str, tuple[str, bytes, str]]]:
-    out = []
-    for i, image in enumerate(images):
-        buf = io.BytesIO()
-        image.save(buf, "PNG")
-        out.append((field, (f"{i}.png", buf.getvalue(), "image/png")))
-    return out
-
-
 def _classify(http: httpx.Client, data: LabelledImages) -> list[dict[str, Any]]:
     results = []
     for start in range(0, len(data), CHUNK):
         images = [data.images[i] for i in range(start, min(start + CHUNK, len(data)))]
-        r = http.post("/v1/classify", files=_files(images, "image"), data={"label_set": "fashion"})
+        r = http.post("/v1/classify", files=png_files(images, "image"), data={"label_set": "fashion"})
         assert r.status_code == 200, r.text
         results += r.json()["results"]
     return results
@@ -139,12 +130,12 @@ def test_in_distribution_stays_quiet_and_a_shift_fires(server: LiveServer, prome
     http = httpx.Client(base_url=server.url, timeout=600)
     r = http.post("/v1/label-sets", json={"id": "fashion", "labels": names, "trust_score": "trustvlm_star"})
     assert r.status_code == 201, r.text
-    r = http.post("/v1/label-sets/fashion/images", files=_files(list(support.images), "images"),
+    r = http.post("/v1/label-sets/fashion/images", files=png_files(list(support.images), "images"),
                   data={"labels": [names[i] for i in support.labels]})  # fmt: skip
     assert r.status_code == 200, r.text
     r = http.post(
         "/v1/label-sets/fashion/calibrate",
-        files=_files(list(calibration.images), "images"),
+        files=png_files(list(calibration.images), "images"),
         data={"labels": [names[i] for i in calibration.labels], "rule": "target_coverage",
               "target_coverage": "0.8"},
     )  # fmt: skip

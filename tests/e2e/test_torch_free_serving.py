@@ -26,11 +26,11 @@ DEMO_CHECKPOINT = REPO_ROOT / "models" / "multimodal" / "av-digits-acr"
 
 BLOCKED = ("torch", "torchvision", "open_clip", "timm", "efficientnet_lite_pytorch")
 
-SERVER = textwrap.dedent(
+# the start of every server script: torch and the torch-based libraries cannot be imported, a PNG helper,
+# and a wait for /readyz (a template for str.format: {blocked} is filled in, doubled braces are literal)
+NO_TORCH_PREAMBLE = textwrap.dedent(
     """
-    import io, json, sys
-    import numpy as np
-    import soundfile as sf
+    import io, json, sys, time
     BLOCKED = {blocked!r}
 
     class NoTorch:
@@ -45,21 +45,31 @@ SERVER = textwrap.dedent(
     from app.api.app import create_app
     from app.config import Settings
 
-    settings = Settings(model={preset!r}, models_dir={models_dir!r}, export_cache_dir={cache!r},
-                        runtime={runtime!r}, store_dir={store!r}, device="cpu", log_json=False,
-                        multimodal_dir={multimodal!r})
-
     def png(colour):
         buf = io.BytesIO()
         Image.new("RGB", (40, 30), colour).save(buf, "PNG")
         return buf.getvalue()
 
-    out = {{}}
-    with TestClient(create_app(settings)) as client:
+    def wait_ready(client):
         for _ in range(600):
             if client.get("/readyz").status_code == 200:
-                break
-            import time; time.sleep(0.05)
+                return
+            time.sleep(0.05)
+    """
+)
+
+SERVER = NO_TORCH_PREAMBLE + textwrap.dedent(
+    """
+    import numpy as np
+    import soundfile as sf
+
+    settings = Settings(model={preset!r}, models_dir={models_dir!r}, export_cache_dir={cache!r},
+                        runtime={runtime!r}, store_dir={store!r}, device="cpu", log_json=False,
+                        multimodal_dir={multimodal!r})
+
+    out = {{}}
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
         r = client.post("/v1/classify", files={{"image": ("a.png", png("red"), "image/png")}},
                         data={{"labels": json.dumps(["red", "blue"])}})
         out["classify"] = r.status_code
@@ -130,37 +140,14 @@ def test_warm_cache_serves_without_torch(tiny_models_dir: Path, tmp_path: Path, 
     }  # fmt: skip
 
 
-INDEPENDENT_SPACE_SERVER = textwrap.dedent(
+INDEPENDENT_SPACE_SERVER = NO_TORCH_PREAMBLE + textwrap.dedent(
     """
-    import io, json, sys
-    BLOCKED = {blocked!r}
-
-    class NoTorch:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"torch-free serving imported {{name}}")
-            return None
-
-    sys.meta_path.insert(0, NoTorch())
-    from fastapi.testclient import TestClient
-    from PIL import Image
-    from app.api.app import create_app
-    from app.config import Settings
-
     settings = Settings(model={preset!r}, models_dir={models_dir!r}, export_cache_dir={cache!r},
                         runtime={runtime!r}, store_dir={store!r}, device="cpu", log_json=False)
 
-    def png(colour):
-        buf = io.BytesIO()
-        Image.new("RGB", (40, 30), colour).save(buf, "PNG")
-        return buf.getvalue()
-
     out = {{}}
     with TestClient(create_app(settings)) as client:
-        for _ in range(600):
-            if client.get("/readyz").status_code == 200:
-                break
-            import time; time.sleep(0.05)
+        wait_ready(client)
         r = client.post("/v1/label-sets",
                         json={{"id": "colours", "labels": ["red", "blue"], "image_space": "independent"}})
         out["create"] = r.status_code

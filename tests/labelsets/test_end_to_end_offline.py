@@ -4,7 +4,6 @@ restart byte-for-byte, and classify decisions on a fresh test split keep the pro
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from scipy.stats import beta
 
 from app.trust.datasets import load_dataset, load_support
 from tests.support.live_server import default_server
+from tests.support.uploads import png_files
 
 SHOTS = 16
 N_CALIBRATION = 1000  # half tunes alpha / T_v, half picks the threshold
@@ -25,15 +25,6 @@ SERVER_ENV = {
     "TRUSTSERVE_WARMUP": "false",
     "TRUSTSERVE_LOG_LEVEL": "WARNING",
 }
-
-
-def _files(images, field: str = "images") -> list:  # type: ignore[no-untyped-def]
-    out = []
-    for i, image in enumerate(images):
-        buf = io.BytesIO()
-        image.save(buf, "PNG")
-        out.append((field, (f"{i}.png", buf.getvalue(), "image/png")))
-    return out
 
 
 @pytest.mark.slow
@@ -56,11 +47,15 @@ def test_fashion_mnist_calibrated_label_set_survives_restart_and_keeps_its_risk(
         for start in range(0, len(support), CHUNK):
             part = support.subset(np.arange(start, min(start + CHUNK, len(support))))
             labels = [names[i] for i in part.labels]
-            r = http.post("/v1/label-sets/fashion/images", files=_files(part.images), data={"labels": labels})
+            r = http.post(
+                "/v1/label-sets/fashion/images",
+                files=png_files(part.images, "images"),
+                data={"labels": labels},
+            )
             assert r.status_code == 200, r.text
         r = http.post(
             "/v1/label-sets/fashion/calibrate",
-            files=_files(calibration.images),
+            files=png_files(calibration.images, "images"),
             data={
                 "labels": json.dumps([names[i] for i in calibration.labels]),
                 "rule": "target_risk",
@@ -86,7 +81,9 @@ def test_fashion_mnist_calibrated_label_set_survives_restart_and_keeps_its_risk(
         for start in range(0, len(fresh), CHUNK):
             idx = np.arange(start, min(start + CHUNK, len(fresh)))
             part = fresh.subset(idx)
-            r = http.post("/v1/classify", files=_files(part.images, "image"), data={"label_set": "fashion"})
+            r = http.post(
+                "/v1/classify", files=png_files(part.images, "image"), data={"label_set": "fashion"}
+            )
             assert r.status_code == 200, r.text
             for result, label in zip(r.json()["results"], part.labels):
                 decision = result["decision"]

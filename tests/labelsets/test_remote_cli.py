@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from app.cli import cli
 from tests.labelsets.conftest import colour_image
 from tests.support.live_server import REPO_ROOT, LiveServer, free_port, tiny_server
+from tests.support.uploads import write_class_folders
 
 COLOURS = ["blue", "green", "red"]
 READ_KEY, ADMIN_KEY = "cli-read-key-51ab", "cli-admin-key-0f3e"
@@ -31,13 +32,8 @@ def server(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def class_folders(root: Path, per_class: int, seed: int) -> Path:
-    for c, label in enumerate(COLOURS):
-        (root / label).mkdir(parents=True)
-        for i in range(per_class):
-            colour_image(label, seed + 100 * c + i).save(root / label / f"{i}.png")
-    (root / "README.txt").write_text("not a class folder")
-    (root / "red" / "notes.md").write_text("not an image")
-    return root
+    extras = {"README.txt": "not a class folder", "red/notes.md": "not an image"}
+    return write_class_folders(root, COLOURS, per_class, seed, colour_image, extras)
 
 
 def run(server: LiveServer, *args: str, key: str | None = ADMIN_KEY, stdin: str | None = None):  # type: ignore[no-untyped-def]
